@@ -1,0 +1,42 @@
+# VisionConnect: `make run` runs the product locally; `make test` sets up and runs every suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+export DATA_DIR ?= var
+
+.PHONY: run test venv system-deps lint check unit bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+venv: $(STAMP)
+
+system-deps:
+	scripts/install-system-deps
+
+## run: the cloud on embedded defaults (SecantusDB in-process, in-memory bus); data in $(DATA_DIR)
+run: venv
+	$(BIN)/python -m cloud --host $(HOST) --port $(PORT)
+
+## lint: ruff and mypy (fast, first)
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## test: install everything, then lint, then every suite inside a loopback-only network
+test: venv system-deps lint
+	scripts/hermetic $(BIN)/python -m pytest
+
+bench: venv
+	$(BIN)/python bench/auth.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

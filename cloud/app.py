@@ -1,0 +1,99 @@
+"""The cloud's composition root: ``create_app(settings)`` builds everything."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
+
+from cloud import openapi
+from cloud.auth import routes as auth_routes
+from cloud.auth.passwords import Passwords
+from cloud.auth.tokens import AccessTokens, RefreshTokens
+from cloud.context import Context, context
+from cloud.db import Database
+from cloud.devices import routes as device_routes
+from cloud.http import EXCEPTION_HANDLERS, Endpoint, RequestContextMiddleware
+from cloud.onboarding import routes as onboarding_routes
+from cloud.settings import Settings
+from cloud.throttle import Throttle
+from protocol.api import Health, Readiness
+
+log = logging.getLogger(__name__)
+
+
+def package_version() -> str:
+    try:
+        return version("visionconnect")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+ENDPOINTS: list[Endpoint] = [
+    *auth_routes.ENDPOINTS,
+    *onboarding_routes.ENDPOINTS,
+    *device_routes.ENDPOINTS,
+]
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse(Health(status="ok").model_dump())
+
+
+async def readyz(request: Request) -> Response:
+    checks = {"database": await context(request).database.ping()}
+    ready = all(checks.values())
+    body = Readiness(status="ok" if ready else "unavailable", checks=checks)
+    headers = None if ready else {"Retry-After": "5"}
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503, headers=headers)
+
+
+async def root(request: Request) -> Response:
+    return RedirectResponse("/docs")
+
+
+def create_app(settings: Settings) -> Starlette:
+    settings.validate()
+    document = openapi.build_document(ENDPOINTS, package_version())
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with Database(settings) as database:
+            app.state.context = Context(
+                settings=settings,
+                database=database,
+                passwords=await asyncio.to_thread(Passwords),
+                access_tokens=AccessTokens(
+                    settings.resolved_jwt_secret(), settings.public_url, settings.access_token_ttl_s
+                ),
+                refresh_tokens=RefreshTokens(settings.refresh_token_ttl_s),
+                throttle=Throttle(),
+            )
+            log.info("cloud ready at %s (%s)", settings.public_url, settings.environment)
+            yield
+        log.info("cloud stopped")
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_endpoint(document), methods=["GET"]),
+        Route("/docs", openapi.docs, methods=["GET"]),
+        Route("/docs/init.js", openapi.docs_init, methods=["GET"]),
+        Mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets"),
+        Route("/", root, methods=["GET"]),
+        *(ep.route() for ep in ENDPOINTS),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestContextMiddleware)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )

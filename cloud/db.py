@@ -1,0 +1,94 @@
+"""MongoDB through beanie on PyMongo's async client, or an embedded SecantusDB.
+
+With ``MONGODB_URL`` unset the cloud starts SecantusDB in-process, storing its data under
+``DATA_DIR/db`` so that ``make run`` needs nothing installed and keeps data across restarts.
+TTL indexes only tidy up: SecantusDB sweeps them once a minute and MongoDB every 60 s too,
+so every query that must not see expired data checks the expiry itself.
+"""
+
+import asyncio
+import logging
+from types import TracebackType
+from typing import Any
+
+from beanie import Document, init_beanie
+from pymongo import AsyncMongoClient
+
+from cloud.auth.models import RefreshToken, User
+from cloud.devices.models import Device, Share
+from cloud.onboarding.models import OnboardingTicket
+from cloud.settings import Settings
+from cloud.throttle import ThrottleCounter
+
+log = logging.getLogger(__name__)
+
+DOCUMENTS: list[type[Document]] = [
+    User,
+    RefreshToken,
+    ThrottleCounter,
+    OnboardingTicket,
+    Device,
+    Share,
+]
+
+
+class Database:
+    """Owns the client (and the embedded server, if any) for one process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._server: Any = None
+        self.client: AsyncMongoClient[dict[str, Any]] | None = None
+
+    async def __aenter__(self) -> "Database":
+        url = self._settings.mongodb_url
+        if url is None:
+            url = await asyncio.to_thread(self._start_embedded)
+        self.client = AsyncMongoClient(
+            url, tz_aware=True, serverSelectionTimeoutMS=5000, appname="visionconnect-cloud"
+        )
+        await init_beanie(
+            database=self.client[self._settings.database_name], document_models=DOCUMENTS
+        )
+        return self
+
+    def _start_embedded(self) -> str:
+        from secantus import SecantusDBServer
+
+        path = self._settings.data_dir / "db"
+        path.mkdir(parents=True, exist_ok=True)
+        self._server = SecantusDBServer(
+            host="127.0.0.1",
+            port=0,
+            storage_path=str(path),
+            enable_test_commands=False,
+            cache_size=self._settings.embedded_db_cache,
+            ttl_sweep_seconds=30.0,
+        )
+        self._server.start()
+        log.info("embedded SecantusDB started at %s (data in %s)", self._server.address, path)
+        return str(self._server.uri)
+
+    async def ping(self) -> bool:
+        if self.client is None:
+            return False
+        try:
+            await asyncio.wait_for(self.client.admin.command("ping"), timeout=2.0)
+        except Exception:
+            log.warning("database ping failed", exc_info=True)
+            return False
+        return True
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+        if self._server is not None:
+            await asyncio.to_thread(self._server.stop)
+            self._server = None
+            log.info("embedded SecantusDB stopped")

@@ -1,0 +1,65 @@
+"""The one place that answers "may this principal see or control this device?".
+
+Every device route calls :func:`authorize`; it reads ownership and shares from the
+database at the moment of the request, never from a cache (DESIGN.md, security rules).
+A device the principal may not see is reported as unknown (404), so that ids reveal
+nothing; a viewer asking to control a device they can see gets 403.
+"""
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from beanie import PydanticObjectId
+
+from cloud.auth.tokens import UserPrincipal
+from cloud.devices.models import Device, Share
+from cloud.errors import Forbidden, NotFound
+from protocol.api import Role
+from protocol.errors import ErrorCode
+
+
+class Action(StrEnum):
+    VIEW = "view"  # read the device, watch it, see its events
+    CONTROL = "control"  # rename, remove, share
+
+
+@dataclass(frozen=True)
+class DeviceAccess:
+    device: Device
+    role: Role
+
+
+def parse_id(raw: str, what: str = "device") -> PydanticObjectId:
+    if not PydanticObjectId.is_valid(raw) or len(raw) != 24:
+        raise NotFound(
+            f"no such {what}",
+            ErrorCode.DEVICE_NOT_FOUND if what == "device" else ErrorCode.NOT_FOUND,
+        )
+    return PydanticObjectId(raw)
+
+
+async def authorize(principal: UserPrincipal, device_id: str, action: Action) -> DeviceAccess:
+    unknown = NotFound("no such device", ErrorCode.DEVICE_NOT_FOUND)
+    device = await Device.get(parse_id(device_id))
+    if device is None:
+        raise unknown
+    if device.owner_id == principal.user_id:
+        return DeviceAccess(device, "owner")
+    share = await Share.find_one(Share.device_id == device.id, Share.user_id == principal.user_id)
+    if share is None:
+        raise unknown
+    if action is not Action.VIEW:
+        raise Forbidden("only the camera's owner can do this")
+    return DeviceAccess(device, "viewer")
+
+
+async def visible_devices(principal: UserPrincipal) -> list[DeviceAccess]:
+    """Devices the principal owns, then those shared with them, each with its role."""
+    owned = await Device.find(Device.owner_id == principal.user_id).sort("name").to_list()
+    shared_ids = [
+        s.device_id for s in await Share.find(Share.user_id == principal.user_id).to_list()
+    ]
+    shared = (
+        await Device.find({"_id": {"$in": shared_ids}}).sort("name").to_list() if shared_ids else []
+    )
+    return [DeviceAccess(d, "owner") for d in owned] + [DeviceAccess(d, "viewer") for d in shared]

@@ -1,0 +1,199 @@
+"""Device routes: list, get, rename, remove; sharing by email (PROTOCOL.md)."""
+
+import logging
+
+from pymongo.errors import DuplicateKeyError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cloud.auth.models import User
+from cloud.auth.routes import normalise_email
+from cloud.auth.tokens import now
+from cloud.context import require_user, user
+from cloud.devices.access import Action, DeviceAccess, authorize, parse_id, visible_devices
+from cloud.devices.models import Device, Share
+from cloud.errors import Conflict, NotFound
+from cloud.http import Endpoint, parse_body, reply
+from protocol.api import DeviceList, DeviceOut, RenameRequest, ShareList, ShareOut, ShareRequest
+from protocol.errors import ErrorCode
+
+log = logging.getLogger(__name__)
+
+
+def device_out(access: DeviceAccess) -> DeviceOut:
+    d = access.device
+    return DeviceOut(
+        id=str(d.id),
+        name=d.name,
+        camera_model=d.camera_model,
+        firmware_version=d.firmware_version,
+        role=access.role,
+        online=d.online,
+        last_seen=d.last_seen,
+        activated_at=d.activated_at,
+    )
+
+
+async def list_devices(request: Request) -> Response:
+    found = await visible_devices(user(request))
+    return reply(DeviceList(devices=[device_out(a) for a in found]))
+
+
+async def get_device(request: Request) -> Response:
+    access = await authorize(user(request), request.path_params["device_id"], Action.VIEW)
+    return reply(device_out(access))
+
+
+async def rename_device(request: Request) -> Response:
+    access = await authorize(user(request), request.path_params["device_id"], Action.CONTROL)
+    body = await parse_body(request, RenameRequest)
+    await access.device.set({Device.name: body.name})
+    return reply(device_out(access))
+
+
+async def delete_device(request: Request) -> Response:
+    access = await authorize(user(request), request.path_params["device_id"], Action.CONTROL)
+    device = access.device
+    await Share.find(Share.device_id == device.id).delete()
+    await device.delete()
+    log.info("device %s removed by its owner", device.id)
+    return reply(None, 204)
+
+
+async def share_device(request: Request) -> Response:
+    owner = user(request)
+    access = await authorize(owner, request.path_params["device_id"], Action.CONTROL)
+    body = await parse_body(request, ShareRequest)
+    friend = await User.find_one(User.email == normalise_email(body.email))
+    if friend is None or friend.id is None:
+        raise NotFound(
+            "no account uses this email; ask them to register first", ErrorCode.USER_NOT_FOUND
+        )
+    if friend.id == owner.user_id:
+        raise Conflict("you already own this camera", ErrorCode.ALREADY_SHARED)
+    share = Share(device_id=access.device.id, user_id=friend.id, role=body.role, created_at=now())
+    try:
+        await share.insert()
+    except DuplicateKeyError:
+        raise Conflict(
+            "the camera is already shared with this user", ErrorCode.ALREADY_SHARED
+        ) from None
+    log.info("device %s shared with user %s", access.device.id, friend.id)
+    return reply(
+        ShareOut(
+            user_id=str(friend.id), email=friend.email, role=share.role, created_at=share.created_at
+        ),
+        201,
+    )
+
+
+async def list_shares(request: Request) -> Response:
+    access = await authorize(user(request), request.path_params["device_id"], Action.CONTROL)
+    shares = await Share.find(Share.device_id == access.device.id).sort("created_at").to_list()
+    users = {
+        u.id: u for u in await User.find({"_id": {"$in": [s.user_id for s in shares]}}).to_list()
+    }
+    return reply(
+        ShareList(
+            shares=[
+                ShareOut(
+                    user_id=str(s.user_id),
+                    email=users[s.user_id].email,
+                    role=s.role,
+                    created_at=s.created_at,
+                )
+                for s in shares
+                if s.user_id in users
+            ]
+        )
+    )
+
+
+async def revoke_share(request: Request) -> Response:
+    access = await authorize(user(request), request.path_params["device_id"], Action.CONTROL)
+    friend_id = parse_id(request.path_params["user_id"], "share")
+    result = await Share.find(
+        Share.device_id == access.device.id, Share.user_id == friend_id
+    ).delete()
+    if result is None or result.deleted_count == 0:
+        raise NotFound("the camera is not shared with this user", ErrorCode.SHARE_NOT_FOUND)
+    log.info("device %s no longer shared with user %s", access.device.id, friend_id)
+    return reply(None, 204)
+
+
+TAG = "devices"
+DEVICE = "/api/v1/devices/{device_id}"
+ENDPOINTS = [
+    Endpoint(
+        "GET",
+        "/api/v1/devices",
+        list_devices,
+        "Cameras you own or that are shared with you",
+        TAG,
+        response=DeviceList,
+        auth=require_user,
+    ),
+    Endpoint(
+        "GET",
+        DEVICE,
+        get_device,
+        "One camera",
+        TAG,
+        response=DeviceOut,
+        errors=(404,),
+        auth=require_user,
+    ),
+    Endpoint(
+        "PATCH",
+        DEVICE,
+        rename_device,
+        "Rename a camera (owner)",
+        TAG,
+        body=RenameRequest,
+        response=DeviceOut,
+        errors=(403, 404),
+        auth=require_user,
+    ),
+    Endpoint(
+        "DELETE",
+        DEVICE,
+        delete_device,
+        "Remove a camera (owner): unbinds it",
+        TAG,
+        status=204,
+        errors=(403, 404),
+        auth=require_user,
+    ),
+    Endpoint(
+        "POST",
+        DEVICE + "/shares",
+        share_device,
+        "Share a camera with a viewer (owner)",
+        TAG,
+        status=201,
+        body=ShareRequest,
+        response=ShareOut,
+        errors=(403, 404, 409),
+        auth=require_user,
+    ),
+    Endpoint(
+        "GET",
+        DEVICE + "/shares",
+        list_shares,
+        "Who a camera is shared with (owner)",
+        TAG,
+        response=ShareList,
+        errors=(403, 404),
+        auth=require_user,
+    ),
+    Endpoint(
+        "DELETE",
+        DEVICE + "/shares/{user_id}",
+        revoke_share,
+        "Stop sharing (owner)",
+        TAG,
+        status=204,
+        errors=(403, 404),
+        auth=require_user,
+    ),
+]

@@ -1,0 +1,102 @@
+"""The cloud's error tree. ``cloud.http`` is the one place that maps it to responses.
+
+CloudError                    status  body code (PROTOCOL.md error body)
+├── Malformed                 400     malformed_request
+├── Unauthenticated           401     unauthenticated | invalid_credentials | invalid_token
+├── Forbidden                 403     forbidden
+├── NotFound                  404     not_found | device_not_found | ticket_not_found | ...
+├── Conflict                  409     email_taken | ticket_used | device_bound_... | ...
+├── Gone                      410     ticket_expired
+├── TooLarge                  413     payload_too_large
+├── UnsupportedMediaType      415     unsupported_media_type
+├── Invalid                   422     invalid_request | weak_password
+├── Throttled                 429     rate_limited (+ Retry-After)
+└── Unavailable               503     service_unavailable (+ Retry-After)
+"""
+
+from typing import ClassVar
+
+from protocol.errors import ErrorCode
+
+
+class CloudError(Exception):
+    status: ClassVar[int] = 500
+    default_code: ClassVar[ErrorCode] = ErrorCode.INTERNAL
+
+    def __init__(self, message: str, code: ErrorCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class Malformed(CloudError):
+    status = 400
+    default_code = ErrorCode.MALFORMED_REQUEST
+
+
+class Unauthenticated(CloudError):
+    status = 401
+    default_code = ErrorCode.UNAUTHENTICATED
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="visionconnect"'}
+
+
+class Forbidden(CloudError):
+    status = 403
+    default_code = ErrorCode.FORBIDDEN
+
+
+class NotFound(CloudError):
+    status = 404
+    default_code = ErrorCode.NOT_FOUND
+
+
+class Conflict(CloudError):
+    status = 409
+    default_code = ErrorCode.EMAIL_TAKEN
+
+
+class Gone(CloudError):
+    status = 410
+    default_code = ErrorCode.TICKET_EXPIRED
+
+
+class TooLarge(CloudError):
+    status = 413
+    default_code = ErrorCode.TOO_LARGE
+
+
+class UnsupportedMediaType(CloudError):
+    status = 415
+    default_code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
+
+
+class Invalid(CloudError):
+    status = 422
+    default_code = ErrorCode.INVALID_REQUEST
+
+
+class _RetryLater(CloudError):
+    def __init__(self, message: str, retry_after_s: int, code: ErrorCode | None = None) -> None:
+        super().__init__(message, code)
+        self.retry_after_s = max(1, retry_after_s)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class Throttled(_RetryLater):
+    status = 429
+    default_code = ErrorCode.RATE_LIMITED
+
+
+class Unavailable(_RetryLater):
+    status = 503
+    default_code = ErrorCode.UNAVAILABLE

@@ -1,0 +1,207 @@
+"""HTTP plumbing shared by every feature: endpoints, bodies, errors, request ids.
+
+An :class:`Endpoint` declares a route once: its handler, request body, success response,
+errors and who may call it. The Starlette routes and the OpenAPI document are both built
+from the same declarations, so the served contract cannot drift from the code.
+Every endpoint is authenticated unless it says ``public=True``.
+"""
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from pymongo.errors import ConnectionFailure, ServerSelectionTimeoutError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cloud.errors import CloudError, Invalid, Malformed, TooLarge, Unavailable, UnsupportedMediaType
+from cloud.logs import new_request_id, request_id_var
+from protocol.api import ErrorBody, ErrorDetail
+from protocol.errors import ErrorCode
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("cloud.access")
+
+MAX_BODY_BYTES = 64 * 1024
+USER_CACHE_CONTROL = "private, no-store"
+
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[[Request], Awaitable[Response]]
+Authenticator = Callable[[Request], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    status: int = 200
+    response: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    errors: tuple[int, ...] = ()
+    auth: Authenticator | None = None
+    public: bool = False
+    media_type: str = "application/json"
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def route(self) -> Route:
+        if self.auth is None and not self.public:
+            raise RuntimeError(f"{self.method} {self.path} has no authenticator and is not public")
+        handler, auth = self.handler, self.auth
+
+        async def endpoint(request: Request) -> Response:
+            if auth is not None:
+                request.state.principal = await auth(request)
+            return await handler(request)
+
+        return Route(self.path, endpoint, methods=[self.method], name=self.handler.__name__)
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    """Read a JSON body of at most 64 KiB and validate it; 400/413/415/422 otherwise."""
+    content_type = request.headers.get("content-type", "application/json")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise UnsupportedMediaType("send the body as application/json")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise TooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise TooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    try:
+        data = json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Malformed("the body is not valid JSON") from exc
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise Invalid(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """A sentence naming each bad field, never echoing the values (they may be secrets)."""
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False)[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def reply(model: BaseModel | None, status: int = 200) -> Response:
+    if model is None:
+        return Response(status_code=status)
+    return Response(model.model_dump_json(), status_code=status, media_type="application/json")
+
+
+def error_response(
+    status: int, code: ErrorCode, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    body = ErrorBody(error=ErrorDetail(code=code, message=message))
+    return Response(
+        body.model_dump_json(), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+_HTTP_CODES = {
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    400: ErrorCode.MALFORMED_REQUEST,
+}
+
+
+async def handle_cloud_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CloudError)
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, ErrorCode.MALFORMED_REQUEST)
+    message = "no such resource" if exc.status_code == 404 else str(exc.detail)
+    return error_response(exc.status_code, code, message, dict(exc.headers or {}))
+
+
+async def handle_database_down(request: Request, exc: Exception) -> Response:
+    log.error("database unavailable: %s", type(exc).__name__)
+    down = Unavailable("the database is unavailable; try again shortly", retry_after_s=5)
+    return error_response(down.status, down.code, down.message, down.headers)
+
+
+EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+    CloudError: handle_cloud_error,
+    HTTPException: handle_http_exception,
+    ServerSelectionTimeoutError: handle_database_down,
+    ConnectionFailure: handle_database_down,
+}
+
+
+class RequestContextMiddleware:
+    """Request id (header in, header out, in every log line), access log, cache policy.
+
+    Responses under ``/api/`` are per-user: they get ``Cache-Control: private, no-store``.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        offered = headers.get(b"x-request-id", b"").decode("latin-1") or None
+        request_id = new_request_id(offered)
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+        path: str = scope["path"]
+
+        status_sent = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status, status_sent
+            if message["type"] == "http.response.start":
+                status, status_sent = message["status"], True
+                extra = [(b"x-request-id", request_id.encode())]
+                if path.startswith("/api/"):
+                    extra.append((b"cache-control", USER_CACHE_CONTROL.encode()))
+                message["headers"] = [
+                    (k, v)
+                    for k, v in message.get("headers", [])
+                    if k.lower() != b"cache-control" or not path.startswith("/api/")
+                ] + extra
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            # Handled here rather than by Starlette's outer ServerErrorMiddleware so that the
+            # log line keeps the request id and the client still gets the error body.
+            log.exception("unhandled error on %s %s", scope["method"], path)
+            if status_sent:
+                raise
+            response = error_response(500, ErrorCode.INTERNAL, "internal error; it has been logged")
+            await response(scope, receive, send_with_headers)
+        finally:
+            access_log.info(
+                "%s %s %d %.1fms",
+                scope["method"],
+                path,
+                status,
+                (time.perf_counter() - started) * 1000,
+            )
+            request_id_var.reset(token)

@@ -1,0 +1,139 @@
+"""One Settings object, read from the environment (and a ``.env`` file when present).
+
+Names are DESIGN.md's. Development defaults let ``make run`` work with nothing installed;
+production (``ENVIRONMENT=production``) refuses to start on a default or missing secret.
+"""
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+MIN_SECRET_BYTES = 32
+MAX_ONBOARDING_TTL_S = 600
+
+
+class SettingsError(ValueError):
+    """The environment does not describe a runnable configuration."""
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be an integer, not {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    public_url: str = "http://127.0.0.1:8000"
+    environment: str = "development"
+    data_dir: Path = Path("var")
+    mongodb_url: str | None = None
+    database_name: str = "visionconnect"
+    redis_url: str | None = None
+    jwt_secret: str = field(default="", repr=False)
+    stun_urls: tuple[str, ...] = ()
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: str = field(default="", repr=False)
+    turn_ttl_s: int = 3600
+    relay_secret: str = field(default="", repr=False)
+    yolo_model: str = "yolo11n.pt"
+    access_token_ttl_s: int = 900
+    refresh_token_ttl_s: int = 30 * 24 * 3600
+    onboarding_ttl_s: int = MAX_ONBOARDING_TTL_S
+    # Login throttling: failures per account, attempts per client address, per window.
+    login_window_s: int = 900
+    login_max_failures_per_account: int = 5
+    login_max_attempts_per_address: int = 100
+    # Activation: failed attempts per client address per window.
+    activation_max_failures_per_address: int = 20
+    trusted_proxies: tuple[str, ...] = ()
+    embedded_db_cache: str = "256M"
+
+    @property
+    def production(self) -> bool:
+        return self.environment == "production"
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        dotenv: bool = True,
+        default_public_url: str = "http://127.0.0.1:8000",
+    ) -> "Settings":
+        env: dict[str, str] = {}
+        if dotenv and Path(".env").is_file():
+            env.update({k: v for k, v in dotenv_values(".env").items() if v is not None})
+        env.update(os.environ if environ is None else environ)
+        settings = cls(
+            public_url=(env.get("PUBLIC_URL") or default_public_url).rstrip("/"),
+            environment=env.get("ENVIRONMENT", cls.environment),
+            data_dir=Path(env.get("DATA_DIR", str(cls.data_dir))),
+            mongodb_url=env.get("MONGODB_URL") or None,
+            database_name=env.get("MONGODB_DATABASE", cls.database_name),
+            redis_url=env.get("REDIS_URL") or None,
+            jwt_secret=env.get("JWT_SECRET", ""),
+            stun_urls=_split(env.get("STUN_URLS")),
+            turn_urls=_split(env.get("TURN_URLS")),
+            turn_secret=env.get("TURN_SECRET", ""),
+            turn_ttl_s=_int(env, "TURN_TTL_S", cls.turn_ttl_s),
+            relay_secret=env.get("RELAY_SECRET", ""),
+            yolo_model=env.get("YOLO_MODEL", cls.yolo_model),
+            onboarding_ttl_s=_int(env, "ONBOARDING_TTL_S", cls.onboarding_ttl_s),
+            login_max_failures_per_account=_int(
+                env, "LOGIN_MAX_FAILURES_PER_ACCOUNT", cls.login_max_failures_per_account
+            ),
+            login_max_attempts_per_address=_int(
+                env, "LOGIN_MAX_ATTEMPTS_PER_ADDRESS", cls.login_max_attempts_per_address
+            ),
+            trusted_proxies=_split(env.get("TRUSTED_PROXIES")),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.environment not in ("development", "production"):
+            raise SettingsError("ENVIRONMENT must be 'development' or 'production'")
+        if not self.public_url.startswith(("http://", "https://")):
+            raise SettingsError("PUBLIC_URL must be an http:// or https:// URL")
+        if not 60 <= self.onboarding_ttl_s <= MAX_ONBOARDING_TTL_S:
+            raise SettingsError("ONBOARDING_TTL_S must be between 60 and 600 seconds")
+        if self.production:
+            if len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
+                raise SettingsError(
+                    f"JWT_SECRET must be set to at least {MIN_SECRET_BYTES} bytes in production"
+                )
+            if not self.mongodb_url:
+                raise SettingsError("MONGODB_URL is required in production")
+            if not self.public_url.startswith("https://"):
+                raise SettingsError("PUBLIC_URL must be https:// in production")
+
+    def resolved_jwt_secret(self) -> str:
+        """The JWT secret; in development, generated once and kept in ``DATA_DIR``."""
+        if self.jwt_secret:
+            return self.jwt_secret
+        if self.production:
+            raise SettingsError("JWT_SECRET is required in production")
+        path = self.data_dir / "jwt-secret"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass  # another process of this deployment wrote it first
+            else:
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(secrets.token_urlsafe(48))
+        return path.read_text().strip()

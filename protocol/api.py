@@ -1,0 +1,159 @@
+"""Bodies of the HTTP API (PROTOCOL.md, "HTTP API"). Requests forbid unknown fields."""
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
+
+from protocol.errors import ErrorCode
+from protocol.qr import MODEL_PATTERN, TOKEN_PATTERN, check_ssid, check_wifi_password
+
+Role = Literal["owner", "viewer"]
+DeviceName = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$"
+    ),
+]
+ObjectIdStr = Annotated[str, Field(description="Opaque id", examples=["665f1c2e9b1e8a0a1b2c3d4e"])]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Response(BaseModel):
+    pass
+
+
+class ErrorDetail(Response):
+    code: ErrorCode
+    message: str
+
+
+class ErrorBody(Response):
+    error: ErrorDetail
+
+
+# accounts -------------------------------------------------------------------------------
+
+
+class Credentials(Request):
+    email: EmailStr = Field(max_length=254)
+    password: str = Field(min_length=1, max_length=128)
+
+
+class UserOut(Response):
+    id: ObjectIdStr
+    email: str
+    created_at: datetime
+
+
+class TokenPair(Response):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int = Field(description="Seconds until the access token expires")
+
+
+class RefreshRequest(Request):
+    refresh_token: str = Field(min_length=1, max_length=256)
+
+
+# onboarding -----------------------------------------------------------------------------
+
+
+class OnboardingRequest(Request):
+    device_name: DeviceName
+    camera_model: Annotated[str, Field(pattern=MODEL_PATTERN)]
+    wifi_ssid: str
+    wifi_password: str = Field(default="", repr=False)
+
+    @field_validator("wifi_ssid")
+    @classmethod
+    def _ssid(cls, value: str) -> str:
+        return check_ssid(value)
+
+    @field_validator("wifi_password")
+    @classmethod
+    def _password(cls, value: str) -> str:
+        return check_wifi_password(value)
+
+
+class OnboardingTicketOut(Response):
+    ticket_id: ObjectIdStr
+    payload: str = Field(description="The QR text, to be shown to the camera")
+    qr_png: str = Field(description="data:image/png;base64,... of the QR code")
+    qr_svg: str = Field(description="The QR code as an SVG document")
+    expires_at: datetime
+
+
+class OnboardingStatus(Response):
+    ticket_id: ObjectIdStr
+    status: Literal["pending", "activated", "expired"]
+    device_id: ObjectIdStr | None = None
+    expires_at: datetime
+
+
+class ActivateRequest(Request):
+    token: str = Field(pattern=TOKEN_PATTERN)
+    device_uid: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9:._-]{3,63}$")
+    camera_model: Annotated[str, Field(pattern=MODEL_PATTERN)]
+    firmware_version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,31}$")
+    public_key: str = Field(
+        pattern=r"^[A-Za-z0-9_-]{43}=?$",
+        description="Raw 32-byte Ed25519 public key, URL-safe base64",
+    )
+
+
+class ActivateResponse(Response):
+    device_id: ObjectIdStr
+    device_name: str
+    signaling_url: str
+
+
+# devices and sharing --------------------------------------------------------------------
+
+
+class DeviceOut(Response):
+    id: ObjectIdStr
+    name: str
+    camera_model: str
+    firmware_version: str
+    role: Role
+    online: bool
+    last_seen: datetime | None
+    activated_at: datetime
+
+
+class DeviceList(Response):
+    devices: list[DeviceOut]
+
+
+class RenameRequest(Request):
+    name: DeviceName
+
+
+class ShareRequest(Request):
+    email: EmailStr = Field(max_length=254)
+    role: Literal["viewer"] = "viewer"
+
+
+class ShareOut(Response):
+    user_id: ObjectIdStr
+    email: str
+    role: Literal["viewer"]
+    created_at: datetime
+
+
+class ShareList(Response):
+    shares: list[ShareOut]
+
+
+class Health(Response):
+    status: Literal["ok"]
+
+
+class Readiness(Response):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, bool]

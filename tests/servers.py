@@ -1,0 +1,100 @@
+"""Real servers for the suites: started as subprocesses on free loopback ports, stopped by PID."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from pymongo import MongoClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def secantus_server(storage: Path) -> Iterator[str]:
+    """A SecantusDB server process; yields its MongoDB URL."""
+    port = free_port()
+    binary = Path(sys.executable).parent / "secantusd-py"
+    process = subprocess.Popen(
+        [
+            str(binary),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--storage-path",
+            str(storage),
+            "--enable-test-commands",
+            "--cache-size",
+            "256M",
+            "--log-level",
+            "WARNING",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with MongoClient(url, serverSelectionTimeoutMS=300) as client:
+                    client.admin.command("ping")
+                break
+            except Exception:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("SecantusDB did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        stop(process)
+
+
+@contextmanager
+def cloud_process(env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """``python -m cloud`` on a free port; yields its base URL once /readyz answers."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cloud", "--host", "127.0.0.1", "--port", str(port)],
+            env={**os.environ, "PUBLIC_URL": url, **env},
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the cloud did not start; see {log_path}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        stop(process)
