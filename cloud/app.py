@@ -21,7 +21,7 @@ from cloud.auth.tokens import AccessTokens, RefreshTokens
 from cloud.context import Context, context
 from cloud.db import Database
 from cloud.devices import routes as device_routes
-from cloud.http import EXCEPTION_HANDLERS, Endpoint, RequestContextMiddleware
+from cloud.http import EXCEPTION_HANDLERS, Endpoint, RequestContextMiddleware, routes
 from cloud.onboarding import routes as onboarding_routes
 from cloud.settings import Settings
 from cloud.throttle import Throttle
@@ -81,7 +81,7 @@ def create_app(settings: Settings) -> Starlette:
             yield
         log.info("cloud stopped")
 
-    routes: list[BaseRoute] = [
+    table: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_endpoint(document), methods=["GET"]),
@@ -89,10 +89,10 @@ def create_app(settings: Settings) -> Starlette:
         Route("/docs/init.js", openapi.docs_init, methods=["GET"]),
         Mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets"),
         Route("/", root, methods=["GET"]),
-        *(ep.route() for ep in ENDPOINTS),
+        *routes(ENDPOINTS),
     ]
     return Starlette(
-        routes=routes,
+        routes=table,
         middleware=[Middleware(RequestContextMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

@@ -54,17 +54,33 @@ class Endpoint:
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def route(self) -> Route:
+    def check(self) -> None:
         if self.auth is None and not self.public:
             raise RuntimeError(f"{self.method} {self.path} has no authenticator and is not public")
-        handler, auth = self.handler, self.auth
 
-        async def endpoint(request: Request) -> Response:
-            if auth is not None:
-                request.state.principal = await auth(request)
-            return await handler(request)
+    async def __call__(self, request: Request) -> Response:
+        if self.auth is not None:
+            request.state.principal = await self.auth(request)
+        return await self.handler(request)
 
-        return Route(self.path, endpoint, methods=[self.method], name=self.handler.__name__)
+
+def routes(endpoints: list[Endpoint]) -> list[Route]:
+    """One Starlette route per path, dispatching on the method, so 405 lists every method."""
+    by_path: dict[str, dict[str, Endpoint]] = {}
+    for ep in endpoints:
+        ep.check()
+        by_path.setdefault(ep.path, {})[ep.method] = ep
+
+    def dispatcher(methods: dict[str, Endpoint]) -> Handler:
+        async def dispatch(request: Request) -> Response:
+            method = "GET" if request.method == "HEAD" else request.method
+            return await methods[method](request)
+
+        return dispatch
+
+    return [
+        Route(path, dispatcher(methods), methods=list(methods)) for path, methods in by_path.items()
+    ]
 
 
 async def parse_body(request: Request, model: type[M]) -> M:

@@ -3,16 +3,31 @@
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from protocol.errors import ErrorCode
-from protocol.qr import MODEL_PATTERN, TOKEN_PATTERN, check_ssid, check_wifi_password
+from protocol.qr import (
+    MODEL_PATTERN,
+    TOKEN_PATTERN,
+    WIFI_PASSWORD_PATTERN,
+    check_ssid,
+    check_wifi_password,
+)
 
 Role = Literal["owner", "viewer"]
 DeviceName = Annotated[
     str,
     StringConstraints(
         strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$"
+    ),
+]
+Email = Annotated[
+    str,
+    Field(
+        max_length=254,
+        pattern=r"^[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+$",
+        description="Compared case-insensitively",
+        examples=["ana@example.com"],
     ),
 ]
 ObjectIdStr = Annotated[str, Field(description="Opaque id", examples=["665f1c2e9b1e8a0a1b2c3d4e"])]
@@ -39,8 +54,17 @@ class ErrorBody(Response):
 
 
 class Credentials(Request):
-    email: EmailStr = Field(max_length=254)
+    email: Email
     password: str = Field(min_length=1, max_length=128)
+
+
+class NewAccount(Request):
+    email: Email
+    password: str = Field(
+        min_length=10,
+        max_length=128,
+        description="At least 10 characters, not a common password, not your email",
+    )
 
 
 class UserOut(Response):
@@ -66,8 +90,19 @@ class RefreshRequest(Request):
 class OnboardingRequest(Request):
     device_name: DeviceName
     camera_model: Annotated[str, Field(pattern=MODEL_PATTERN)]
-    wifi_ssid: str
-    wifi_password: str = Field(default="", repr=False)
+    wifi_ssid: str = Field(
+        min_length=1,
+        max_length=32,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="The Wi-Fi network name: at most 32 bytes in UTF-8",
+    )
+    wifi_password: str = Field(
+        default="",
+        repr=False,
+        pattern=WIFI_PASSWORD_PATTERN,
+        description="Empty (open network), 8-63 printable ASCII characters, or 64 hex digits. "
+        "Never stored: it only goes into the QR payload.",
+    )
 
     @field_validator("wifi_ssid")
     @classmethod
@@ -135,7 +170,7 @@ class RenameRequest(Request):
 
 
 class ShareRequest(Request):
-    email: EmailStr = Field(max_length=254)
+    email: Email
     role: Literal["viewer"] = "viewer"
 
 

@@ -18,6 +18,7 @@ from protocol.errors import ErrorCode, ProtocolError
 QR_VERSION = 1
 MAX_PAYLOAD_BYTES = 512
 TOKEN_PATTERN = r"^[A-Za-z0-9_-]{22}$"  # 128 bits, URL-safe base64 without padding
+WIFI_PASSWORD_PATTERN = r"^([\x20-\x7e]{8,63}|[0-9A-Fa-f]{64})?$"
 MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,47}$"
 
 CameraModel = Annotated[str, Field(pattern=MODEL_PATTERN, description="Camera model name")]
@@ -90,7 +91,8 @@ def decode_qr_payload(text: str) -> QrPayload:
         raise ProtocolError(ErrorCode.INVALID_QR_PAYLOAD, "the QR code is not JSON") from exc
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.INVALID_QR_PAYLOAD, "the QR payload is not an object")
-    if data.get("v") != QR_VERSION:
+    # type() so that JSON true and 1.0, which compare equal to 1 in Python, are refused.
+    if type(data.get("v")) is not int or data["v"] != QR_VERSION:
         raise ProtocolError(
             ErrorCode.INVALID_QR_PAYLOAD,
             f"unsupported QR payload version {data.get('v')!r}; this camera reads version 1",

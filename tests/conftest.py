@@ -1,11 +1,14 @@
+import base64
 import itertools
+import json
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from starlette.applications import Starlette
 
 from cloud.app import create_app
@@ -85,3 +88,58 @@ def make_account(client: httpx.AsyncClient) -> MakeAccount:
         return Account(email, created.json()["id"], login.json())
 
     return make
+
+
+def camera_key() -> tuple[Ed25519PrivateKey, str]:
+    """A camera identity: an Ed25519 key and its raw public half in URL-safe base64."""
+    private = Ed25519PrivateKey.generate()
+    raw = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return private, base64.urlsafe_b64encode(raw).decode()
+
+
+class ActivatedDevice:
+    def __init__(
+        self, device_id: str, device_uid: str, name: str, private_key: Ed25519PrivateKey
+    ) -> None:
+        self.id = device_id
+        self.uid = device_uid
+        self.name = name
+        self.private_key = private_key
+
+
+ActivateDevice = Callable[..., Awaitable[ActivatedDevice]]
+
+
+@pytest.fixture
+def activate_device(client: httpx.AsyncClient) -> ActivateDevice:
+    """Onboard and activate a camera for ``account`` through the HTTP API."""
+
+    async def activate(account: Account, name: str = "Front door") -> ActivatedDevice:
+        ticket = await client.post(
+            "/api/v1/onboarding",
+            json={
+                "device_name": name,
+                "camera_model": "EZ-C31",
+                "wifi_ssid": "Home",
+                "wifi_password": "wifi-password-1",
+            },
+            headers=account.headers,
+        )
+        assert ticket.status_code == 201, ticket.text
+        token = json.loads(ticket.json()["payload"])["t"]
+        private, public = camera_key()
+        uid = "cam-" + secrets.token_hex(8)
+        activated = await client.post(
+            "/api/v1/devices/activate",
+            json={
+                "token": token,
+                "device_uid": uid,
+                "camera_model": "EZ-C31",
+                "firmware_version": "1.0.0",
+                "public_key": public,
+            },
+        )
+        assert activated.status_code == 201, activated.text
+        return ActivatedDevice(activated.json()["device_id"], uid, name, private)
+
+    return activate

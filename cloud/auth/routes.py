@@ -15,7 +15,7 @@ from cloud.context import client_address, context, require_user, user
 from cloud.errors import Conflict, Invalid, Unauthenticated
 from cloud.http import Endpoint, parse_body, reply
 from cloud.throttle import key
-from protocol.api import Credentials, RefreshRequest, TokenPair, UserOut
+from protocol.api import Credentials, NewAccount, RefreshRequest, TokenPair, UserOut
 from protocol.errors import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def user_out(found: User) -> UserOut:
 
 async def register(request: Request) -> Response:
     ctx = context(request)
-    body = await parse_body(request, Credentials)
+    body = await parse_body(request, NewAccount)
     email = normalise_email(body.email)
     try:
         check_strength(body.password, email)
@@ -119,7 +119,7 @@ ENDPOINTS = [
         "Create an account",
         TAG,
         status=201,
-        body=Credentials,
+        body=NewAccount,
         response=UserOut,
         errors=(409,),
         public=True,
