@@ -39,6 +39,9 @@ class ErrorCode(StrEnum):
     INVALID_REQUEST = "invalid_request"
     WEAK_PASSWORD = "weak_password"
     INVALID_QR_PAYLOAD = "invalid_qr_payload"
+    UNKNOWN_TYPE = "unknown_type"
+    UNKNOWN_SESSION = "unknown_session"
+    DEVICE_OFFLINE = "device_offline"
     # 429
     RATE_LIMITED = "rate_limited"
     # 500 / 503

@@ -29,7 +29,10 @@ AUDIENCE = "visionconnect:api"
 
 
 def now() -> datetime:
-    return datetime.now(UTC)
+    """The current time at the database's precision (BSON dates hold milliseconds), so a
+    time returned when a document is created equals the one read back from it later."""
+    current = datetime.now(UTC)
+    return current.replace(microsecond=current.microsecond // 1000 * 1000)
 
 
 def token_hash(token: str) -> str:

@@ -165,7 +165,7 @@ async def _activate(body: ActivateRequest) -> Device:
     )
     if claimed is None:  # another camera won the race, or it expired meanwhile
         again = await OnboardingTicket.get(found.id)
-        if again is not None and again.status == "pending":
+        if again is not None and again.status == "pending" and again.expires_at <= now():
             raise Gone(
                 "this onboarding code has expired; create a new one", ErrorCode.TICKET_EXPIRED
             )
