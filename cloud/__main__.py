@@ -1,16 +1,38 @@
 """``python -m cloud [--host H] [--port P]``: run the cloud service with uvicorn."""
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import sys
+from types import FrameType
 
 import uvicorn
+from starlette.applications import Starlette
 
 from cloud.app import create_app
 from cloud.logs import configure_logging
 from cloud.settings import Settings, SettingsError
 
 log = logging.getLogger("cloud")
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM/SIGINT, first send ``go_away`` to every WebSocket and close them.
+
+    uvicorn would otherwise wait for open WebSockets (which never end by themselves)
+    until its graceful timeout, and only then run the application's shutdown.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self.app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        context = getattr(self.app.state, "context", None)
+        if context is not None and not context.signaling.draining:
+            self._drain = asyncio.ensure_future(context.signaling.drain())
+        super().handle_exit(sig, frame)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         f"VisionConnect cloud: {settings.public_url}  (API docs: {settings.public_url}/docs)",
         flush=True,
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
@@ -44,12 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=list(settings.trusted_proxies) or None,
+        # Signaling: no per-message deflate (~30 KiB per idle connection, DESIGN.md),
+        # 64 KiB frames at most (larger ones close with 1009), pings to find dead peers.
         ws_per_message_deflate=False,
         ws_max_size=64 * 1024,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
         timeout_graceful_shutdown=10,
     )
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after its shutdown
+        DrainingServer(config, app).run()
     return 0
 
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -24,6 +25,9 @@ from cloud.devices import routes as device_routes
 from cloud.http import EXCEPTION_HANDLERS, Endpoint, RequestContextMiddleware, routes
 from cloud.onboarding import routes as onboarding_routes
 from cloud.settings import Settings
+from cloud.signaling import routes as signaling_routes
+from cloud.signaling.bus import Bus, MemoryBus
+from cloud.signaling.ws import Signaling
 from cloud.throttle import Throttle
 from protocol.api import Health, Readiness
 
@@ -41,7 +45,16 @@ ENDPOINTS: list[Endpoint] = [
     *auth_routes.ENDPOINTS,
     *onboarding_routes.ENDPOINTS,
     *device_routes.ENDPOINTS,
+    *signaling_routes.ENDPOINTS,
 ]
+
+
+def make_bus(settings: Settings) -> Bus:
+    if settings.redis_url:
+        from cloud.signaling.redis_bus import RedisBus
+
+        return RedisBus(settings.redis_url)
+    return MemoryBus()
 
 
 async def healthz(request: Request) -> Response:
@@ -49,7 +62,8 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    checks = {"database": await context(request).database.ping()}
+    ctx = context(request)
+    checks = {"database": await ctx.database.ping(), "bus": await ctx.signaling.bus.ping()}
     ready = all(checks.values())
     body = Readiness(status="ok" if ready else "unavailable", checks=checks)
     headers = None if ready else {"Retry-After": "5"}
@@ -67,18 +81,28 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with Database(settings) as database:
+            bus = make_bus(settings)
+            await bus.start()
+            access_tokens = AccessTokens(
+                settings.resolved_jwt_secret(), settings.public_url, settings.access_token_ttl_s
+            )
+            signaling = Signaling(settings, bus, access_tokens, secrets.token_hex(4))
+            await signaling.start()
             app.state.context = Context(
                 settings=settings,
                 database=database,
                 passwords=await asyncio.to_thread(Passwords),
-                access_tokens=AccessTokens(
-                    settings.resolved_jwt_secret(), settings.public_url, settings.access_token_ttl_s
-                ),
+                access_tokens=access_tokens,
                 refresh_tokens=RefreshTokens(settings.refresh_token_ttl_s),
                 throttle=Throttle(),
+                signaling=signaling,
             )
             log.info("cloud ready at %s (%s)", settings.public_url, settings.environment)
-            yield
+            try:
+                yield
+            finally:
+                await signaling.stop()
+                await bus.close()
         log.info("cloud stopped")
 
     table: list[BaseRoute] = [
@@ -90,6 +114,7 @@ def create_app(settings: Settings) -> Starlette:
         Mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets"),
         Route("/", root, methods=["GET"]),
         *routes(ENDPOINTS),
+        *signaling_routes.SOCKETS,
     ]
     return Starlette(
         routes=table,

@@ -9,6 +9,7 @@ from cloud.auth.tokens import AccessTokens, RefreshTokens, UserPrincipal
 from cloud.db import Database
 from cloud.errors import Unauthenticated
 from cloud.settings import Settings
+from cloud.signaling.ws import Signaling
 from cloud.throttle import Throttle
 
 
@@ -20,6 +21,7 @@ class Context:
     access_tokens: AccessTokens
     refresh_tokens: RefreshTokens
     throttle: Throttle
+    signaling: Signaling
 
 
 def context(request: Request) -> Context:

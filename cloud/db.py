@@ -18,6 +18,7 @@ from cloud.auth.models import RefreshToken, User
 from cloud.devices.models import Device, Share
 from cloud.onboarding.models import OnboardingTicket
 from cloud.settings import Settings
+from cloud.signaling.models import RelayNode, SessionRecord
 from cloud.throttle import ThrottleCounter
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ DOCUMENTS: list[type[Document]] = [
     OnboardingTicket,
     Device,
     Share,
+    SessionRecord,
+    RelayNode,
 ]
 
 

@@ -59,6 +59,9 @@ class Settings:
     # Activation: failed attempts per client address per window.
     activation_max_failures_per_address: int = 20
     trusted_proxies: tuple[str, ...] = ()
+    # A camera is online while its connection refreshes its presence; an instance that dies
+    # without clearing it is noticed when it expires.
+    presence_ttl_s: int = 60
     embedded_db_cache: str = "256M"
 
     @property
@@ -99,6 +102,7 @@ class Settings:
                 env, "LOGIN_MAX_ATTEMPTS_PER_ADDRESS", cls.login_max_attempts_per_address
             ),
             trusted_proxies=_split(env.get("TRUSTED_PROXIES")),
+            presence_ttl_s=_int(env, "PRESENCE_TTL_S", cls.presence_ttl_s),
         )
         settings.validate()
         return settings
@@ -110,6 +114,8 @@ class Settings:
             raise SettingsError("PUBLIC_URL must be an http:// or https:// URL")
         if not 60 <= self.onboarding_ttl_s <= MAX_ONBOARDING_TTL_S:
             raise SettingsError("ONBOARDING_TTL_S must be between 60 and 600 seconds")
+        if not 3 <= self.presence_ttl_s <= 600:
+            raise SettingsError("PRESENCE_TTL_S must be between 3 and 600 seconds")
         if self.production:
             if len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
                 raise SettingsError(
@@ -124,6 +130,8 @@ class Settings:
         """The JWT secret; in development, generated once and kept in ``DATA_DIR``."""
         if self.jwt_secret:
             return self.jwt_secret
+        if not 3 <= self.presence_ttl_s <= 600:
+            raise SettingsError("PRESENCE_TTL_S must be between 3 and 600 seconds")
         if self.production:
             raise SettingsError("JWT_SECRET is required in production")
         path = self.data_dir / "jwt-secret"

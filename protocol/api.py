@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from protocol.errors import ErrorCode
+from protocol.messages import IceServer
 from protocol.qr import (
     MODEL_PATTERN,
     TOKEN_PATTERN,
@@ -183,6 +184,11 @@ class ShareOut(Response):
 
 class ShareList(Response):
     shares: list[ShareOut]
+
+
+class IceServersOut(Response):
+    ice_servers: list[IceServer]
+    ttl: int = Field(description="Seconds the TURN credentials stay valid")
 
 
 class Health(Response):

@@ -98,3 +98,30 @@ def cloud_process(env: dict[str, str], log_path: Path) -> Iterator[str]:
         yield url
     finally:
         stop(process)
+
+
+@contextmanager
+def redis_server(port: int | None = None) -> Iterator[str]:
+    """A ``redis-server`` process on loopback, without persistence; yields its URL.
+
+    Give the ``port`` of a server stopped before to start its replacement (a restart).
+    """
+    port = port or free_port()
+    options = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(["redis-server", *options], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {port}")
+            time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop(process)

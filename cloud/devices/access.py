@@ -63,3 +63,12 @@ async def visible_devices(principal: UserPrincipal) -> list[DeviceAccess]:
         await Device.find({"_id": {"$in": shared_ids}}).sort("name").to_list() if shared_ids else []
     )
     return [DeviceAccess(d, "owner") for d in owned] + [DeviceAccess(d, "viewer") for d in shared]
+
+
+async def audience(device_id: PydanticObjectId) -> list[PydanticObjectId]:
+    """Users who may see ``device_id`` right now: its owner and its viewers."""
+    device = await Device.get(device_id)
+    if device is None:
+        return []
+    shares = await Share.find(Share.device_id == device_id).to_list()
+    return [device.owner_id, *(s.user_id for s in shares)]

@@ -9,7 +9,7 @@ from starlette.responses import Response
 from cloud.auth.models import User
 from cloud.auth.routes import normalise_email
 from cloud.auth.tokens import now
-from cloud.context import require_user, user
+from cloud.context import context, require_user, user
 from cloud.devices.access import Action, DeviceAccess, authorize, parse_id, visible_devices
 from cloud.devices.models import Device, Share
 from cloud.errors import Conflict, NotFound
@@ -56,6 +56,7 @@ async def delete_device(request: Request) -> Response:
     device = access.device
     await Share.find(Share.device_id == device.id).delete()
     await device.delete()
+    await context(request).signaling.removed(str(device.id))
     log.info("device %s removed by its owner", device.id)
     return reply(None, 204)
 
@@ -117,6 +118,7 @@ async def revoke_share(request: Request) -> Response:
     ).delete()
     if result is None or result.deleted_count == 0:
         raise NotFound("the camera is not shared with this user", ErrorCode.SHARE_NOT_FOUND)
+    await context(request).signaling.revoke(str(access.device.id), str(friend_id))
     log.info("device %s no longer shared with user %s", access.device.id, friend_id)
     return reply(None, 204)
 

@@ -37,6 +37,7 @@ from protocol.api import (
     OnboardingTicketOut,
 )
 from protocol.errors import ErrorCode
+from protocol.messages import DeviceActivated
 from protocol.qr import QrPayload, encode_qr_payload
 
 log = logging.getLogger(__name__)
@@ -131,10 +132,14 @@ async def activate(request: Request) -> Response:
     body = await parse_body(request, ActivateRequest)
     check_public_key(body.public_key)
     try:
-        device = await _activate(body)
+        device, ticket, rebound = await _activate(body)
     except (NotFound, Gone, Conflict, Invalid):
         await ctx.throttle.hit(failures, ACTIVATION_WINDOW_S)
         raise
+    if rebound:  # a re-onboarded camera: the old key's connection and sessions end now
+        await ctx.signaling.removed(str(device.id))
+    activated = DeviceActivated(ticket_id=str(ticket.id), device_id=str(device.id))
+    await ctx.signaling.push([ticket.user_id], activated)
     signaling = ctx.settings.public_url.replace("http", "ws", 1) + "/ws/v1/device"
     return reply(
         ActivateResponse(
@@ -144,7 +149,8 @@ async def activate(request: Request) -> Response:
     )
 
 
-async def _activate(body: ActivateRequest) -> Device:
+async def _activate(body: ActivateRequest) -> tuple[Device, OnboardingTicket, bool]:
+    """Claim the ticket and bind the device; (device, ticket, whether it was re-bound)."""
     tickets = OnboardingTicket.get_pymongo_collection()
     digest = token_hash(body.token)
     found = await OnboardingTicket.find_one(OnboardingTicket.token_hash == digest)
@@ -170,6 +176,9 @@ async def _activate(body: ActivateRequest) -> Device:
                 "this onboarding code has expired; create a new one", ErrorCode.TICKET_EXPIRED
             )
         raise Conflict("this onboarding code has already been used", ErrorCode.TICKET_USED)
+    rebound = await Device.find_one(
+        Device.device_uid == body.device_uid, Device.owner_id == found.user_id
+    )
     try:
         device = await _bind_device(body, found)
     except CloudError:
@@ -181,7 +190,7 @@ async def _activate(body: ActivateRequest) -> Device:
         {"_id": found.id}, {"$set": {"status": "activated", "device_id": device.id}}
     )
     log.info("device %s activated from ticket %s", device.id, found.id)
-    return device
+    return device, found, rebound is not None
 
 
 async def _check_not_bound_elsewhere(device_uid: str, owner_id: PydanticObjectId) -> None:

@@ -55,7 +55,7 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ok", "checks": {"database": True}}
+    assert ready.json() == {"status": "ok", "checks": {"database": True, "bus": True}}
 
 
 @pytest.mark.timeout(600)

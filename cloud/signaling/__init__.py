@@ -1,0 +1,1 @@
+"""Signaling: the hub that routes sessions, the bus between instances, the WebSocket edges."""

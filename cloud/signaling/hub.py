@@ -1,0 +1,647 @@
+"""The signaling hub: pure session routing for one cloud instance.
+
+No sockets, no Redis, no database: the edges (``ws.py``) feed it what happened —
+a frame from a local connection, an envelope from the bus, a disconnect, the clock — and
+carry out what it returns: :class:`Send` a frame to a local connection, :class:`Publish`
+an envelope on a bus channel, :class:`Close` a connection, :class:`Subscribe` to a channel.
+
+Routing. Each camera is reachable on the channel ``dev.<device id>``, held by the instance
+where its connection lives; each viewer connection on ``conn.<connection id>``. A session
+is known on both sides: :class:`ViewerSide` on the viewer's instance, :class:`CameraSide` on
+the camera's. The two sides talk only through envelopes ``{"kind": ..., "session": ...}``,
+so the behaviour is the same whether both connections are on one instance or not.
+
+Lifecycle (PROTOCOL.md): request -> created -> offer -> answer -> ice ... -> end. Access is
+decided by the caller (a database check) before :meth:`Hub.request_session`; afterwards
+:meth:`Hub.revoke` and :meth:`Hub.device_removed` end sessions when ownership or sharing
+changes, on every instance, through the broadcast channel.
+"""
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from protocol.errors import ErrorCode
+from protocol.messages import (
+    ClientMessage,
+    EndReason,
+    GoAway,
+    IceServer,
+    Message,
+    Ping,
+    Pong,
+    SessionAnswer,
+    SessionCreated,
+    SessionEnd,
+    SessionIce,
+    SessionOffer,
+    SessionRequest,
+    Status,
+    StatusError,
+)
+
+Role = Literal["user", "device", "relay"]
+Envelope = dict[str, Any]
+BROADCAST = "all"
+
+CLOSE_AUTH = 4401
+CLOSE_POLICY = 1008
+CLOSE_REPLACED = 4409
+CLOSE_REMOVED = 4404
+
+
+def device_channel(device_id: str) -> str:
+    return f"dev.{device_id}"
+
+
+def conn_channel(conn_id: str) -> str:
+    return f"conn.{conn_id}"
+
+
+def user_channel(user_id: str) -> str:
+    return f"user.{user_id}"
+
+
+@dataclass(frozen=True)
+class Send:
+    conn: str
+    message: Message | dict[str, Any]  # a dict: a push already in wire form
+
+
+@dataclass(frozen=True)
+class Publish:
+    channel: str
+    envelope: Envelope
+
+
+@dataclass(frozen=True)
+class Close:
+    conn: str
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    channel: str
+    on: bool = True  # False: unsubscribe
+
+
+@dataclass(frozen=True)
+class PresenceChanged:
+    """A local camera came online or went offline: the edge updates presence and pushes it."""
+
+    device_id: str
+    conn: str
+    online: bool
+
+
+@dataclass(frozen=True)
+class Record:
+    """A viewer-side session changed state: the edge stores it (``sessions`` collection)."""
+
+    session_id: str
+    event: Literal["created", "answered", "ended"]
+    device_id: str
+    user_id: str
+    reason: str | None = None
+
+
+Delivery = Send | Publish | Close | Subscribe | PresenceChanged | Record
+
+
+@dataclass(frozen=True)
+class Limits:
+    sdp_per_s: float = 5.0
+    ice_per_s: float = 20.0
+    viewers_per_camera: int = 10
+    sessions_per_viewer: int = 20
+    accept_timeout_s: float = 5.0
+    answer_timeout_s: float = 15.0
+    strikes_before_close: int = 20
+
+
+class Bucket:
+    """Token bucket: ``rate`` per second, bursts up to one second's worth."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.tokens = rate
+        self.stamp: float | None = None
+
+    def allow(self, now: float) -> bool:
+        if self.stamp is not None:
+            self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass
+class Connection:
+    id: str
+    role: Role
+    principal: str  # user id, device id or relay id
+    sdp: Bucket
+    ice: Bucket
+    strikes: int = 0
+
+
+@dataclass
+class ViewerSide:
+    id: str
+    device_id: str
+    viewer: str  # local connection id
+    user_id: str
+    request_id: str | None
+    ice_servers: list[IceServer]
+    created_at: float
+    accepted: bool = False
+    offered_at: float | None = None
+    answered: bool = False
+
+
+@dataclass
+class CameraSide:
+    id: str
+    device_id: str
+    camera: str  # local connection id
+    viewer_channel: str
+    user_id: str
+
+
+@dataclass
+class Hub:
+    instance: str
+    ice_servers: Callable[[str], list[IceServer]]  # ICE servers for a principal, now
+    limits: Limits = field(default_factory=Limits)
+    connections: dict[str, Connection] = field(default_factory=dict)
+    cameras: dict[str, str] = field(default_factory=dict)  # device id -> local connection
+    viewer_sides: dict[str, ViewerSide] = field(default_factory=dict)
+    camera_sides: dict[str, CameraSide] = field(default_factory=dict)
+
+    # connections ------------------------------------------------------------------------
+
+    def new_connection_id(self) -> str:
+        return f"{self.instance}.{secrets.token_urlsafe(9)}"
+
+    def connect(self, conn: str, role: Role, principal: str) -> list[Delivery]:
+        self.connections[conn] = Connection(
+            conn, role, principal, Bucket(self.limits.sdp_per_s), Bucket(self.limits.ice_per_s)
+        )
+        out: list[Delivery] = [Subscribe(conn_channel(conn))]
+        if role == "user" and self._user_conns(principal) == [conn]:
+            out.append(Subscribe(user_channel(principal)))
+        if role == "device":
+            previous = self.cameras.get(principal)
+            if previous is not None:
+                out += self._replace_camera(previous, "replaced by a newer connection")
+            self.cameras[principal] = conn
+            # The camera's earlier connection may live on another instance: it leaves on this.
+            out += [
+                Publish(device_channel(principal), {"kind": "takeover", "conn": conn}),
+                Subscribe(device_channel(principal)),
+                PresenceChanged(principal, conn, True),
+            ]
+        return out
+
+    def disconnect(self, conn: str) -> list[Delivery]:
+        info = self.connections.pop(conn, None)
+        if info is None:
+            return []
+        out: list[Delivery] = [Subscribe(conn_channel(conn), on=False)]
+        for side in [s for s in self.viewer_sides.values() if s.viewer == conn]:
+            out += self._end_viewer_side(side, "peer_hangup", tell_viewer=False)
+        if info.role == "device" and self.cameras.get(info.principal) == conn:
+            del self.cameras[info.principal]
+            out += self._end_camera_sides(conn, "device_offline")
+            out += [
+                Subscribe(device_channel(info.principal), on=False),
+                PresenceChanged(info.principal, conn, False),
+            ]
+        return out
+
+    def _user_conns(self, user_id: str) -> list[str]:
+        return [
+            c.id for c in self.connections.values() if c.role == "user" and c.principal == user_id
+        ]
+
+    def _replace_camera(self, conn: str, why: str) -> list[Delivery]:
+        out: list[Delivery] = [Send(conn, GoAway(reconnect_after_ms=0, reason=why))]
+        out += self._end_camera_sides(conn, "device_offline")
+        out.append(Close(conn, CLOSE_REPLACED, why))
+        info = self.connections.pop(conn, None)
+        if info is not None:
+            out.append(Subscribe(conn_channel(conn), on=False))
+        return out
+
+    def drain(self) -> list[Delivery]:
+        """Graceful shutdown: every local connection is told to go away and closed."""
+        out: list[Delivery] = []
+        for conn in list(self.connections):
+            out.append(Send(conn, GoAway(reconnect_after_ms=500, reason="server_shutdown")))
+        for side in list(self.viewer_sides.values()):
+            out += self._end_viewer_side(side, "server_shutdown", tell_viewer=True)
+        for conn in list(self.connections):
+            out += self._end_camera_sides(conn, "server_shutdown")
+            out.append(Close(conn, 1001, "server shutting down"))
+        return out
+
+    # frames from local connections -------------------------------------------------------
+
+    def strike(
+        self, conn: str, request_id: str | None, code: ErrorCode, message: str
+    ) -> list[Delivery]:
+        """A bad frame: answer with a status error; close with 1008 when they keep coming."""
+        info = self.connections.get(conn)
+        if info is None:
+            return []
+        info.strikes += 1
+        if info.strikes > self.limits.strikes_before_close:
+            return [Close(conn, CLOSE_POLICY, "too many invalid messages")]
+        return [Send(conn, _error(request_id, code, message))]
+
+    def receive(self, conn: str, message: ClientMessage, now: float) -> list[Delivery]:
+        """A decoded frame from a local, authenticated connection (not ``session.request``)."""
+        info = self.connections.get(conn)
+        if info is None:
+            return []
+        match message:
+            case Ping():
+                return [Send(conn, Pong(id=message.id))]
+            case Pong():
+                return []
+            case SessionOffer() | SessionAnswer():
+                if not info.sdp.allow(now):
+                    return self.strike(conn, message.id, ErrorCode.RATE_LIMITED, "over 5 SDP/s")
+            case SessionIce():
+                if not info.ice.allow(now):
+                    return self.strike(conn, message.id, ErrorCode.RATE_LIMITED, "over 20 ICE/s")
+            case SessionEnd():
+                pass
+            case _:
+                return self.strike(
+                    conn,
+                    getattr(message, "id", None),
+                    ErrorCode.INVALID_REQUEST,
+                    f"{message.type} is not expected here",
+                )
+        if info.role == "device":
+            return self._from_camera(info, message, now)
+        return self._from_viewer(info, message, now)
+
+    def request_session(
+        self, conn: str, request: SessionRequest, now: float, route: Literal["p2p", "relay"] = "p2p"
+    ) -> list[Delivery]:
+        """A viewer asks to watch a device it has been authorised to see."""
+        info = self.connections.get(conn)
+        if info is None:
+            return []
+        mine = sum(1 for s in self.viewer_sides.values() if s.viewer == conn)
+        if mine >= self.limits.sessions_per_viewer:
+            return self.strike(conn, request.id, ErrorCode.RATE_LIMITED, "too many open sessions")
+        side = ViewerSide(
+            id=secrets.token_urlsafe(12),
+            device_id=request.device_id,
+            viewer=conn,
+            user_id=info.principal,
+            request_id=request.id,
+            ice_servers=self.ice_servers(info.principal),
+            created_at=now,
+        )
+        self.viewer_sides[side.id] = side
+        envelope = {"kind": "open", "session": side.id, "viewer": conn, "user": info.principal}
+        return [Publish(device_channel(request.device_id), envelope)]
+
+    def unrouted(self, publish: Publish) -> list[Delivery]:
+        """Nobody holds the channel a publish went to: the peer is gone."""
+        session = publish.envelope.get("session")
+        if publish.channel.startswith("dev.") and session in self.viewer_sides:
+            return self._end_viewer_side(
+                self.viewer_sides[session], "device_offline", tell_peer=False
+            )
+        if publish.channel.startswith("conn.") and session in self.camera_sides:
+            return self._end_camera_side(self.camera_sides[session], "peer_hangup", tell_peer=False)
+        return []
+
+    def _from_viewer(self, info: Connection, message: ClientMessage, now: float) -> list[Delivery]:
+        session_id = getattr(message, "session_id", "")
+        side = self.viewer_sides.get(session_id)
+        if side is None or side.viewer != info.id:
+            return self.strike(
+                info.id, getattr(message, "id", None), ErrorCode.UNKNOWN_SESSION, "no such session"
+            )
+        match message:
+            case SessionOffer():
+                if not side.accepted:
+                    return self.strike(
+                        info.id, message.id, ErrorCode.INVALID_REQUEST, "wait for session.created"
+                    )
+                side.offered_at = now
+                return [
+                    Publish(
+                        device_channel(side.device_id),
+                        {"kind": "offer", "session": side.id, "sdp": message.sdp},
+                    )
+                ]
+            case SessionIce():
+                candidate = message.candidate.dump() if message.candidate else None
+                return [
+                    Publish(
+                        device_channel(side.device_id),
+                        {"kind": "ice", "session": side.id, "candidate": candidate},
+                    )
+                ]
+            case SessionEnd():
+                return self._end_viewer_side(side, "peer_hangup", tell_viewer=False)
+        return self.strike(
+            info.id,
+            getattr(message, "id", None),
+            ErrorCode.INVALID_REQUEST,
+            "viewers do not answer",
+        )
+
+    def _from_camera(self, info: Connection, message: ClientMessage, now: float) -> list[Delivery]:
+        session_id = getattr(message, "session_id", "")
+        side = self.camera_sides.get(session_id)
+        if side is None or side.camera != info.id:
+            return self.strike(
+                info.id, getattr(message, "id", None), ErrorCode.UNKNOWN_SESSION, "no such session"
+            )
+        match message:
+            case SessionAnswer():
+                return [
+                    Publish(
+                        side.viewer_channel,
+                        {"kind": "answer", "session": side.id, "sdp": message.sdp},
+                    )
+                ]
+            case SessionIce():
+                candidate = message.candidate.dump() if message.candidate else None
+                return [
+                    Publish(
+                        side.viewer_channel,
+                        {"kind": "ice", "session": side.id, "candidate": candidate},
+                    )
+                ]
+            case SessionEnd():
+                reason = "peer_hangup" if message.reason == "user_hangup" else message.reason
+                return self._end_camera_side(side, reason, tell_camera=False)
+        return self.strike(
+            info.id, getattr(message, "id", None), ErrorCode.INVALID_REQUEST, "cameras do not offer"
+        )
+
+    # envelopes from the bus ---------------------------------------------------------------
+
+    def deliver(self, channel: str, envelope: Envelope, now: float) -> list[Delivery]:
+        kind = envelope.get("kind")
+        if channel == BROADCAST:
+            if kind == "revoke":
+                return self.revoke(str(envelope["device"]), str(envelope["user"]))
+            if kind == "removed":
+                return self.device_removed(str(envelope["device"]))
+            if kind == "gone":
+                return self.device_gone(str(envelope["device"]))
+            return []
+        if channel.startswith("dev."):
+            return self._to_camera(channel.removeprefix("dev."), envelope)
+        if channel.startswith("conn."):
+            return self._to_viewer(envelope, now)
+        if channel.startswith("user.") and kind == "push":
+            # Pushes (presence, activation, events) are addressed by the edge to the users
+            # the database says may see them; here they fan out to that user's connections.
+            message = envelope["message"]
+            return [Send(c, message) for c in self._user_conns(channel.removeprefix("user."))]
+        return []
+
+    def _to_camera(self, device_id: str, envelope: Envelope) -> list[Delivery]:
+        kind, session_id = envelope.get("kind"), str(envelope.get("session", ""))
+        camera = self.cameras.get(device_id)
+        if kind == "takeover":
+            if camera is not None and camera != envelope.get("conn"):
+                del self.cameras[device_id]
+                return [
+                    *self._replace_camera(camera, "replaced by a newer connection"),
+                    Subscribe(device_channel(device_id), on=False),
+                ]
+            return []
+        if kind == "open":
+            viewer_channel = conn_channel(str(envelope["viewer"]))
+            if camera is None:
+                return [
+                    Publish(
+                        viewer_channel,
+                        {"kind": "end", "session": session_id, "reason": "device_offline"},
+                    )
+                ]
+            active = sum(1 for s in self.camera_sides.values() if s.camera == camera)
+            if active >= self.limits.viewers_per_camera:
+                return [
+                    Publish(
+                        viewer_channel,
+                        {"kind": "end", "session": session_id, "reason": "resource_exhausted"},
+                    )
+                ]
+            self.camera_sides[session_id] = CameraSide(
+                session_id, device_id, camera, viewer_channel, str(envelope["user"])
+            )
+            return [Publish(viewer_channel, {"kind": "accepted", "session": session_id})]
+        side = self.camera_sides.get(session_id)
+        if side is None:
+            return []
+        if kind == "offer":
+            offer = SessionOffer(
+                session_id=side.id,
+                sdp=str(envelope["sdp"]),
+                ice_servers=self.ice_servers(device_id),
+            )
+            return [Send(side.camera, offer)]
+        if kind == "ice":
+            return [
+                Send(
+                    side.camera,
+                    SessionIce.model_validate(
+                        {"session_id": side.id, "candidate": envelope["candidate"]}
+                    ),
+                )
+            ]
+        if kind == "end":
+            return self._end_camera_side(
+                side, envelope.get("reason", "peer_hangup"), tell_peer=False
+            )
+        return []
+
+    def _to_viewer(self, envelope: Envelope, now: float) -> list[Delivery]:
+        kind, session_id = envelope.get("kind"), str(envelope.get("session", ""))
+        side = self.viewer_sides.get(session_id)
+        if side is None:
+            return []
+        if kind == "accepted":
+            side.accepted = True
+            record = Record(side.id, "created", side.device_id, side.user_id)
+            created = SessionCreated(
+                id=side.request_id,
+                session_id=side.id,
+                device_id=side.device_id,
+                route="p2p",
+                ice_servers=side.ice_servers,
+            )
+            return [Send(side.viewer, created), record]
+        if kind == "answer":
+            side.answered = True
+            answered = Record(side.id, "answered", side.device_id, side.user_id)
+            return [
+                Send(side.viewer, SessionAnswer(session_id=side.id, sdp=str(envelope["sdp"]))),
+                answered,
+            ]
+        if kind == "ice":
+            return [
+                Send(
+                    side.viewer,
+                    SessionIce.model_validate(
+                        {"session_id": side.id, "candidate": envelope["candidate"]}
+                    ),
+                )
+            ]
+        if kind == "end":
+            return self._end_viewer_side(
+                side, envelope.get("reason", "peer_hangup"), tell_peer=False
+            )
+        return []
+
+    # changes of access and liveness ---------------------------------------------------------
+
+    def revoke(self, device_id: str, user_id: str) -> list[Delivery]:
+        """``user_id`` may no longer see ``device_id``: their sessions end now, on both sides."""
+        out: list[Delivery] = []
+        for side in [
+            s
+            for s in self.viewer_sides.values()
+            if s.device_id == device_id and s.user_id == user_id
+        ]:
+            out += self._end_viewer_side(side, "access_revoked")
+        for cam in [
+            s
+            for s in self.camera_sides.values()
+            if s.device_id == device_id and s.user_id == user_id
+        ]:
+            out += self._end_camera_side(cam, "access_revoked")
+        return out
+
+    def device_removed(self, device_id: str) -> list[Delivery]:
+        """The device was deleted or re-onboarded: all its sessions end; its connection closes."""
+        out: list[Delivery] = []
+        for side in [s for s in self.viewer_sides.values() if s.device_id == device_id]:
+            out += self._end_viewer_side(side, "device_removed")
+        camera = self.cameras.pop(device_id, None)
+        if camera is not None:
+            out += self._end_camera_sides(camera, "device_removed")
+            out += [
+                Close(camera, CLOSE_REMOVED, "device removed"),
+                Subscribe(device_channel(device_id), on=False),
+            ]
+            self.connections.pop(camera, None)
+            out += [
+                Subscribe(conn_channel(camera), on=False),
+                PresenceChanged(device_id, camera, False),
+            ]
+        return out
+
+    def device_gone(self, device_id: str) -> list[Delivery]:
+        """The camera's instance died (its presence expired): end the viewers' sessions here."""
+        out: list[Delivery] = []
+        for side in [s for s in self.viewer_sides.values() if s.device_id == device_id]:
+            out += self._end_viewer_side(side, "device_offline", tell_peer=False)
+        return out
+
+    def tick(self, now: float) -> list[Delivery]:
+        """Time passes: sessions the camera does not accept or answer in time end with timeout."""
+        out: list[Delivery] = []
+        for side in list(self.viewer_sides.values()):
+            waiting_accept = (
+                not side.accepted and now - side.created_at > self.limits.accept_timeout_s
+            )
+            waiting_answer = (
+                side.offered_at is not None
+                and not side.answered
+                and now - side.offered_at > self.limits.answer_timeout_s
+            )
+            if waiting_accept or waiting_answer:
+                out += self._end_viewer_side(side, "timeout")
+        return out
+
+    # ending -------------------------------------------------------------------------------
+
+    def _end_viewer_side(
+        self,
+        side: ViewerSide,
+        reason: EndReason | str,
+        *,
+        tell_viewer: bool = True,
+        tell_peer: bool = True,
+    ) -> list[Delivery]:
+        self.viewer_sides.pop(side.id, None)
+        out: list[Delivery] = []
+        if side.accepted:
+            out.append(Record(side.id, "ended", side.device_id, side.user_id, str(reason)))
+        if tell_viewer and side.viewer in self.connections:
+            out.append(Send(side.viewer, SessionEnd(session_id=side.id, reason=_reason(reason))))
+        if tell_peer:
+            out.append(
+                Publish(
+                    device_channel(side.device_id),
+                    {"kind": "end", "session": side.id, "reason": reason},
+                )
+            )
+        return out
+
+    def _end_camera_side(
+        self,
+        side: CameraSide,
+        reason: EndReason | str,
+        *,
+        tell_camera: bool = True,
+        tell_peer: bool = True,
+    ) -> list[Delivery]:
+        self.camera_sides.pop(side.id, None)
+        out: list[Delivery] = []
+        if tell_camera and side.camera in self.connections:
+            out.append(Send(side.camera, SessionEnd(session_id=side.id, reason=_reason(reason))))
+        if tell_peer:
+            out.append(
+                Publish(side.viewer_channel, {"kind": "end", "session": side.id, "reason": reason})
+            )
+        return out
+
+    def _end_camera_sides(self, camera: str, reason: EndReason) -> list[Delivery]:
+        out: list[Delivery] = []
+        for side in [s for s in self.camera_sides.values() if s.camera == camera]:
+            out += self._end_camera_side(side, reason, tell_camera=False)
+        return out
+
+
+def _reason(value: str) -> EndReason:
+    allowed: tuple[EndReason, ...] = (
+        "user_hangup",
+        "peer_hangup",
+        "ice_failed",
+        "timeout",
+        "device_offline",
+        "access_revoked",
+        "device_removed",
+        "resource_exhausted",
+        "invalid_offer",
+        "relay_failed",
+        "server_shutdown",
+    )
+    for reason in allowed:
+        if value == reason:
+            return reason
+    return "peer_hangup"
+
+
+def _error(request_id: str | None, code: ErrorCode, message: str) -> Status:
+    return Status(id=request_id, ok=False, error=StatusError(code=code, message=message))

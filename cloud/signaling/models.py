@@ -1,0 +1,33 @@
+"""Session records and the relay registry, as stored in MongoDB."""
+
+from datetime import datetime
+from typing import Annotated
+
+from beanie import Document, Indexed, PydanticObjectId
+
+
+class SessionRecord(Document):
+    """One viewer session: who watched what, by which route, when, and how it ended."""
+
+    session_id: Annotated[str, Indexed(unique=True)]
+    device_id: Annotated[PydanticObjectId, Indexed()]
+    viewer_id: PydanticObjectId
+    route: str
+    created_at: datetime
+    answered_at: datetime | None = None
+    ended_at: datetime | None = None
+    end_reason: str | None = None
+
+    class Settings:
+        name = "sessions"
+
+
+class RelayNode(Document):
+    relay_id: Annotated[str, Indexed(unique=True)]
+    connection_id: str
+    connected_at: datetime
+    last_seen: datetime
+    online: bool = True
+
+    class Settings:
+        name = "relays"

@@ -1,0 +1,405 @@
+"""The WebSocket edge of the hub: sockets and the bus in, the hub's deliveries out.
+
+``/ws/v1/device``, ``/ws/v1/client`` and ``/ws/v1/relay``. The first frame must be
+``hello`` within 5 s; a connection that fails to authenticate is closed with 4401 and
+never touches the hub, so it cannot disturb a camera's live connection. Everything the hub
+decides comes back as deliveries that :meth:`Signaling.execute` carries out: frames to
+local sockets, envelopes on the bus, presence and session records in the database.
+"""
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from beanie import PydanticObjectId
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from cloud.auth.tokens import AccessTokens, UserPrincipal
+from cloud.devices.access import Action, audience, authorize
+from cloud.devices.models import Device
+from cloud.errors import CloudError
+from cloud.ice import ice_servers
+from cloud.settings import Settings
+from cloud.signaling.bus import Bus, BusUnavailable
+from cloud.signaling.hub import (
+    BROADCAST,
+    CLOSE_AUTH,
+    Close,
+    Delivery,
+    Hub,
+    PresenceChanged,
+    Publish,
+    Record,
+    Role,
+    Send,
+    Subscribe,
+    user_channel,
+)
+from cloud.signaling.identity import DeviceAssertions
+from cloud.signaling.models import RelayNode, SessionRecord
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.messages import (
+    DevicePresence,
+    Hello,
+    Message,
+    SessionRequest,
+    Status,
+    StatusError,
+    Welcome,
+    decode,
+    request_id,
+)
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT_S = 5.0
+SEND_TIMEOUT_S = 5.0
+TICK_S = 1.0
+SWEEP_S = 2.0
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Signaling:
+    """Owns the hub, its bus subscriptions, the local sockets and the periodic tasks."""
+
+    def __init__(
+        self, settings: Settings, bus: Bus, access_tokens: AccessTokens, instance: str
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.access_tokens = access_tokens
+        self.assertions = DeviceAssertions(settings.public_url, bus)
+        self.hub = Hub(instance=instance, ice_servers=lambda p: ice_servers(settings, p))
+        self.sockets: dict[str, WebSocket] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        # Presence lives presence_ttl_s unless refreshed (every quarter of it); clients are
+        # asked to send an application ping every heartbeat_s.
+        self.presence_ttl_s = float(settings.presence_ttl_s)
+        self.heartbeat_s = max(1, settings.presence_ttl_s // 3)
+        self.refresh_s = self.presence_ttl_s / 4
+        self._lock = asyncio.Lock()  # the hub is one state machine: one step at a time
+        self.draining = False
+
+    # lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.bus.subscribe(BROADCAST, self._handler(BROADCAST))
+        self._tasks = [
+            asyncio.create_task(self._every(TICK_S, self._tick), name="hub-tick"),
+            asyncio.create_task(self._every(SWEEP_S, self._sweep), name="presence-sweep"),
+            asyncio.create_task(
+                self._every(self.refresh_s, self._refresh), name="presence-refresh"
+            ),
+        ]
+
+    async def drain(self) -> None:
+        """Tell every local connection to go away and close it (SIGTERM, shutdown)."""
+        if self.draining:
+            return
+        self.draining = True
+        async with self._lock:
+            deliveries = self.hub.drain()
+        await self.execute(deliveries)
+        log.info("signaling drained")
+
+    async def stop(self) -> None:
+        await self.drain()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _every(self, period: float, step: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await step()
+            except BusUnavailable:
+                log.warning("bus unavailable during %s", step.__name__)
+            except Exception:
+                log.exception("periodic %s failed", step.__name__)
+
+    async def _tick(self) -> None:
+        async with self._lock:
+            deliveries = self.hub.tick(time.monotonic())
+        await self.execute(deliveries)
+
+    async def _refresh(self) -> None:
+        """This instance is alive: keep the presence of its cameras from expiring.
+
+        A camera's connection is live while it answers WebSocket pings (uvicorn closes it
+        otherwise), so the instance, not the camera, refreshes presence and last_seen.
+        """
+        cameras = list(self.hub.cameras.items())
+        for device_id, conn in cameras:
+            await self.bus.set_presence(device_id, conn, self.presence_ttl_s)
+        if cameras:
+            await Device.get_pymongo_collection().update_many(
+                {"_id": {"$in": [PydanticObjectId(d) for d, _ in cameras]}},
+                {"$set": {"last_seen": _now()}},
+            )
+
+    async def _sweep(self) -> None:
+        """Presence that expired without a clear means the camera's instance died."""
+        for device_id in await self.bus.claim_expired_presence():
+            log.info("presence of device %s expired", device_id)
+            await self._publish(Publish(BROADCAST, {"kind": "gone", "device": device_id}))
+            await self._presence(device_id, online=False)
+
+    # the bus --------------------------------------------------------------------------------
+
+    def _handler(self, channel: str) -> Callable[[dict[str, Any]], Awaitable[None]]:
+        async def handle(envelope: dict[str, Any]) -> None:
+            async with self._lock:
+                deliveries = self.hub.deliver(channel, envelope, time.monotonic())
+            await self.execute(deliveries)
+
+        return handle
+
+    async def _publish(self, publish: Publish) -> None:
+        try:
+            receivers = await self.bus.publish(publish.channel, publish.envelope)
+        except BusUnavailable:
+            log.warning(
+                "bus unavailable: dropped %s to %s", publish.envelope.get("kind"), publish.channel
+            )
+            receivers = 0
+        if receivers == 0 and publish.channel != BROADCAST:
+            async with self._lock:
+                deliveries = self.hub.unrouted(publish)
+            await self.execute(deliveries)
+
+    # carrying out deliveries ------------------------------------------------------------------
+
+    async def execute(self, deliveries: list[Delivery]) -> None:
+        for d in deliveries:
+            try:
+                match d:
+                    case Send():
+                        await self._send(d.conn, d.message)
+                    case Publish():
+                        await self._publish(d)
+                    case Close():
+                        await self._close(d.conn, d.code, d.reason)
+                    case Subscribe():
+                        if d.on:
+                            await self.bus.subscribe(d.channel, self._handler(d.channel))
+                        else:
+                            await self.bus.unsubscribe(d.channel)
+                    case PresenceChanged():
+                        await self._camera_presence(d)
+                    case Record():
+                        await self._record(d)
+            except BusUnavailable:
+                log.warning("bus unavailable while carrying out %s", type(d).__name__)
+            except Exception:
+                log.exception("failed to carry out %s", type(d).__name__)
+
+    async def _send(self, conn: str, message: Message | dict[str, Any]) -> None:
+        socket = self.sockets.get(conn)
+        if socket is None or socket.application_state != WebSocketState.CONNECTED:
+            return
+        text = message.text() if isinstance(message, Message) else json.dumps(message)
+        try:
+            await asyncio.wait_for(socket.send_text(text), SEND_TIMEOUT_S)
+        except (TimeoutError, RuntimeError, WebSocketDisconnect, OSError):
+            log.info("connection %s could not take a frame; closing it", conn)
+            await self._close(conn, 1008, "too slow")
+
+    async def _close(self, conn: str, code: int, reason: str) -> None:
+        socket = self.sockets.get(conn)
+        if socket is None or socket.application_state == WebSocketState.DISCONNECTED:
+            return
+        with contextlib.suppress(RuntimeError, OSError):
+            await socket.close(code, reason)
+
+    async def _camera_presence(self, change: PresenceChanged) -> None:
+        if change.online:
+            await self.bus.set_presence(change.device_id, change.conn, self.presence_ttl_s)
+            await self._presence(change.device_id, online=True)
+        elif await self.bus.clear_presence(change.device_id, change.conn):
+            await self._presence(change.device_id, online=False)
+
+    async def _presence(self, device_id: str, *, online: bool) -> None:
+        """Store presence and push it to the device's owner and viewers, and nobody else."""
+        oid = PydanticObjectId(device_id)
+        seen = _now()
+        await Device.get_pymongo_collection().update_one(
+            {"_id": oid}, {"$set": {"online": online, "last_seen": seen}}
+        )
+        message = DevicePresence(device_id=device_id, online=online, last_seen=seen)
+        await self.push(await audience(oid), message)
+
+    async def push(self, users: list[PydanticObjectId], message: Message) -> None:
+        for user in users:
+            await self._publish(
+                Publish(user_channel(str(user)), {"kind": "push", "message": message.dump()})
+            )
+
+    async def _record(self, record: Record) -> None:
+        collection = SessionRecord.get_pymongo_collection()
+        if record.event == "created":
+            await SessionRecord(
+                session_id=record.session_id,
+                device_id=PydanticObjectId(record.device_id),
+                viewer_id=PydanticObjectId(record.user_id),
+                route="p2p",
+                created_at=_now(),
+            ).insert()
+        elif record.event == "answered":
+            await collection.update_one(
+                {"session_id": record.session_id}, {"$set": {"answered_at": _now()}}
+            )
+        else:
+            await collection.update_one(
+                {"session_id": record.session_id},
+                {"$set": {"ended_at": _now(), "end_reason": record.reason}},
+            )
+
+    # changes of access, from the REST routes ----------------------------------------------------
+
+    async def revoke(self, device_id: str, user_id: str) -> None:
+        await self._publish(
+            Publish(BROADCAST, {"kind": "revoke", "device": device_id, "user": user_id})
+        )
+
+    async def removed(self, device_id: str) -> None:
+        await self._publish(Publish(BROADCAST, {"kind": "removed", "device": device_id}))
+
+    # connections ----------------------------------------------------------------------------
+
+    async def serve(self, socket: WebSocket, role: Role) -> None:
+        await socket.accept()
+        if self.draining:
+            await socket.close(1012, "server restarting")
+            return
+        try:
+            principal = await self._hello(socket, role)
+        except (TimeoutError, CloudError, ProtocolError, WebSocketDisconnect) as exc:
+            log.info("%s connection refused: %s", role, getattr(exc, "message", type(exc).__name__))
+            if socket.application_state == WebSocketState.CONNECTED:
+                await socket.close(CLOSE_AUTH, "authentication failed")
+            return
+        conn = self.hub.new_connection_id()
+        self.sockets[conn] = socket
+        log.info("%s %s connected as %s", role, principal, conn)
+        try:
+            await socket.send_text(
+                Welcome(
+                    role=role,
+                    principal_id=principal,
+                    connection_id=conn,
+                    heartbeat_s=self.heartbeat_s,
+                ).text()
+            )
+            if role == "relay":
+                await self._register_relay(principal, conn)
+            async with self._lock:
+                deliveries = self.hub.connect(conn, role, principal)
+            await self.execute(deliveries)
+            await self._read(socket, conn, role, principal)
+        finally:
+            async with self._lock:
+                deliveries = self.hub.disconnect(conn)
+            await self.execute(deliveries)
+            self.sockets.pop(conn, None)
+            log.info("%s %s disconnected (%s)", role, principal, conn)
+
+    async def _hello(self, socket: WebSocket, role: Role) -> str:
+        text = await asyncio.wait_for(socket.receive_text(), HELLO_TIMEOUT_S)
+        hello = decode(text)
+        if not isinstance(hello, Hello):
+            raise ProtocolError(ErrorCode.UNAUTHENTICATED, "the first message must be hello")
+        if role == "user":
+            return str(self.access_tokens.verify(hello.token).user_id)
+        if role == "device":
+            return str((await self.assertions.verify(hello.token)).device_id)
+        secret = self.settings.relay_secret
+        relay_id, _, credential = hello.token.partition(":")
+        if (
+            not secret
+            or not relay_id
+            or not hmac.compare_digest(credential.encode(), secret.encode())
+        ):
+            raise ProtocolError(ErrorCode.UNAUTHENTICATED, "bad relay credential")
+        return relay_id[:64]
+
+    async def _read(self, socket: WebSocket, conn: str, role: Role, principal: str) -> None:
+        while True:
+            frame = await socket.receive()
+            if frame["type"] == "websocket.disconnect":
+                return
+            text = frame.get("text")
+            if text is None:
+                async with self._lock:
+                    deliveries = self.hub.strike(
+                        conn, None, ErrorCode.MALFORMED_REQUEST, "send text frames"
+                    )
+                await self.execute(deliveries)
+                continue
+            try:
+                message = decode(text)
+            except ProtocolError as exc:
+                async with self._lock:
+                    deliveries = self.hub.strike(conn, request_id(text), exc.code, exc.message)
+                await self.execute(deliveries)
+                continue
+            if isinstance(message, SessionRequest):
+                deliveries = await self._request(conn, role, principal, message)
+            else:
+                async with self._lock:
+                    deliveries = self.hub.receive(conn, message, time.monotonic())
+            await self.execute(deliveries)
+
+    async def _request(
+        self, conn: str, role: Role, principal: str, request: SessionRequest
+    ) -> list[Delivery]:
+        if role != "user":
+            async with self._lock:
+                return self.hub.strike(
+                    conn, request.id, ErrorCode.FORBIDDEN, "only viewers request sessions"
+                )
+        try:
+            await authorize(
+                UserPrincipal(PydanticObjectId(principal), ""), request.device_id, Action.VIEW
+            )
+        except CloudError as exc:
+            return [
+                Send(
+                    conn,
+                    Status(
+                        id=request.id,
+                        ok=False,
+                        error=StatusError(code=exc.code, message=exc.message),
+                    ),
+                )
+            ]
+        if request.mode == "relay":
+            # No relay node serves sessions yet (the relay issue adds them): say so plainly.
+            error = StatusError(code=ErrorCode.UNAVAILABLE, message="no relay node is available")
+            return [Send(conn, Status(id=request.id, ok=False, error=error))]
+        async with self._lock:
+            return self.hub.request_session(conn, request, time.monotonic())
+
+    async def _register_relay(self, relay_id: str, conn: str) -> None:
+        now = _now()
+        await RelayNode.get_pymongo_collection().update_one(
+            {"relay_id": relay_id},
+            {
+                "$set": {
+                    "connection_id": conn,
+                    "connected_at": now,
+                    "last_seen": now,
+                    "online": True,
+                }
+            },
+            upsert=True,
+        )

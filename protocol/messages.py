@@ -1,0 +1,211 @@
+"""WebSocket signaling messages (PROTOCOL.md, "WebSocket signaling") and their codec.
+
+One JSON object per text frame, dispatched on ``type``. :func:`decode` turns text into a
+typed message or raises :class:`~protocol.errors.ProtocolError` with a code that the
+server sends back in a ``status`` reply; it never lets a malformed frame through.
+"""
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from protocol.errors import ErrorCode, ProtocolError
+
+MAX_FRAME_BYTES = 64 * 1024
+MAX_SDP_CHARS = 32 * 1024
+
+EndReason = Literal[
+    "user_hangup",
+    "peer_hangup",
+    "ice_failed",
+    "timeout",
+    "device_offline",
+    "access_revoked",
+    "device_removed",
+    "resource_exhausted",
+    "invalid_offer",
+    "relay_failed",
+    "server_shutdown",
+]
+RequestId = Annotated[str, Field(min_length=1, max_length=64)]
+SessionId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+DeviceId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True, by_alias=True)
+
+    def text(self) -> str:
+        return json.dumps(self.dump(), separators=(",", ":"))
+
+
+class IceServer(Message):
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class IceCandidate(Message):
+    candidate: str = Field(max_length=1024)
+    sdpMid: str | None = Field(default=None, max_length=64)  # the browser's field names
+    sdpMLineIndex: int | None = Field(default=None, ge=0, le=64)
+
+
+# client -> server ---------------------------------------------------------------------
+
+
+class Hello(Message):
+    type: Literal["hello"] = "hello"
+    token: str = Field(min_length=1, max_length=4096)
+
+
+class SessionRequest(Message):
+    type: Literal["session.request"] = "session.request"
+    id: RequestId | None = None
+    device_id: DeviceId
+    mode: Literal["auto", "p2p", "relay"] = "auto"
+
+
+class SessionOffer(Message):
+    type: Literal["session.offer"] = "session.offer"
+    id: RequestId | None = None
+    session_id: SessionId
+    sdp: str = Field(min_length=1, max_length=MAX_SDP_CHARS)
+    ice_servers: list[IceServer] | None = None  # added by the cloud for the camera
+
+
+class SessionAnswer(Message):
+    type: Literal["session.answer"] = "session.answer"
+    id: RequestId | None = None
+    session_id: SessionId
+    sdp: str = Field(min_length=1, max_length=MAX_SDP_CHARS)
+
+
+class SessionIce(Message):
+    type: Literal["session.ice"] = "session.ice"
+    id: RequestId | None = None
+    session_id: SessionId
+    candidate: IceCandidate | None  # None: end of candidates
+
+
+class SessionEnd(Message):
+    type: Literal["session.end"] = "session.end"
+    id: RequestId | None = None
+    session_id: SessionId
+    reason: EndReason = "user_hangup"
+
+
+class Ping(Message):
+    type: Literal["ping"] = "ping"
+    id: RequestId | None = None
+
+
+class Pong(Message):
+    type: Literal["pong"] = "pong"
+    id: RequestId | None = None
+
+
+# server -> client ---------------------------------------------------------------------
+
+
+class Welcome(Message):
+    type: Literal["welcome"] = "welcome"
+    role: Literal["user", "device", "relay"]
+    principal_id: str
+    connection_id: str
+    heartbeat_s: int
+
+
+class SessionCreated(Message):
+    type: Literal["session.created"] = "session.created"
+    id: RequestId | None = None
+    session_id: SessionId
+    device_id: DeviceId
+    route: Literal["p2p", "relay"]
+    ice_servers: list[IceServer]
+
+
+class DevicePresence(Message):
+    type: Literal["device.presence"] = "device.presence"
+    device_id: DeviceId
+    online: bool
+    last_seen: datetime | None
+
+
+class DeviceActivated(Message):
+    type: Literal["device.activated"] = "device.activated"
+    ticket_id: str
+    device_id: DeviceId
+
+
+class GoAway(Message):
+    type: Literal["go_away"] = "go_away"
+    reconnect_after_ms: int = Field(ge=0)
+    reason: str | None = None
+
+
+class StatusError(Message):
+    code: ErrorCode
+    message: str
+
+
+class Status(Message):
+    type: Literal["status"] = "status"
+    id: RequestId | None = None
+    ok: bool
+    error: StatusError | None = None
+
+
+ClientMessage = Annotated[
+    Hello | SessionRequest | SessionOffer | SessionAnswer | SessionIce | SessionEnd | Ping | Pong,
+    Field(discriminator="type"),
+]
+_client = TypeAdapter[ClientMessage](ClientMessage)
+CLIENT_TYPES = frozenset(
+    {
+        "hello",
+        "session.request",
+        "session.offer",
+        "session.answer",
+        "session.ice",
+        "session.end",
+        "ping",
+        "pong",
+    }
+)
+
+
+def decode(text: str) -> ClientMessage:
+    """Parse one frame sent to the server. Raises ProtocolError (malformed / invalid)."""
+    if len(text) > MAX_FRAME_BYTES:
+        raise ProtocolError(ErrorCode.TOO_LARGE, "message larger than 64 KiB")
+    try:
+        data: Any = json.loads(text)
+    except ValueError:
+        raise ProtocolError(ErrorCode.MALFORMED_REQUEST, "the message is not JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise ProtocolError(ErrorCode.MALFORMED_REQUEST, "a message is a JSON object with a type")
+    if data["type"] not in CLIENT_TYPES:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {data['type'][:40]!r}")
+    try:
+        return _client.validate_python(data)
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(p) for p in e["loc"][1:]) for e in exc.errors()[:5])
+        raise ProtocolError(
+            ErrorCode.INVALID_REQUEST, f"invalid {data['type']}: {fields}"
+        ) from None
+
+
+def request_id(text: str) -> str | None:
+    """Best-effort ``id`` of a frame that failed to decode, to echo in the status reply."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    value = data.get("id") if isinstance(data, dict) else None
+    return value if isinstance(value, str) and 0 < len(value) <= 64 else None

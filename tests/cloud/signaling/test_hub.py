@@ -1,0 +1,262 @@
+"""The pure hub, two instances wired by a synchronous in-test router: no sockets, no Redis."""
+
+from collections import defaultdict
+
+from cloud.signaling.hub import (
+    BROADCAST,
+    CLOSE_POLICY,
+    CLOSE_REPLACED,
+    Close,
+    Delivery,
+    Hub,
+    PresenceChanged,
+    Publish,
+    Send,
+    Subscribe,
+)
+from protocol.messages import IceServer, Message, SessionRequest, decode
+
+ICE = [IceServer(urls=["stun:127.0.0.1:3478"])]
+
+
+class Cluster:
+    """Instances whose Publish deliveries reach whichever instance subscribed the channel."""
+
+    def __init__(self, *names: str) -> None:
+        self.hubs = {n: Hub(instance=n, ice_servers=lambda principal: ICE) for n in names}
+        self.subs: dict[str, set[str]] = defaultdict(set)
+        self.inbox: dict[str, list[Message]] = defaultdict(list)
+        self.closed: dict[str, int] = {}
+        self.presence: list[tuple[str, bool]] = []
+        self.now = 1000.0
+
+    def run(self, name: str, deliveries: list[Delivery]) -> None:
+        for d in deliveries:
+            match d:
+                case Send():
+                    self.inbox[d.conn].append(d.message)
+                case Close():
+                    self.closed[d.conn] = d.code
+                case Subscribe():
+                    (self.subs[d.channel].add if d.on else self.subs[d.channel].discard)(name)
+                case PresenceChanged():
+                    self.presence.append((d.device_id, d.online))
+                case Publish():
+                    receivers = (
+                        sorted(self.subs[d.channel])
+                        if d.channel != BROADCAST
+                        else sorted(self.hubs)
+                    )
+                    if not receivers:
+                        self.run(name, self.hubs[name].unrouted(d))
+                    for r in receivers:
+                        self.run(r, self.hubs[r].deliver(d.channel, d.envelope, self.now))
+
+    def connect(self, name: str, conn: str, role: str, principal: str) -> None:
+        self.run(name, self.hubs[name].connect(conn, role, principal))  # type: ignore[arg-type]
+
+    def say(self, name: str, conn: str, frame: str) -> None:
+        message = decode(frame)
+        hub = self.hubs[name]
+        if isinstance(message, SessionRequest):
+            self.run(name, hub.request_session(conn, message, self.now))
+        else:
+            self.run(name, hub.receive(conn, message, self.now))
+
+    def types(self, conn: str) -> list[str]:
+        return [m.type for m in self.inbox[conn]]
+
+    def last(self, conn: str) -> dict[str, object]:
+        return self.inbox[conn][-1].dump()
+
+
+def open_session(c: Cluster, viewer_hub: str = "A", viewer: str = "v1", device: str = "d1") -> str:
+    c.say(viewer_hub, viewer, f'{{"type":"session.request","id":"r1","device_id":"{device}"}}')
+    created = c.last(viewer)
+    assert created["type"] == "session.created", created
+    assert created["id"] == "r1"
+    assert created["ice_servers"] == [{"urls": ["stun:127.0.0.1:3478"]}]
+    return str(created["session_id"])
+
+
+def negotiate_across(c: Cluster, viewer_hub: str, camera_hub: str) -> None:
+    c.connect(camera_hub, "cam", "device", "d1")
+    c.connect(viewer_hub, "v1", "user", "u1")
+    sid = open_session(c, viewer_hub)
+    c.say(viewer_hub, "v1", f'{{"type":"session.offer","session_id":"{sid}","sdp":"v=0 offer"}}')
+    offer = c.last("cam")
+    assert offer["type"] == "session.offer"
+    assert offer["sdp"] == "v=0 offer"
+    assert offer["ice_servers"] == [{"urls": ["stun:127.0.0.1:3478"]}]
+    c.say(camera_hub, "cam", f'{{"type":"session.answer","session_id":"{sid}","sdp":"v=0 answer"}}')
+    assert c.last("v1") == {"type": "session.answer", "session_id": sid, "sdp": "v=0 answer"}
+    cand = (
+        '{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdpMid":"0","sdpMLineIndex":0}'
+    )
+    c.say(viewer_hub, "v1", f'{{"type":"session.ice","session_id":"{sid}","candidate":{cand}}}')
+    assert c.last("cam")["candidate"]["candidate"].startswith("candidate:1")  # type: ignore[index]
+    c.say(camera_hub, "cam", f'{{"type":"session.ice","session_id":"{sid}","candidate":null}}')
+    assert c.last("v1") == {"type": "session.ice", "session_id": sid}
+    c.say(viewer_hub, "v1", f'{{"type":"session.end","session_id":"{sid}"}}')
+    assert c.last("cam") == {"type": "session.end", "session_id": sid, "reason": "peer_hangup"}
+    assert not c.hubs[viewer_hub].viewer_sides
+    assert not c.hubs[camera_hub].camera_sides
+
+
+def test_offer_answer_and_ice_round_trip_on_one_instance() -> None:
+    negotiate_across(Cluster("A"), "A", "A")
+
+
+def test_offer_answer_and_ice_round_trip_across_instances() -> None:
+    negotiate_across(Cluster("A", "B"), "A", "B")
+
+
+def test_requesting_an_offline_camera_ends_with_device_offline() -> None:
+    c = Cluster("A", "B")
+    c.connect("A", "v1", "user", "u1")
+    c.say("A", "v1", '{"type":"session.request","id":"r9","device_id":"nobody"}')
+    assert c.last("v1")["type"] == "session.end"
+    assert c.last("v1")["reason"] == "device_offline"
+
+
+def test_an_eleventh_viewer_is_refused_with_resource_exhausted() -> None:
+    c = Cluster("A", "B")
+    c.connect("B", "cam", "device", "d1")
+    for i in range(10):
+        c.connect("A", f"v{i}", "user", f"u{i}")
+        open_session(c, "A", f"v{i}")
+    c.connect("A", "v10", "user", "u10")
+    c.say("A", "v10", '{"type":"session.request","device_id":"d1"}')
+    assert c.last("v10")["reason"] == "resource_exhausted"
+
+
+def test_the_camera_dropping_mid_session_ends_it_with_device_offline() -> None:
+    c = Cluster("A", "B")
+    c.connect("B", "cam", "device", "d1")
+    c.connect("A", "v1", "user", "u1")
+    sid = open_session(c)
+    c.run("B", c.hubs["B"].disconnect("cam"))
+    assert c.last("v1") == {"type": "session.end", "session_id": sid, "reason": "device_offline"}
+    assert c.presence == [("d1", True), ("d1", False)]
+
+
+def test_a_camera_instance_dying_ends_sessions_when_its_presence_expires() -> None:
+    c = Cluster("A", "B")
+    c.connect("B", "cam", "device", "d1")
+    c.connect("A", "v1", "user", "u1")
+    sid = open_session(c)
+    c.run("A", [Publish(BROADCAST, {"kind": "gone", "device": "d1"})])
+    assert c.last("v1") == {"type": "session.end", "session_id": sid, "reason": "device_offline"}
+
+
+def test_an_unanswered_offer_times_out_on_both_sides() -> None:
+    c = Cluster("A", "B")
+    c.connect("B", "cam", "device", "d1")
+    c.connect("A", "v1", "user", "u1")
+    sid = open_session(c)
+    c.say("A", "v1", f'{{"type":"session.offer","session_id":"{sid}","sdp":"v=0"}}')
+    c.now += 16
+    c.run("A", c.hubs["A"].tick(c.now))
+    assert c.last("v1")["reason"] == "timeout"
+    assert c.last("cam") == {"type": "session.end", "session_id": sid, "reason": "timeout"}
+
+
+def test_revoking_access_ends_only_that_users_sessions() -> None:
+    c = Cluster("A", "B")
+    c.connect("B", "cam", "device", "d1")
+    c.connect("A", "friend", "user", "u-friend")
+    c.connect("B", "owner", "user", "u-owner")
+    friend_sid = open_session(c, "A", "friend")
+    owner_sid = open_session(c, "B", "owner")
+    c.run("B", [Publish(BROADCAST, {"kind": "revoke", "device": "d1", "user": "u-friend"})])
+    assert c.last("friend") == {
+        "type": "session.end",
+        "session_id": friend_sid,
+        "reason": "access_revoked",
+    }
+    assert c.last("cam") == {
+        "type": "session.end",
+        "session_id": friend_sid,
+        "reason": "access_revoked",
+    }
+    assert owner_sid in c.hubs["B"].viewer_sides
+    # The friend can no longer steer the ended session.
+    c.say(
+        "A",
+        "friend",
+        f'{{"type":"session.offer","id":"x","session_id":"{friend_sid}","sdp":"v=0"}}',
+    )
+    assert c.last("friend")["error"]["code"] == "unknown_session"  # type: ignore[index]
+
+
+def test_removing_a_device_ends_every_session_and_closes_the_camera() -> None:
+    c = Cluster("A", "B")
+    c.connect("B", "cam", "device", "d1")
+    c.connect("A", "v1", "user", "u1")
+    sid = open_session(c)
+    c.run("A", [Publish(BROADCAST, {"kind": "removed", "device": "d1"})])
+    assert c.last("v1") == {"type": "session.end", "session_id": sid, "reason": "device_removed"}
+    assert "cam" in c.closed
+    assert "d1" not in c.hubs["B"].cameras
+
+
+def test_a_reconnecting_camera_replaces_its_old_connection_on_another_instance() -> None:
+    c = Cluster("A", "B")
+    c.connect("A", "cam-old", "device", "d1")
+    c.connect("A", "v1", "user", "u1")
+    open_session(c, "A")
+    c.connect("B", "cam-new", "device", "d1")
+    assert c.types("cam-old")[-1] == "go_away"
+    assert c.closed["cam-old"] == CLOSE_REPLACED
+    assert c.last("v1")["reason"] == "device_offline"
+    assert c.subs["dev.d1"] == {"B"}
+    c.say("A", "v1", '{"type":"session.request","id":"again","device_id":"d1"}')
+    assert c.last("v1")["type"] == "session.created"
+
+
+def test_only_a_sessions_own_parties_can_steer_it() -> None:
+    c = Cluster("A")
+    c.connect("A", "cam", "device", "d1")
+    c.connect("A", "cam2", "device", "d2")
+    c.connect("A", "v1", "user", "u1")
+    c.connect("A", "intruder", "user", "u2")
+    sid = open_session(c)
+    c.say("A", "intruder", f'{{"type":"session.offer","id":"i","session_id":"{sid}","sdp":"evil"}}')
+    c.say("A", "cam2", f'{{"type":"session.answer","id":"j","session_id":"{sid}","sdp":"evil"}}')
+    assert c.last("intruder")["error"]["code"] == "unknown_session"  # type: ignore[index]
+    assert c.last("cam2")["error"]["code"] == "unknown_session"  # type: ignore[index]
+    assert all(m.type == "session.created" for m in c.inbox["v1"])
+    assert "cam" not in c.inbox
+
+
+def test_sdp_and_ice_floods_are_limited_and_persistent_abuse_closes() -> None:
+    c = Cluster("A")
+    c.connect("A", "cam", "device", "d1")
+    c.connect("A", "v1", "user", "u1")
+    sid = open_session(c)
+    for _ in range(5):
+        c.say("A", "v1", f'{{"type":"session.offer","session_id":"{sid}","sdp":"v=0"}}')
+    c.say("A", "v1", f'{{"type":"session.offer","id":"6th","session_id":"{sid}","sdp":"v=0"}}')
+    assert c.last("v1")["error"]["code"] == "rate_limited"  # type: ignore[index]
+    c.now += 1.0
+    c.say("A", "v1", f'{{"type":"session.offer","session_id":"{sid}","sdp":"v=0"}}')
+    assert c.last("cam")["type"] == "session.offer"
+    ice = f'{{"type":"session.ice","session_id":"{sid}","candidate":null}}'
+    for _ in range(20):
+        c.say("A", "v1", ice)
+    c.say("A", "v1", ice)
+    assert c.last("v1")["error"]["code"] == "rate_limited"  # type: ignore[index]
+    for _ in range(30):
+        c.say("A", "v1", ice)
+    assert c.closed["v1"] == CLOSE_POLICY
+
+
+def test_shutdown_tells_everyone_to_go_away() -> None:
+    c = Cluster("A", "B")
+    c.connect("B", "cam", "device", "d1")
+    c.connect("A", "v1", "user", "u1")
+    sid = open_session(c)
+    c.run("A", c.hubs["A"].drain())
+    assert c.types("v1")[-2:] == ["go_away", "session.end"]
+    assert c.last("cam") == {"type": "session.end", "session_id": sid, "reason": "server_shutdown"}
+    assert c.closed["v1"] == 1001
