@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     parser.add_argument(
+        "--ws",
+        default="websockets-sansio",
+        choices=["websockets", "websockets-sansio", "wsproto"],
+        help="WebSocket implementation (default websockets-sansio)",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     args = parser.parse_args(argv)
@@ -68,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         forwarded_allow_ips=list(settings.trusted_proxies) or None,
         # Signaling: no per-message deflate (~30 KiB per idle connection, DESIGN.md),
         # 64 KiB frames at most (larger ones close with 1009), pings to find dead peers.
+        ws=args.ws,
         ws_per_message_deflate=False,
         ws_max_size=64 * 1024,
         ws_ping_interval=20.0,

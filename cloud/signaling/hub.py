@@ -192,7 +192,8 @@ class Hub:
         self.connections[conn] = Connection(
             conn, role, principal, Bucket(self.limits.sdp_per_s), Bucket(self.limits.ice_per_s)
         )
-        out: list[Delivery] = [Subscribe(conn_channel(conn))]
+        # Only viewers are addressed by connection; a camera is addressed by its device.
+        out: list[Delivery] = [] if role == "device" else [Subscribe(conn_channel(conn))]
         if role == "user" and self._user_conns(principal) == [conn]:
             out.append(Subscribe(user_channel(principal)))
         if role == "device":
@@ -212,7 +213,11 @@ class Hub:
         info = self.connections.pop(conn, None)
         if info is None:
             return []
-        out: list[Delivery] = [Subscribe(conn_channel(conn), on=False)]
+        out: list[Delivery] = []
+        if info.role != "device":
+            out.append(Subscribe(conn_channel(conn), on=False))
+        if info.role == "user" and not self._user_conns(info.principal):
+            out.append(Subscribe(user_channel(info.principal), on=False))
         for side in [s for s in self.viewer_sides.values() if s.viewer == conn]:
             out += self._end_viewer_side(side, "peer_hangup", tell_viewer=False)
         if info.role == "device" and self.cameras.get(info.principal) == conn:
@@ -233,9 +238,7 @@ class Hub:
         out: list[Delivery] = [Send(conn, GoAway(reconnect_after_ms=0, reason=why))]
         out += self._end_camera_sides(conn, "device_offline")
         out.append(Close(conn, CLOSE_REPLACED, why))
-        info = self.connections.pop(conn, None)
-        if info is not None:
-            out.append(Subscribe(conn_channel(conn), on=False))
+        self.connections.pop(conn, None)
         return out
 
     def drain(self) -> list[Delivery]:
@@ -544,10 +547,7 @@ class Hub:
                 Subscribe(device_channel(device_id), on=False),
             ]
             self.connections.pop(camera, None)
-            out += [
-                Subscribe(conn_channel(camera), on=False),
-                PresenceChanged(device_id, camera, False),
-            ]
+            out.append(PresenceChanged(device_id, camera, False))
         return out
 
     def device_gone(self, device_id: str) -> list[Delivery]:

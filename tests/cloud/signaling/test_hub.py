@@ -260,3 +260,33 @@ def test_shutdown_tells_everyone_to_go_away() -> None:
     assert c.types("v1")[-2:] == ["go_away", "session.end"]
     assert c.last("cam") == {"type": "session.end", "session_id": sid, "reason": "server_shutdown"}
     assert c.closed["v1"] == 1001
+
+
+def test_channels_are_held_exactly_while_someone_local_needs_them() -> None:
+    c = Cluster("A")
+    c.connect("A", "v1", "user", "u1")
+    c.connect("A", "v2", "user", "u1")
+    c.connect("A", "cam", "device", "d1")
+    assert {ch for ch, holders in c.subs.items() if holders} == {
+        "user.u1",
+        "conn.v1",
+        "conn.v2",
+        "dev.d1",
+    }
+    c.run("A", c.hubs["A"].disconnect("v1"))
+    assert c.subs["user.u1"] == {"A"}
+    c.run("A", c.hubs["A"].disconnect("v2"))
+    c.run("A", c.hubs["A"].disconnect("cam"))
+    assert {ch for ch, holders in c.subs.items() if holders} == set()
+
+
+def test_pushes_reach_every_connection_of_the_addressed_user_only() -> None:
+    c = Cluster("A", "B")
+    c.connect("A", "phone", "user", "u1")
+    c.connect("B", "laptop", "user", "u1")
+    c.connect("A", "other", "user", "u2")
+    push = {"type": "device.presence", "device_id": "d1", "online": True, "last_seen": None}
+    c.run("A", [Publish("user.u1", {"kind": "push", "message": push})])
+    assert c.inbox["phone"] == [push]
+    assert c.inbox["laptop"] == [push]
+    assert c.inbox["other"] == []

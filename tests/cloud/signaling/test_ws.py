@@ -14,11 +14,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.applications import Starlette
 
 from device_sim.identity import assertion
-from tests.conftest import ActivateDevice, MakeAccount
-from tests.peers import Peer, camera, connect, viewer
+from tests.conftest import Account, ActivatedDevice, ActivateDevice, MakeAccount
+from tests.peers import AUDIENCE, Peer, camera, connect, viewer
 from tests.servers import free_port
-
-AUDIENCE = "http://testserver"  # the test app's PUBLIC_URL
 
 
 @pytest.fixture(scope="session")
@@ -307,3 +305,96 @@ async def test_a_viewer_leaving_tells_the_camera(
         "session_id": sid,
         "reason": "peer_hangup",
     }
+
+
+async def reonboard(
+    client: httpx.AsyncClient, owner: Account, uid: str
+) -> tuple[str, Ed25519PrivateKey]:
+    from device_sim.identity import public_key_b64
+
+    ticket = await client.post(
+        "/api/v1/onboarding",
+        json={
+            "device_name": "Again",
+            "camera_model": "EZ-C31",
+            "wifi_ssid": "Home",
+            "wifi_password": "",
+        },
+        headers=owner.headers,
+    )
+    key = Ed25519PrivateKey.generate()
+    activated = await client.post(
+        "/api/v1/devices/activate",
+        json={
+            "token": json.loads(ticket.json()["payload"])["t"],
+            "device_uid": uid,
+            "camera_model": "EZ-C31",
+            "firmware_version": "1.0.1",
+            "public_key": public_key_b64(key),
+        },
+    )
+    assert activated.status_code == 201, activated.text
+    return activated.json()["device_id"], key
+
+
+async def test_a_factory_reset_camera_reonboarded_by_its_owner_drops_the_old_key(
+    ws_base: str,
+    client: httpx.AsyncClient,
+    make_account: MakeAccount,
+    activate_device: ActivateDevice,
+) -> None:
+    owner = await make_account("owner")
+    device = await activate_device(owner)
+    old_cam, view = await camera(ws_base, device), await viewer(ws_base, owner)
+    sid = await open_session(old_cam, view, device.id)
+    device_id, new_key = await reonboard(client, owner, device.uid)
+    assert device_id == device.id
+    assert await view.expect("session.end") == {
+        "type": "session.end",
+        "session_id": sid,
+        "reason": "device_removed",
+    }
+    assert await old_cam.closed_with() == 4404
+    stale = await connect(
+        ws_base, "/ws/v1/device", assertion(device.private_key, device.id, AUDIENCE)
+    )
+    assert await stale.closed_with() == 4401
+    new_cam = await camera(ws_base, device, key=new_key)
+    await open_session(new_cam, view, device.id)
+
+
+async def test_after_removal_and_onboarding_by_someone_else_the_old_owner_hears_nothing(
+    ws_base: str,
+    client: httpx.AsyncClient,
+    make_account: MakeAccount,
+    activate_device: ActivateDevice,
+) -> None:
+    first, friend, second = (
+        await make_account("first"),
+        await make_account("friend"),
+        await make_account("second"),
+    )
+    device = await activate_device(first)
+    await client.post(
+        f"/api/v1/devices/{device.id}/shares", json={"email": friend.email}, headers=first.headers
+    )
+    first_ws, friend_ws = await viewer(ws_base, first), await viewer(ws_base, friend)
+    assert (
+        await client.delete(f"/api/v1/devices/{device.id}", headers=first.headers)
+    ).status_code == 204
+    new_id, new_key = await reonboard(client, second, device.uid)
+    second_ws = await viewer(ws_base, second)
+    cam = await camera(ws_base, ActivatedDevice(new_id, device.uid, "Again", new_key))
+    assert (await second_ws.expect("device.presence"))["device_id"] == new_id
+    await cam.socket.close()
+    cam = await camera(
+        ws_base, ActivatedDevice(new_id, device.uid, "Again", new_key)
+    )  # a reconnect
+    await open_session(cam, second_ws, new_id)
+    for old in (first_ws, friend_ws):
+        await old.send({"type": "session.request", "id": "x", "device_id": new_id})
+        assert (await old.expect("status"))["error"]["code"] == "device_not_found"
+        await old.quiet(0.5)
+        assert [m["type"] for m in old.seen] == ["welcome", "status"]
+    listed = await client.get("/api/v1/devices", headers=first.headers)
+    assert listed.json() == {"devices": []}
