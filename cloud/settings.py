@@ -62,6 +62,10 @@ class Settings:
     # A camera is online while its connection refreshes its presence; an instance that dies
     # without clearing it is noticed when it expires.
     presence_ttl_s: int = 60
+    # Signaling limits (PROTOCOL.md, "Limits").
+    sdp_per_s: int = 5
+    ice_per_s: int = 20
+    viewers_per_camera: int = 10
     embedded_db_cache: str = "256M"
 
     @property
@@ -103,6 +107,9 @@ class Settings:
             ),
             trusted_proxies=_split(env.get("TRUSTED_PROXIES")),
             presence_ttl_s=_int(env, "PRESENCE_TTL_S", cls.presence_ttl_s),
+            sdp_per_s=_int(env, "SDP_PER_S", cls.sdp_per_s),
+            ice_per_s=_int(env, "ICE_PER_S", cls.ice_per_s),
+            viewers_per_camera=_int(env, "VIEWERS_PER_CAMERA", cls.viewers_per_camera),
         )
         settings.validate()
         return settings
@@ -116,6 +123,8 @@ class Settings:
             raise SettingsError("ONBOARDING_TTL_S must be between 60 and 600 seconds")
         if not 3 <= self.presence_ttl_s <= 600:
             raise SettingsError("PRESENCE_TTL_S must be between 3 and 600 seconds")
+        if min(self.sdp_per_s, self.ice_per_s, self.viewers_per_camera) < 1:
+            raise SettingsError("SDP_PER_S, ICE_PER_S and VIEWERS_PER_CAMERA must be at least 1")
         if self.production:
             if len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
                 raise SettingsError(

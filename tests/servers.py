@@ -125,3 +125,65 @@ def redis_server(port: int | None = None) -> Iterator[str]:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         stop(process)
+
+
+def _stun_answers(port: int) -> bool:
+    request = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + os.urandom(12)  # STUN binding request
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.3)
+        try:
+            s.sendto(request, ("127.0.0.1", port))
+            return s.recv(512)[:2] == b"\x01\x01"
+        except OSError:
+            return False
+
+
+@contextmanager
+def coturn_server(secret: str, log_path: Path) -> Iterator[int]:
+    """Debian's coturn on loopback with ``use-auth-secret``; yields its UDP/TCP port.
+
+    ``--allow-loopback-peers`` is for tests only: production configs deny loopback peers.
+    """
+    port = free_port()
+    relay_base = 40000 + port % 20000
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [
+                "turnserver",
+                "-n",
+                "--listening-ip",
+                "127.0.0.1",
+                "--relay-ip",
+                "127.0.0.1",
+                "--listening-port",
+                str(port),
+                "--use-auth-secret",
+                "--static-auth-secret",
+                secret,
+                "--realm",
+                "visionconnect.test",
+                "--allow-loopback-peers",
+                "--no-tls",
+                "--no-dtls",
+                "--no-cli",
+                "--min-port",
+                str(relay_base),
+                "--max-port",
+                str(relay_base + 200),
+                "--log-file",
+                "stdout",
+                "--simple-log",
+                "--no-software-attribute",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 15
+        while not _stun_answers(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"coturn did not start; see {log_path}")
+            time.sleep(0.1)
+        yield port
+    finally:
+        stop(process)

@@ -279,10 +279,20 @@ class Hub:
                 return []
             case SessionOffer() | SessionAnswer():
                 if not info.sdp.allow(now):
-                    return self.strike(conn, message.id, ErrorCode.RATE_LIMITED, "over 5 SDP/s")
+                    return self.strike(
+                        conn,
+                        message.id,
+                        ErrorCode.RATE_LIMITED,
+                        f"over {self.limits.sdp_per_s:g} SDP messages/s",
+                    )
             case SessionIce():
                 if not info.ice.allow(now):
-                    return self.strike(conn, message.id, ErrorCode.RATE_LIMITED, "over 20 ICE/s")
+                    return self.strike(
+                        conn,
+                        message.id,
+                        ErrorCode.RATE_LIMITED,
+                        f"over {self.limits.ice_per_s:g} ICE messages/s",
+                    )
             case SessionEnd():
                 pass
             case _:

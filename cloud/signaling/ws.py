@@ -33,6 +33,7 @@ from cloud.signaling.hub import (
     Close,
     Delivery,
     Hub,
+    Limits,
     PresenceChanged,
     Publish,
     Record,
@@ -78,7 +79,12 @@ class Signaling:
         self.bus = bus
         self.access_tokens = access_tokens
         self.assertions = DeviceAssertions(settings.public_url, bus)
-        self.hub = Hub(instance=instance, ice_servers=lambda p: ice_servers(settings, p))
+        limits = Limits(
+            sdp_per_s=settings.sdp_per_s,
+            ice_per_s=settings.ice_per_s,
+            viewers_per_camera=settings.viewers_per_camera,
+        )
+        self.hub = Hub(instance, lambda p: ice_servers(settings, p), limits)
         self.sockets: dict[str, WebSocket] = {}
         self._tasks: list[asyncio.Task[None]] = []
         # Presence lives presence_ttl_s unless refreshed (every quarter of it); clients are
