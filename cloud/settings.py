@@ -52,6 +52,7 @@ class Settings:
     access_token_ttl_s: int = 900
     refresh_token_ttl_s: int = 30 * 24 * 3600
     onboarding_ttl_s: int = MAX_ONBOARDING_TTL_S
+    onboarding_tickets_per_hour: int = 30
     # Login throttling: failures per account, attempts per client address, per window.
     login_window_s: int = 900
     login_max_failures_per_account: int = 5
@@ -99,6 +100,9 @@ class Settings:
             relay_secret=env.get("RELAY_SECRET", ""),
             yolo_model=env.get("YOLO_MODEL", cls.yolo_model),
             onboarding_ttl_s=_int(env, "ONBOARDING_TTL_S", cls.onboarding_ttl_s),
+            onboarding_tickets_per_hour=_int(
+                env, "ONBOARDING_TICKETS_PER_HOUR", cls.onboarding_tickets_per_hour
+            ),
             login_max_failures_per_account=_int(
                 env, "LOGIN_MAX_FAILURES_PER_ACCOUNT", cls.login_max_failures_per_account
             ),

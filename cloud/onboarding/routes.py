@@ -42,7 +42,6 @@ from protocol.qr import QrPayload, encode_qr_payload
 
 log = logging.getLogger(__name__)
 
-TICKETS_PER_HOUR = 30
 ACTIVATION_WINDOW_S = 900
 
 
@@ -52,7 +51,7 @@ async def create_ticket(request: Request) -> Response:
     body = await parse_body(request, OnboardingRequest)
     await ctx.throttle.limit(
         key("onboarding-user", str(principal.user_id)),
-        TICKETS_PER_HOUR,
+        ctx.settings.onboarding_tickets_per_hour,
         3600,
         "too many onboarding codes requested; try again later",
     )

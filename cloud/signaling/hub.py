@@ -598,7 +598,10 @@ class Hub:
         if side.accepted:
             out.append(Record(side.id, "ended", side.device_id, side.user_id, str(reason)))
         if tell_viewer and side.viewer in self.connections:
-            out.append(Send(side.viewer, SessionEnd(session_id=side.id, reason=_reason(reason))))
+            # Before session.created the viewer knows only its request id: echo it.
+            request_id = None if side.accepted else side.request_id
+            end = SessionEnd(id=request_id, session_id=side.id, reason=_reason(reason))
+            out.append(Send(side.viewer, end))
         if tell_peer:
             out.append(
                 Publish(
