@@ -1,0 +1,260 @@
+"""``python -m device_sim``: the camera simulator's command line.
+
+onboard --qr FILE.png | --payload TEXT     scan, make a key, activate, save state (0600)
+run [--state FILE] [video options]         stay online and answer viewers
+fleet --count N --cloud URL --email E ...  N cameras in one process, for load tests
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from device_sim.camera import Camera
+from device_sim.onboarding import OnboardingError, activate, read_qr
+from device_sim.state import CameraState, StateError
+from protocol.errors import ProtocolError
+from protocol.qr import decode_qr_payload
+
+log = logging.getLogger("device_sim")
+
+
+def _stop_event() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM: the process finishes its work and exits cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _network() -> None:
+    from device_sim.network import host_addresses_from_env, use_host_addresses
+
+    addresses = host_addresses_from_env(os.environ)
+    if addresses:
+        use_host_addresses(addresses)
+
+
+def _video(args: argparse.Namespace) -> Any:
+    if args.no_video:
+        return None
+    _network()
+    if args.video_file:
+        from device_sim.media import FileVideo
+
+        return FileVideo(args.video_file)
+    from device_sim.media import SyntheticVideo
+
+    width, height = (int(v) for v in args.size.split("x"))
+    episodes = [tuple(float(x) for x in m.split(":")) for m in args.motion]
+    return SyntheticVideo(
+        width=width,
+        height=height,
+        fps=args.fps,
+        motion=episodes,
+        keyframe_interval=args.keyframe_interval,
+    )
+
+
+async def onboard(args: argparse.Namespace) -> int:
+    try:
+        payload = read_qr(Path(args.qr)) if args.qr else decode_qr_payload(args.payload)
+        state = await activate(payload, device_uid=args.uid, firmware_version=args.firmware)
+    except (OnboardingError, ProtocolError) as exc:
+        print(f"onboarding failed: {exc}", file=sys.stderr)
+        return 1
+    state.save(Path(args.state))
+    # The Wi-Fi credentials are the camera's own business: joining the network is simulated.
+    print(
+        json.dumps(
+            {"device_id": state.device_id, "device_name": state.device_name, "state": args.state}
+        )
+    )
+    return 0
+
+
+async def run(args: argparse.Namespace) -> int:
+    try:
+        state = CameraState.load(Path(args.state))
+    except StateError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    camera = Camera(state, _video(args), connect_timeout_s=args.connect_timeout)
+    stop = _stop_event()
+    print(
+        f"camera {state.device_id} ({state.device_name}) connecting to {state.signaling_url}",
+        flush=True,
+    )
+    await camera.run(stop)
+    print(f"camera stopped: {camera.stats}", flush=True)
+    return 3 if camera.removed else 0
+
+
+def _saved_states(directory: Path, count: int) -> list[CameraState]:
+    return [CameraState.load(p) for p in sorted(directory.glob("camera-*.json"))][:count]
+
+
+async def _fleet_states(args: argparse.Namespace) -> list[CameraState]:
+    """Reuse saved cameras from --state-dir, onboarding the missing ones with the account."""
+    directory = Path(args.state_dir)
+    states = _saved_states(directory, args.count)
+    missing = args.count - len(states)
+    if missing <= 0:
+        return states
+    async with httpx.AsyncClient(base_url=args.cloud, timeout=30) as http:
+        login = await http.post(
+            "/api/v1/auth/login", json={"email": args.email, "password": args.password}
+        )
+        if login.status_code != 200:
+            raise OnboardingError(f"login failed ({login.status_code}): {login.text[:200]}")
+        headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        for n in range(len(states), args.count):
+            ticket = await http.post(
+                "/api/v1/onboarding",
+                json={
+                    "device_name": f"Fleet {n:05d}",
+                    "camera_model": "SIM-1",
+                    "wifi_ssid": "fleet",
+                    "wifi_password": "",
+                },
+                headers=headers,
+            )
+            if ticket.status_code != 201:
+                raise OnboardingError(
+                    f"onboarding code refused ({ticket.status_code}): {ticket.text[:200]}"
+                )
+            state = await activate(decode_qr_payload(ticket.json()["payload"]), http=http)
+            state.save(directory / f"camera-{n:05d}.json")
+            states.append(state)
+            _progress("onboarded", len(states), args.count)
+    print(file=sys.stderr)
+    return states
+
+
+def _progress(what: str, done: int, total: int) -> None:
+    width = 30
+    filled = int(width * done / max(1, total))
+    print(
+        f"\r{what:>10} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+async def fleet(args: argparse.Namespace) -> int:
+    try:
+        states = await _fleet_states(args)
+    except (OnboardingError, StateError, httpx.HTTPError) as exc:
+        print(f"fleet: {exc}", file=sys.stderr)
+        return 1
+    video = _video(args) if args.video else None
+    cameras = [Camera(s, video) for s in states]
+    stop = _stop_event()
+    started = time.monotonic()
+    tasks = []
+    for i, camera in enumerate(cameras):  # ramp up: do not stampede the cloud
+        tasks.append(asyncio.create_task(camera.run(stop)))
+        if i % 50 == 49:
+            await asyncio.sleep(0.05)
+    deadline = started + args.duration if args.duration else None
+    while not stop.is_set():
+        online = sum(c.online.is_set() for c in cameras)
+        _progress("online", online, len(cameras))
+        if deadline is not None and time.monotonic() >= deadline:
+            stop.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+    online = sum(c.online.is_set() for c in cameras)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    summary = {
+        "cameras": len(cameras),
+        "connected": sum(c.stats.connects > 0 for c in cameras),
+        "online_at_stop": online,
+        "reconnects": sum(c.stats.reconnects for c in cameras),
+        "errors": sum(c.stats.errors for c in cameras),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    print(file=sys.stderr)
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m device_sim", description="VisionConnect camera simulator"
+    )
+    p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    o = sub.add_parser("onboard", help="scan a QR code (or take its text) and activate")
+    source = o.add_mutually_exclusive_group(required=True)
+    source.add_argument("--qr", help="PNG/JPEG image of the onboarding QR code")
+    source.add_argument("--payload", help="the QR code's text")
+    o.add_argument(
+        "--state", default="camera-state.json", help="where to save the camera (mode 0600)"
+    )
+    o.add_argument("--uid", help="device uid (default: a random SIM-… uid)")
+    o.add_argument("--firmware", default="sim-1.0")
+
+    def video_options(cmd: argparse.ArgumentParser) -> None:
+        cmd.add_argument("--size", default="640x480", help="WIDTHxHEIGHT of the synthetic video")
+        cmd.add_argument("--fps", type=int, default=15)
+        cmd.add_argument(
+            "--motion",
+            action="append",
+            default=[],
+            metavar="START:SECONDS",
+            help="a motion episode, seconds after start (repeatable)",
+        )
+        cmd.add_argument("--video-file", help="play this file instead of synthetic video")
+        cmd.add_argument(
+            "--keyframe-interval", type=int, default=250, help="frames between keyframes"
+        )
+        cmd.add_argument(
+            "--connect-timeout", type=float, default=10.0, help="seconds for ICE to connect"
+        )
+
+    r = sub.add_parser("run", help="stay online and answer viewers")
+    r.add_argument("--state", default="camera-state.json")
+    r.add_argument("--no-video", action="store_true", help="signaling only")
+    video_options(r)
+
+    f = sub.add_parser("fleet", help="run many cameras in one process (signaling only by default)")
+    f.add_argument("--count", type=int, required=True)
+    f.add_argument(
+        "--cloud", required=True, help="the cloud's base URL (to onboard missing cameras)"
+    )
+    f.add_argument("--email", help="account that owns the fleet (needed to onboard new cameras)")
+    f.add_argument("--password")
+    f.add_argument("--state-dir", default="fleet-state")
+    f.add_argument("--video", action="store_true", help="answer sessions with synthetic video")
+    f.add_argument(
+        "--duration", type=float, default=0, help="stop after this many seconds (0: until Ctrl-C)"
+    )
+    f.set_defaults(no_video=False)
+    video_options(f)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    command = {"onboard": onboard, "run": run, "fleet": fleet}[args.command]
+    return asyncio.run(command(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The camera's onboarding: read the QR code, make a key, activate with the cloud."""
+
+import secrets
+from pathlib import Path
+
+import cv2
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from device_sim.identity import public_key_b64
+from device_sim.state import CameraState
+from protocol.qr import QrPayload, decode_qr_payload
+
+
+class OnboardingError(Exception):
+    """The QR code could not be read, or the cloud refused the activation."""
+
+
+def read_qr(image_path: Path) -> QrPayload:
+    """Decode a QR code image as a camera does (OpenCV's ArUco-based detector)."""
+    image = cv2.imread(str(image_path))
+    if image is None:
+        raise OnboardingError(f"{image_path} is not an image")
+    text, _, _ = cv2.QRCodeDetectorAruco().detectAndDecode(image)
+    if not text:
+        raise OnboardingError(f"no QR code found in {image_path}")
+    return decode_qr_payload(text)
+
+
+def new_device_uid() -> str:
+    return "SIM-" + secrets.token_hex(6).upper()
+
+
+async def activate(
+    payload: QrPayload,
+    *,
+    device_uid: str | None = None,
+    firmware_version: str = "sim-1.0",
+    key: Ed25519PrivateKey | None = None,
+    http: httpx.AsyncClient | None = None,
+) -> CameraState:
+    """Claim the QR token with a fresh Ed25519 key; the Wi-Fi credentials stay on the camera."""
+    key = key or Ed25519PrivateKey.generate()
+    uid = device_uid or new_device_uid()
+    body = {
+        "token": payload.t,
+        "device_uid": uid,
+        "camera_model": payload.m,
+        "firmware_version": firmware_version,
+        "public_key": public_key_b64(key),
+    }
+    client = http or httpx.AsyncClient(timeout=15)
+    try:
+        response = await client.post(payload.u + "/api/v1/devices/activate", json=body)
+    except httpx.HTTPError as exc:
+        raise OnboardingError(f"cannot reach the cloud at {payload.u}: {exc}") from exc
+    finally:
+        if http is None:
+            await client.aclose()
+    if response.status_code != 201:
+        try:
+            error = response.json()["error"]
+            why = f"{error['code']}: {error['message']}"
+        except (ValueError, KeyError, TypeError):
+            why = response.text[:200]
+        raise OnboardingError(f"activation refused ({response.status_code}) {why}")
+    data = response.json()
+    return CameraState(
+        cloud_url=payload.u,
+        device_id=data["device_id"],
+        device_uid=uid,
+        device_name=data["device_name"],
+        camera_model=payload.m,
+        firmware_version=firmware_version,
+        signaling_url=data["signaling_url"],
+        private_key=CameraState.encode_key(key),
+    )

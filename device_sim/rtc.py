@@ -1,0 +1,617 @@
+"""WebRTC peers of a viewing session: the camera's sender and a receive-only viewer.
+
+Both take and return SDP strings and trickled candidates in the browser's JSON form
+(``{"candidate": "candidate:…", "sdpMid": "0", "sdpMLineIndex": 0}``, ``None`` for end of
+candidates); signaling carries them. aiortc gathers every local candidate before
+:meth:`CameraPeer.answer` / :meth:`ViewerPeer.offer` return, so the SDP they return holds
+all of them and nothing is trickled out; remote candidates may arrive at any time, even
+before the remote description (they are held until it is set).
+
+Every peer watches its own connection and ends by itself (:class:`PeerEnd`, reported once
+through ``on_end``, ``ended`` and ``wait_failed()``) when:
+
+- ICE has not connected within ``connect_timeout_s`` (reason ``ice_failed``). This also
+  catches the silent aiortc case of a refused TURN credential under a relay-only policy:
+  no relay candidate is gathered, aiortc never starts its ICE transport and the state stays
+  ``"new"`` forever. With no local candidate at all (that case, or an end-of-candidates
+  from the remote peer without any candidate, after which aioice gathers nothing) the peer
+  ends at once rather than after the timeout. The message says what is missing, e.g.
+  ``no relay candidate from turn:…: TURN credentials refused …?``; it never contains
+  credentials.
+- aiortc reports the connection ``failed`` (``ice_failed``), or the remote peer closed it
+  (``peer_hangup``);
+- a viewer got no answer within ``connect_timeout_s`` (``timeout``).
+
+The owner still calls :meth:`close` (idempotent; it never reports an end).
+"""
+
+import asyncio
+import logging
+import secrets
+from collections import Counter
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aioice import Candidate
+from aiortc import (
+    RTCConfiguration,
+    RTCIceCandidate,
+    RTCIceServer,
+    RTCIceTransport,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
+from aiortc.sdp import SessionDescription, candidate_from_sdp
+from av import VideoFrame
+
+from device_sim.media import CameraTrack, Vp8KeyframeEncoder
+from protocol.messages import EndReason
+
+logger = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT_S = 5.0
+MAX_PENDING_CANDIDATES = 100  # held before the remote description; more are dropped
+ICE_URL_SCHEMES = ("stun", "stuns", "turn", "turns")
+
+CandidateJson = Mapping[str, Any]
+IceServerJson = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class PeerEnd:
+    """Why a peer ended by itself: a PROTOCOL.md end reason and a message for people."""
+
+    reason: EndReason
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+
+class InvalidDescription(ValueError):
+    """The remote SDP was rejected (the session ends with ``invalid_offer``)."""
+
+
+class PeerEndedError(ConnectionError):
+    """The peer ended or was closed while the caller was waiting for media."""
+
+    def __init__(self, end: PeerEnd | None) -> None:
+        super().__init__(str(end) if end else "the peer was closed")
+        self.end = end
+
+
+def rtc_configuration(
+    ice_servers: Sequence[IceServerJson], relay_only: bool = False
+) -> RTCConfiguration:
+    """aiortc's configuration for the cloud's ``ice_servers`` list.
+
+    ``ice_servers`` entries are ``{"urls": [...] | "...", "username"?, "credential"?}``.
+    The list is always passed explicitly: aiortc replaces ``iceServers=None`` (never ``[]``)
+    by a public Google STUN server, so an empty list here means no server at all. aiortc
+    uses only the first STUN and the first TURN URL (``turn:`` over UDP or TCP, ``turns:``
+    over TCP). ``relay_only`` sets the ``relay`` transport policy (relay candidates only).
+    Raises :class:`ValueError` for an entry without URLs or a URL that is not STUN/TURN.
+    """
+    servers: list[RTCIceServer] = []
+    for entry in ice_servers:
+        urls = entry.get("urls")
+        if isinstance(urls, str):
+            urls = [urls]
+        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+            raise ValueError("an ICE server needs a non-empty list of URLs")
+        for url in urls:
+            if url.split(":", 1)[0] not in ICE_URL_SCHEMES:
+                raise ValueError(f"not a STUN or TURN URL: {url!r}")
+        servers.append(
+            RTCIceServer(
+                urls=list(urls), username=entry.get("username"), credential=entry.get("credential")
+            )
+        )
+    policy = RTCIceTransportPolicy.RELAY if relay_only else RTCIceTransportPolicy.ALL
+    return RTCConfiguration(iceServers=servers, iceTransportPolicy=policy)
+
+
+def candidate_from_json(candidate: CandidateJson | None) -> RTCIceCandidate | None:
+    """aiortc's candidate for the browser's JSON form; ``None`` means end of candidates.
+
+    An empty ``candidate`` string (what browsers send at the end of a generation) is also
+    end of candidates. Raises :class:`ValueError` for anything else that does not parse.
+    """
+    if candidate is None:
+        return None
+    text = candidate.get("candidate")
+    if not isinstance(text, str):
+        raise ValueError("a candidate needs a 'candidate' string")
+    text = text.strip()
+    if not text:
+        return None
+    text = text.removeprefix("a=").removeprefix("candidate:")
+    bits = text.split()
+    if len(bits) < 8 or bits[6] != "typ":
+        raise ValueError(f"malformed candidate: {text[:100]!r}")
+    try:
+        parsed = candidate_from_sdp(text)
+    except (ValueError, IndexError) as exc:
+        raise ValueError(f"malformed candidate: {text[:100]!r}") from exc
+    mid = candidate.get("sdpMid")
+    index = candidate.get("sdpMLineIndex")
+    if mid is None and index is None:
+        raise ValueError("a candidate needs sdpMid or sdpMLineIndex")
+    parsed.sdpMid = None if mid is None else str(mid)
+    parsed.sdpMLineIndex = None if index is None else int(index)
+    return parsed
+
+
+def _describe(candidate: Candidate, address: str, port: int) -> dict[str, str | int]:
+    return {
+        "type": candidate.type,
+        "address": address,
+        "port": port,
+        "protocol": candidate.transport.lower(),
+    }
+
+
+class _Peer:
+    """What camera and viewer peers share: configuration, candidates, watchdog, close."""
+
+    _name = "Peer"
+
+    def __init__(
+        self,
+        session_id: str,
+        ice_servers: Sequence[IceServerJson],
+        *,
+        relay_only: bool,
+        connect_timeout_s: float,
+        on_end: Callable[[PeerEnd], None] | None,
+    ) -> None:
+        if connect_timeout_s <= 0:
+            raise ValueError("connect_timeout_s must be positive")
+        self.session_id = session_id
+        self.relay_only = relay_only
+        self.connect_timeout_s = connect_timeout_s
+        self._on_end = on_end
+        configuration = rtc_configuration(ice_servers, relay_only)
+        self._turn_url = next(
+            (
+                url
+                for server in configuration.iceServers or []
+                for url in ([server.urls] if isinstance(server.urls, str) else server.urls)
+                if url.startswith("turn")
+            ),
+            None,
+        )
+        self._pc = RTCPeerConnection(configuration)
+        self._pc.on("connectionstatechange", self._on_connection_state)
+        self._connected = asyncio.Event()
+        self._settled = asyncio.Event()  # connected, ended or closed
+        self._ended = asyncio.Event()  # ended or closed
+        self._end: PeerEnd | None = None
+        self._closed = False
+        self._remote_set = False
+        self._pending: list[RTCIceCandidate | None] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def ended(self) -> PeerEnd | None:
+        """How the peer ended by itself, or ``None`` while it has not."""
+        return self._end
+
+    @property
+    def connection_state(self) -> str:
+        """aiortc's connection state: new, connecting, connected, failed or closed."""
+        return self._pc.connectionState
+
+    async def wait_failed(self) -> PeerEnd | None:
+        """Wait until the peer ends by itself (its :class:`PeerEnd`) or is closed (``None``).
+
+        Within ``connect_timeout_s`` of the local description, a peer is either connected or
+        ended; a connected one may run for hours, so bound this wait (or cancel it) when the
+        session's lifetime is not.
+        """
+        await self._ended.wait()
+        return self._end
+
+    async def add_candidate(self, candidate: CandidateJson | None) -> None:
+        """Add a remote candidate in the browser's JSON form; ``None``: end of candidates.
+
+        Candidates that arrive before the remote description are applied once it is set (up
+        to :data:`MAX_PENDING_CANDIDATES`); after :meth:`close` they are ignored. Raises
+        :class:`ValueError` when malformed.
+        """
+        parsed = candidate_from_json(candidate)
+        if self._closed:
+            return
+        if not self._remote_set:
+            if parsed is None or len(self._pending) < MAX_PENDING_CANDIDATES:
+                self._pending.append(parsed)
+            else:
+                self._log(logging.WARNING, "candidate dropped: too many before the offer")
+            return
+        await self._pc.addIceCandidate(parsed)
+
+    def selected_pair(self) -> dict[str, dict[str, str | int]] | None:
+        """The candidate pair carrying media, or ``None`` before ICE nominated one.
+
+        ``{"local": {"type", "address", "port", "protocol"}, "remote": {...}}``, types being
+        ``host``, ``srflx``, ``prflx`` or ``relay``; a relay local candidate's address is the
+        one the TURN server allocated. aiortc has no ``getSelectedCandidatePair()`` and no
+        candidate-pair statistics, so this reads aioice's ``Connection._nominated[1]`` (the
+        pair nominated for RTP component 1) through ``RTCIceTransport._connection``.
+        """
+        for ice in self._ice_transports():
+            pair = ice._connection._nominated.get(1)
+            if pair is not None:
+                local = pair.local_candidate
+                remote_address, remote_port = pair.remote_addr
+                return {
+                    "local": _describe(local, local.host, local.port),
+                    "remote": _describe(pair.remote_candidate, remote_address, remote_port),
+                }
+        return None
+
+    async def close(self) -> None:
+        """Stop media and ICE and release sockets and tasks; idempotent, bounded in time."""
+        if self._closed:
+            return
+        self._closed = True
+        self._settled.set()
+        self._ended.set()
+        current = asyncio.current_task()
+        tasks = [task for task in self._tasks if task is not current]
+        for task in tasks:
+            task.cancel()
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await self._pc.close()
+        except TimeoutError:
+            self._log(logging.WARNING, "close did not finish within %s s", CLOSE_TIMEOUT_S)
+        self._tasks.clear()
+        self._log(logging.INFO, "closed")
+
+    # for subclasses
+
+    def _log(self, level: int, message: str, *args: object) -> None:
+        logger.log(level, f"%s(%s) {message}", self._name, self.session_id, *args)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        if self._closed:
+            coroutine.close()
+            return
+        task: asyncio.Task[None] = asyncio.create_task(
+            coroutine, name=f"{self._name}({self.session_id}) {name}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _raise_if_closed(self, cause: BaseException | None = None) -> None:
+        if self._closed:
+            raise PeerEndedError(self._end) from cause
+
+    async def _remote_description_set(self) -> None:
+        self._remote_set = True
+        pending, self._pending = self._pending, []
+        for candidate in pending:
+            await self._pc.addIceCandidate(candidate)
+
+    def _ice_transports(self) -> list[RTCIceTransport]:
+        return [t.receiver.transport.transport for t in self._pc.getTransceivers()]
+
+    def _local_candidate_types(self) -> list[str]:
+        return [
+            candidate.type
+            for ice in self._ice_transports()
+            for candidate in ice.iceGatherer.getLocalCandidates()
+        ]
+
+    def _remote_candidate_count(self) -> int:
+        return sum(len(ice.getRemoteCandidates()) for ice in self._ice_transports())
+
+    def _start_watch(self) -> None:
+        local = Counter(self._local_candidate_types())
+        self._log(logging.INFO, "local candidates: %s", dict(local) or "none")
+        if self._turn_url and not local["relay"]:
+            self._log(logging.WARNING, "no relay candidate from %s", self._turn_url)
+        self._spawn(self._watch(), "watch")
+
+    async def _watch(self) -> None:
+        if not self._local_candidate_types():
+            self._finish("ice_failed", self._diagnose("ICE cannot start"))
+            return
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                await self._settled.wait()
+        except TimeoutError:
+            if not self._remote_set:
+                self._finish("timeout", f"no answer within {self.connect_timeout_s:g} s")
+            else:
+                headline = (
+                    f"not connected within {self.connect_timeout_s:g} s "
+                    f"(state {self._pc.connectionState})"
+                )
+                self._finish("ice_failed", self._diagnose(headline))
+
+    def _diagnose(self, headline: str) -> str:
+        local = Counter(self._local_candidate_types())
+        remote = self._remote_candidate_count()
+        hints = []
+        if self.relay_only and not self._turn_url:
+            hints.append("relay-only policy without a TURN server")
+        elif self._turn_url and not local["relay"]:
+            hints.append(
+                f"no relay candidate from {self._turn_url}: TURN credentials refused "
+                "(wrong or expired) or TURN server unreachable?"
+            )
+        if not remote:
+            hints.append("the remote peer sent no candidate")
+        if not local:
+            # aioice also drops a component that end-of-candidates left without remote ones,
+            # and then gathers nothing for it
+            hints.append("no local candidate, so aiortc never starts ICE")
+        found = ", ".join(f"{n} {kind}" for kind, n in sorted(local.items())) or "none"
+        counts = f"local candidates: {found}; remote candidates: {remote}"
+        return f"{headline}: {'; '.join(hints)} ({counts})" if hints else f"{headline} ({counts})"
+
+    def _finish(self, reason: EndReason, message: str) -> None:
+        if self._end is not None or self._closed:
+            return
+        self._end = PeerEnd(reason, message)
+        self._log(logging.WARNING, "ended: %s", self._end)
+        self._settled.set()
+        self._ended.set()
+        if self._on_end is not None:
+            try:
+                self._on_end(self._end)
+            except Exception:
+                logger.exception("%s(%s) on_end callback failed", self._name, self.session_id)
+
+    def _on_connection_state(self) -> None:
+        state = self._pc.connectionState
+        self._log(logging.DEBUG, "connection state %s", state)
+        if self._closed:
+            return
+        if state == "connected" and not self._connected.is_set():
+            self._connected.set()
+            self._settled.set()
+            self._log(logging.INFO, "connected via %s", self.selected_pair())
+        elif state == "failed":
+            if self._connected.is_set():
+                self._finish("ice_failed", "connection lost (ICE consent expired or DTLS failed)")
+            else:
+                self._finish("ice_failed", self._diagnose("ICE or DTLS failed"))
+        elif state == "closed":
+            self._finish("peer_hangup", "the remote peer closed the connection")
+
+
+class CameraPeer(_Peer):
+    """The camera's side of one viewer session: sends ``track``, receives nothing.
+
+    ``keyframe_interval`` (frames) caps the distance between VP8 keyframes, e.g. 250 for the
+    benchmark; by default it is the track's (:class:`~device_sim.media.CameraTrack`, set on
+    the source), and ``None`` there too keeps aiortc's 3000. Every session still starts with
+    a keyframe and answers PLI/FIR with one (see :mod:`device_sim.media`). aiortc has no API
+    to choose the encoder, so :meth:`answer` gives the negotiated sender a
+    :class:`~device_sim.media.Vp8KeyframeEncoder` through its private
+    ``_RTCRtpSender__encoder`` slot, which aiortc fills lazily only when empty; it does so
+    for VP8 only (H.264 keeps aiortc's encoder, with a warning when an
+    interval was asked for). ``on_end`` is called once, on the event loop, when the peer
+    ends by itself; it must not block.
+    """
+
+    _name = "CameraPeer"
+
+    def __init__(
+        self,
+        session_id: str,
+        track: MediaStreamTrack,
+        ice_servers: Sequence[IceServerJson],
+        *,
+        connect_timeout_s: float = 10.0,
+        keyframe_interval: int | None = None,
+        on_end: Callable[[PeerEnd], None] | None = None,
+    ) -> None:
+        if keyframe_interval is None and isinstance(track, CameraTrack):
+            keyframe_interval = track.keyframe_interval
+        if keyframe_interval is not None and keyframe_interval < 1:
+            raise ValueError("keyframe_interval must be at least 1 frame")
+        super().__init__(
+            session_id,
+            ice_servers,
+            relay_only=False,
+            connect_timeout_s=connect_timeout_s,
+            on_end=on_end,
+        )
+        self.keyframe_interval = keyframe_interval
+        self._track = track
+        self._encoder: Vp8KeyframeEncoder | None = None
+        self._answered = False
+
+    @property
+    def frames_sent(self) -> int | None:
+        """Frames encoded for this session so far (``None`` unless VP8 was negotiated)."""
+        return None if self._encoder is None else self._encoder.frames
+
+    @property
+    def keyframes_sent(self) -> int | None:
+        """Keyframes among them (``None`` unless VP8 was negotiated)."""
+        return None if self._encoder is None else self._encoder.keyframes
+
+    async def answer(self, offer_sdp: str) -> str:
+        """Answer the viewer's offer; returns the answer SDP with all local candidates.
+
+        The offer must ask to receive video. Raises :class:`InvalidDescription` when the
+        offer is rejected, :class:`PeerEndedError` when the peer is closed meanwhile and
+        :class:`RuntimeError` when called twice. The connect timeout starts when this returns.
+        """
+        if self._answered:
+            raise RuntimeError("answer() was already called")
+        self._answered = True
+        self._raise_if_closed()
+        try:
+            await self._pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        except Exception as exc:  # untrusted SDP: aiortc raises assorted errors
+            self._raise_if_closed(exc)
+            raise InvalidDescription(f"the offer was rejected: {exc!r}") from exc
+        video = next((t for t in self._pc.getTransceivers() if t.kind == "video"), None)
+        if video is None:
+            raise InvalidDescription("the offer has no video section")
+        sender = self._pc.addTrack(self._track)
+        video.direction = "sendonly"
+        await self._remote_description_set()
+        try:
+            await self._pc.setLocalDescription(await self._pc.createAnswer())
+        except Exception as exc:
+            self._raise_if_closed(exc)
+            raise InvalidDescription(f"no answer to this offer: {exc!r}") from exc
+        if video.sender is not sender or video.currentDirection not in ("sendonly", "sendrecv"):
+            raise InvalidDescription("the offer does not ask to receive video")
+        self._install_encoder(sender)
+        self._start_watch()
+        return self._pc.localDescription.sdp
+
+    def _install_encoder(self, sender: RTCRtpSender) -> None:
+        description = SessionDescription.parse(self._pc.localDescription.sdp)
+        media = next(m for m in description.media if m.kind == "video")
+        mime = media.rtp.codecs[0].mimeType.lower() if media.rtp.codecs else "none"
+        if mime != "video/vp8":
+            if self.keyframe_interval is not None:
+                self._log(logging.WARNING, "keyframe_interval ignored: negotiated %s", mime)
+            return
+        if getattr(sender, "_RTCRtpSender__encoder", ...) is not None:
+            raise RuntimeError("aiortc's RTCRtpSender no longer has an empty __encoder slot")
+        self._encoder = Vp8KeyframeEncoder(self.keyframe_interval)
+        setattr(sender, "_RTCRtpSender__encoder", self._encoder)  # noqa: B010 (name-mangled)
+
+
+class ViewerPeer(_Peer):
+    """A receive-only video viewer (the Python client, tests and benchmarks).
+
+    Decoded frames are consumed as they arrive by a task the peer owns (aiortc queues them
+    without bound otherwise); :attr:`frames` counts them and :attr:`last_frame` keeps the
+    latest. ``relay_only`` restricts ICE to relay candidates. ``session_id`` only names the
+    peer in logs (a random one when omitted). ``on_end`` as for :class:`CameraPeer`.
+    """
+
+    _name = "ViewerPeer"
+
+    def __init__(
+        self,
+        ice_servers: Sequence[IceServerJson],
+        *,
+        relay_only: bool = False,
+        connect_timeout_s: float = 10.0,
+        session_id: str | None = None,
+        on_end: Callable[[PeerEnd], None] | None = None,
+    ) -> None:
+        super().__init__(
+            session_id or secrets.token_hex(4),
+            ice_servers,
+            relay_only=relay_only,
+            connect_timeout_s=connect_timeout_s,
+            on_end=on_end,
+        )
+        self._frames = 0
+        self._first: VideoFrame | None = None
+        self._last: VideoFrame | None = None
+        self._first_or_end = asyncio.Event()
+        self._offered = False
+        self._pc.on("track", self._on_track)
+
+    @property
+    def frames(self) -> int:
+        """Decoded frames received so far."""
+        return self._frames
+
+    @property
+    def last_frame(self) -> VideoFrame | None:
+        """The latest decoded frame, or ``None`` before the first."""
+        return self._last
+
+    async def offer(self) -> str:
+        """Create the offer (one receive-only video section); returns its SDP with candidates.
+
+        The connect timeout starts when this returns: the answer and ICE must both complete
+        within it. Raises :class:`PeerEndedError` when the peer is closed meanwhile and
+        :class:`RuntimeError` when called twice.
+        """
+        if self._offered:
+            raise RuntimeError("offer() was already called")
+        self._offered = True
+        self._raise_if_closed()
+        self._pc.addTransceiver("video", direction="recvonly")
+        try:
+            await self._pc.setLocalDescription(await self._pc.createOffer())
+        except Exception as exc:
+            self._raise_if_closed(exc)
+            raise
+        self._start_watch()
+        return self._pc.localDescription.sdp
+
+    async def accept(self, answer_sdp: str) -> None:
+        """Apply the camera's (or relay's) answer; ignored once the peer is closed.
+
+        Raises :class:`InvalidDescription` when the answer is rejected and
+        :class:`RuntimeError` unless called once after :meth:`offer`.
+        """
+        if not self._offered or self._remote_set:
+            raise RuntimeError("accept() needs a single call after offer()")
+        if self._closed:
+            return
+        try:
+            await self._pc.setRemoteDescription(
+                RTCSessionDescription(sdp=answer_sdp, type="answer")
+            )
+        except Exception as exc:  # untrusted SDP: aiortc raises assorted errors
+            if self._closed:
+                return
+            raise InvalidDescription(f"the answer was rejected: {exc!r}") from exc
+        await self._remote_description_set()
+
+    async def first_frame(self, timeout: float) -> VideoFrame:  # noqa: ASYNC109 (the contract)
+        """The first decoded frame, waiting up to ``timeout`` seconds for it.
+
+        Raises :class:`TimeoutError`, or :class:`PeerEndedError` as soon as the peer ends or
+        is closed without one.
+        """
+        if self._first is None:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._first_or_end.wait()
+            except TimeoutError:
+                raise TimeoutError(f"no video frame within {timeout:g} s") from None
+        if self._first is None:
+            raise PeerEndedError(self._end)
+        return self._first
+
+    def _finish(self, reason: EndReason, message: str) -> None:
+        super()._finish(reason, message)
+        self._first_or_end.set()
+
+    async def close(self) -> None:
+        self._first_or_end.set()
+        await super().close()
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "video":
+            self._spawn(self._consume(track), "frames")
+
+    async def _consume(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                self._log(logging.INFO, "the video track ended after %d frames", self._frames)
+                return
+            if not isinstance(frame, VideoFrame):
+                continue
+            self._frames += 1
+            self._last = frame
+            if self._first is None:
+                self._first = frame
+                self._first_or_end.set()
+                self._log(logging.INFO, "first frame %dx%d", frame.width, frame.height)

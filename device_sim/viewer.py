@@ -1,0 +1,230 @@
+"""The Python viewer client: the reference for app developers, used by tests and benchmarks.
+
+    async with await Viewer.login("http://127.0.0.1:8000", email, password) as viewer:
+        watch = await viewer.watch(device_id)            # session.request ... first frame
+        print(watch.ttff_s, watch.selected_pair())
+        await watch.end()
+
+Flow (PROTOCOL.md): ``session.request`` -> ``session.created`` (with ``ice_servers``) ->
+a receive-only offer -> ``session.answer`` -> trickled ``session.ice`` -> decoded frames.
+Pushes (``device.presence``, ``device.activated``, ``event``) arrive on :attr:`Viewer.pushes`.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from types import TracebackType
+from typing import Any
+
+import httpx
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+log = logging.getLogger(__name__)
+
+
+class WatchError(Exception):
+    """The session could not start or ended early; ``reason`` is the protocol's word for it."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+class Watch:
+    """One live session with a camera."""
+
+    def __init__(self, viewer: "Viewer", session_id: str, device_id: str, peer: Any) -> None:
+        self.viewer = viewer
+        self.session_id = session_id
+        self.device_id = device_id
+        self.peer = peer
+        self.route = "p2p"
+        self.ttff_s: float | None = None
+        self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    @property
+    def frames(self) -> int:
+        return int(self.peer.frames)
+
+    def selected_pair(self) -> dict[str, Any] | None:
+        pair: dict[str, Any] | None = self.peer.selected_pair()
+        return pair
+
+    async def end(self) -> None:
+        if not self.ended.done():
+            self.ended.set_result("user_hangup")
+            await self.viewer.send(
+                {"type": "session.end", "session_id": self.session_id, "reason": "user_hangup"}
+            )
+        self.viewer.sessions.pop(self.session_id, None)
+        await self.peer.close()
+
+
+class Viewer:
+    def __init__(self, cloud_url: str, access_token: str, refresh_token: str) -> None:
+        self.cloud_url = cloud_url.rstrip("/")
+        self.access_token = access_token
+        self.refresh_token = refresh_token
+        self.socket: ClientConnection | None = None
+        self.sessions: dict[str, Watch] = {}
+        self.pushes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._early: dict[str, list[dict[str, Any]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def login(cls, cloud_url: str, email: str, password: str) -> "Viewer":
+        async with httpx.AsyncClient(base_url=cloud_url, timeout=15) as http:
+            response = await http.post(
+                "/api/v1/auth/login", json={"email": email, "password": password}
+            )
+        if response.status_code != 200:
+            raise WatchError(
+                "unauthenticated", f"login failed ({response.status_code}): {response.text[:200]}"
+            )
+        tokens = response.json()
+        return cls(cloud_url, tokens["access_token"], tokens["refresh_token"])
+
+    async def __aenter__(self) -> "Viewer":
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        url = self.cloud_url.replace("http", "ws", 1) + "/ws/v1/client"
+        self.socket = await websockets.connect(url, max_size=64 * 1024, open_timeout=10)
+        await self.socket.send(json.dumps({"type": "hello", "token": self.access_token}))
+        welcome = json.loads(await asyncio.wait_for(self.socket.recv(), 10))
+        if welcome.get("type") != "welcome":
+            raise WatchError("unauthenticated", f"expected welcome, got {welcome}")
+        self._reader = asyncio.create_task(self._read(self.socket))
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.socket is None:
+            raise WatchError("peer_hangup", "not connected")
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await self.socket.send(json.dumps(message))
+
+    async def _read(self, socket: ClientConnection) -> None:
+        try:
+            async for frame in socket:
+                await self._dispatch(json.loads(frame))
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            for waiter in self._waiting.values():
+                if not waiter.done():
+                    waiter.set_exception(WatchError("server_shutdown", "the connection closed"))
+            for watch in list(self.sessions.values()):
+                if not watch.ended.done():
+                    watch.ended.set_result("server_shutdown")
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        waiter = self._waiting.get(str(message.get("id")))
+        if kind in ("session.created", "status", "session.end") and waiter and not waiter.done():
+            waiter.set_result(message)
+            return
+        session_id = str(message.get("session_id", ""))
+        if kind in ("session.answer", "session.ice", "session.end"):
+            watch = self.sessions.get(session_id)
+            if watch is None:  # arrived before watch() registered the session
+                self._early.setdefault(session_id, []).append(message)
+                return
+            await self._to_watch(watch, message)
+        elif kind in ("device.presence", "device.activated", "event"):
+            await self.pushes.put(message)
+        elif kind == "go_away":
+            log.info("the cloud asks to reconnect: %s", message.get("reason"))
+
+    async def _to_watch(self, watch: Watch, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "session.answer":
+            await watch.peer.accept(message["sdp"])
+        elif kind == "session.ice":
+            await watch.peer.add_candidate(message.get("candidate"))
+        elif kind == "session.end" and not watch.ended.done():
+            watch.ended.set_result(str(message.get("reason", "peer_hangup")))
+            self.sessions.pop(watch.session_id, None)
+            await watch.peer.close()
+
+    async def watch(
+        self,
+        device_id: str,
+        *,
+        mode: str = "p2p",
+        relay_only: bool = False,
+        timeout_s: float = 20.0,
+        connect_timeout_s: float = 10.0,
+    ) -> Watch:
+        """Start a session and return once the first frame is decoded (``ttff_s`` set)."""
+        from device_sim.rtc import PeerEndedError, ViewerPeer  # aiortc: only when watching
+
+        started = time.monotonic()
+        request_id = secrets.token_hex(6)
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = waiter
+        try:
+            await self.send(
+                {"type": "session.request", "id": request_id, "device_id": device_id, "mode": mode}
+            )
+            reply = await asyncio.wait_for(waiter, timeout_s)
+        finally:
+            self._waiting.pop(request_id, None)
+        if reply["type"] == "status":
+            error = reply.get("error") or {}
+            raise WatchError(str(error.get("code", "refused")), str(error.get("message", "")))
+        if reply["type"] == "session.end":
+            raise WatchError(str(reply.get("reason")), "the session ended before it started")
+        peer = ViewerPeer(
+            reply["ice_servers"], relay_only=relay_only, connect_timeout_s=connect_timeout_s
+        )
+        watch = Watch(self, reply["session_id"], device_id, peer)
+        watch.route = reply.get("route", "p2p")
+        self.sessions[watch.session_id] = watch
+        try:
+            offer = await peer.offer()
+            await self.send({"type": "session.offer", "session_id": watch.session_id, "sdp": offer})
+            await self.send(
+                {"type": "session.ice", "session_id": watch.session_id, "candidate": None}
+            )
+            for early in self._early.pop(watch.session_id, []):
+                await self._to_watch(watch, early)
+            remaining = max(0.1, timeout_s - (time.monotonic() - started))
+            frame: asyncio.Future[Any] = asyncio.ensure_future(peer.first_frame(remaining))
+            ended: asyncio.Future[Any] = watch.ended
+            done, _ = await asyncio.wait({frame, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if frame not in done:
+                frame.cancel()
+                raise WatchError(ended.result(), "the session ended before the first frame")
+            try:
+                frame.result()
+            except PeerEndedError as exc:
+                reason = exc.end.reason if exc.end is not None else "peer_hangup"
+                raise WatchError(reason, str(exc)) from None
+            except TimeoutError:
+                raise WatchError("timeout", f"no frame within {timeout_s:g} s") from None
+            watch.ttff_s = time.monotonic() - started
+            return watch
+        except BaseException:
+            await watch.end()
+            raise
+
+    async def close(self) -> None:
+        for watch in list(self.sessions.values()):
+            await watch.end()
+        if self.socket is not None:
+            await self.socket.close()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)

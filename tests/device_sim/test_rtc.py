@@ -1,0 +1,385 @@
+"""Real aiortc peers in-process on loopback: a viewer and a camera, with and without coturn."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aioice.ice
+import pytest
+from aiortc import RTCIceGatherer, RTCPeerConnection
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
+
+from cloud.ice import turn_credential
+from device_sim.media import SyntheticVideo
+from device_sim.network import host_addresses_from_env, use_host_addresses
+from device_sim.rtc import (
+    CameraPeer,
+    InvalidDescription,
+    PeerEndedError,
+    ViewerPeer,
+    candidate_from_json,
+    rtc_configuration,
+)
+from tests.servers import coturn_server
+
+TURN_SECRET = "device-sim-turn-secret-0123456789"
+WIDTH, HEIGHT = 320, 240
+
+
+@pytest.fixture(scope="module", autouse=True)
+def loopback_host_candidates() -> Iterator[None]:
+    original = aioice.ice.get_host_addresses
+    use_host_addresses(["127.0.0.1"])
+    yield
+    aioice.ice.get_host_addresses = original
+
+
+@pytest.fixture(scope="module")
+def turn_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    with coturn_server(TURN_SECRET, tmp_path_factory.mktemp("coturn") / "coturn.log") as port:
+        yield port
+
+
+@pytest.fixture
+def video() -> SyntheticVideo:
+    return SyntheticVideo(WIDTH, HEIGHT, fps=15)
+
+
+@pytest.fixture
+async def closing() -> AsyncIterator[list[CameraPeer | ViewerPeer]]:
+    """Peers to close after the test, whatever happened (bounded: close() has a timeout)."""
+    peers: list[CameraPeer | ViewerPeer] = []
+    yield peers
+    for peer in peers:
+        await peer.close()
+
+
+def turn_servers(port: int, principal: str, secret: str = TURN_SECRET) -> list[dict[str, Any]]:
+    username, credential = turn_credential(secret, principal, 600, time.time())
+    return [{"urls": [f"turn:127.0.0.1:{port}"], "username": username, "credential": credential}]
+
+
+def split_candidates(sdp: str) -> tuple[str, list[dict[str, Any]]]:
+    """The SDP without its candidates, and those candidates as a browser would trickle them."""
+    kept: list[str] = []
+    found: list[tuple[int, str]] = []
+    mids: dict[int, str] = {}
+    section = -1
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            section += 1
+        elif line.startswith("a=mid:"):
+            mids[section] = line.removeprefix("a=mid:")
+        if line.startswith("a=candidate:"):
+            found.append((section, line.removeprefix("a=")))
+            continue
+        if line == "a=end-of-candidates":
+            continue
+        kept.append(line)
+    trickled = [{"candidate": c, "sdpMid": mids[i], "sdpMLineIndex": i} for i, c in found]
+    return "\r\n".join(kept) + "\r\n", trickled
+
+
+async def wait_for_frames(viewer: ViewerPeer, count: int, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while viewer.frames < count:
+            await asyncio.sleep(0.05)
+
+
+async def connect(viewer: ViewerPeer, camera: CameraPeer) -> None:
+    offer = await viewer.offer()
+    answer = await camera.answer(offer)
+    await viewer.accept(answer)
+    await viewer.add_candidate(None)
+    await camera.add_candidate(None)
+
+
+async def test_viewer_decodes_camera_frames_over_loopback_host_candidates(
+    video: SyntheticVideo, closing: list[CameraPeer | ViewerPeer]
+) -> None:
+    viewer = ViewerPeer([], session_id="s-host")
+    camera = CameraPeer("s-host", video.track(), [])
+    closing += [camera, viewer]
+
+    await connect(viewer, camera)
+    frame = await viewer.first_frame(timeout=10)
+
+    assert (frame.width, frame.height) == (WIDTH, HEIGHT)
+    await wait_for_frames(viewer, 10)
+    for peer in (viewer, camera):
+        pair = peer.selected_pair()
+        assert pair is not None
+        assert pair["local"]["type"] == pair["remote"]["type"] == "host"
+        assert pair["local"]["address"] == pair["remote"]["address"] == "127.0.0.1"
+        assert pair["local"]["protocol"] == "udp"
+    camera_pair, viewer_pair = camera.selected_pair(), viewer.selected_pair()
+    assert camera_pair is not None
+    assert viewer_pair is not None
+    assert camera_pair["local"]["port"] == viewer_pair["remote"]["port"]
+    assert viewer.ended is None
+    assert camera.ended is None
+
+
+async def test_camera_accepts_candidates_trickled_in_the_browser_format(
+    video: SyntheticVideo, closing: list[CameraPeer | ViewerPeer]
+) -> None:
+    viewer = ViewerPeer([])
+    camera = CameraPeer(viewer.session_id, video.track(), [])
+    closing += [camera, viewer]
+    offer, trickled = split_candidates(await viewer.offer())
+    assert trickled
+    assert "a=candidate" not in offer
+
+    await camera.add_candidate(trickled[0])  # before the offer: held until it is set
+    answer = await camera.answer(offer)
+    for candidate in trickled[1:]:
+        await camera.add_candidate(candidate)
+    await camera.add_candidate(None)
+    await viewer.accept(answer)
+
+    await viewer.first_frame(timeout=10)
+
+
+async def test_relay_only_viewer_receives_frames_through_coturn(
+    video: SyntheticVideo, turn_port: int, closing: list[CameraPeer | ViewerPeer]
+) -> None:
+    viewer = ViewerPeer(turn_servers(turn_port, "user:viewer"), relay_only=True)
+    camera = CameraPeer(viewer.session_id, video.track(), turn_servers(turn_port, "device:cam"))
+    closing += [camera, viewer]
+
+    offer = await viewer.offer()
+    assert " typ relay" in offer
+    assert " typ host" not in offer
+    await viewer.accept(await camera.answer(offer))
+    frame = await viewer.first_frame(timeout=10)
+
+    assert (frame.width, frame.height) == (WIDTH, HEIGHT)
+    pair = viewer.selected_pair()
+    assert pair is not None
+    assert pair["local"]["type"] == "relay"
+    await wait_for_frames(viewer, 5)
+
+
+async def test_a_wrong_turn_secret_ends_both_peers_with_ice_failed_quickly(
+    video: SyntheticVideo, turn_port: int, closing: list[CameraPeer | ViewerPeer]
+) -> None:
+    wrong = "not-the-coturn-secret"
+    viewer = ViewerPeer(
+        turn_servers(turn_port, "user:viewer", wrong), relay_only=True, connect_timeout_s=5
+    )
+    camera = CameraPeer(
+        viewer.session_id,
+        video.track(),
+        turn_servers(turn_port, "device:cam", wrong),
+        connect_timeout_s=5,
+    )
+    closing += [camera, viewer]
+    started = time.monotonic()
+
+    await connect(viewer, camera)
+    async with asyncio.timeout(6):
+        viewer_end, camera_end = await asyncio.gather(viewer.wait_failed(), camera.wait_failed())
+
+    assert time.monotonic() - started < 6
+    for end in (viewer_end, camera_end):
+        assert end is not None
+        assert end.reason == "ice_failed"
+        assert "no relay candidate" in end.message
+        assert "TURN credentials refused" in end.message
+        assert wrong not in end.message
+    with pytest.raises(PeerEndedError):
+        await viewer.first_frame(timeout=1)
+    async with asyncio.timeout(6):
+        await asyncio.gather(viewer.close(), camera.close())
+
+
+async def test_an_unanswered_viewer_times_out_and_the_camera_reports_ice_failed(
+    video: SyntheticVideo, closing: list[CameraPeer | ViewerPeer]
+) -> None:
+    ends: list[str] = []
+    viewer = ViewerPeer([], connect_timeout_s=1.5, on_end=lambda end: ends.append(end.reason))
+    camera = CameraPeer(viewer.session_id, video.track(), [], connect_timeout_s=1.5)
+    closing += [camera, viewer]
+
+    await camera.answer(await viewer.offer())  # the answer never reaches the viewer
+    async with asyncio.timeout(4):
+        viewer_end, camera_end = await asyncio.gather(viewer.wait_failed(), camera.wait_failed())
+
+    assert viewer_end is not None
+    assert viewer_end.reason == "timeout"
+    assert camera_end is not None
+    assert camera_end.reason == "ice_failed"
+    assert "not connected within 1.5 s" in camera_end.message
+    assert ends == ["timeout"]
+
+
+async def test_the_viewer_learns_that_the_camera_hung_up(
+    video: SyntheticVideo, closing: list[CameraPeer | ViewerPeer]
+) -> None:
+    viewer = ViewerPeer([])
+    camera = CameraPeer(viewer.session_id, video.track(), [])
+    closing += [camera, viewer]
+    await connect(viewer, camera)
+    await viewer.first_frame(timeout=10)
+
+    await camera.close()
+    async with asyncio.timeout(5):
+        end = await viewer.wait_failed()
+
+    assert end is not None
+    assert end.reason == "peer_hangup"
+    assert await camera.wait_failed() is None  # closed by its owner: no end to report
+
+
+async def test_the_camera_sends_a_keyframe_first_and_then_every_keyframe_interval(
+    closing: list[CameraPeer | ViewerPeer],
+) -> None:
+    source = SyntheticVideo(WIDTH, HEIGHT, fps=30, keyframe_interval=10)
+    viewer = ViewerPeer([])
+    camera = CameraPeer(viewer.session_id, source.track(), [])
+    closing += [camera, viewer]
+    await connect(viewer, camera)
+    await viewer.first_frame(timeout=10)
+    await wait_for_frames(viewer, 45)
+
+    frames, keyframes = camera.frames_sent, camera.keyframes_sent
+    assert frames is not None
+    assert keyframes is not None
+    expected = 1 + (frames - 1) // 10
+    assert expected <= keyframes <= expected + 2  # a PLI from the receiver may add one
+
+
+async def test_an_explicit_keyframe_interval_overrides_the_sources(
+    video: SyntheticVideo, closing: list[CameraPeer | ViewerPeer]
+) -> None:
+    viewer = ViewerPeer([])
+    camera = CameraPeer(viewer.session_id, video.track(), [], keyframe_interval=250)
+    closing += [camera, viewer]
+    await connect(viewer, camera)
+    await wait_for_frames(viewer, 5)
+
+    assert camera.keyframe_interval == 250
+    assert camera.keyframes_sent == 1
+
+
+async def test_the_camera_rejects_offers_it_cannot_answer(
+    video: SyntheticVideo, closing: list[CameraPeer | ViewerPeer]
+) -> None:
+    audio_only = RTCPeerConnection(rtc_configuration([]))
+    audio_only.addTransceiver("audio", direction="recvonly")
+    await audio_only.setLocalDescription(await audio_only.createOffer())
+    try:
+        for offer in (audio_only.localDescription.sdp, "v=0\r\nnot an offer\r\n"):
+            camera = CameraPeer("s-bad", video.track(), [])
+            closing.append(camera)
+            with pytest.raises(InvalidDescription):
+                await camera.answer(offer)
+    finally:
+        await audio_only.close()
+
+
+def test_an_empty_server_list_configures_no_ice_server_not_aiortcs_public_default() -> None:
+    configuration = rtc_configuration([])
+
+    assert configuration.iceServers == []
+    connection = RTCIceGatherer(iceServers=configuration.iceServers)._connection
+    assert connection.stun_server is None
+    assert connection.turn_server is None
+    defaulted = RTCIceGatherer(iceServers=None)._connection  # what rtc_configuration avoids
+    assert defaulted.stun_server == ("stun.l.google.com", 19302)
+
+
+def test_the_cloud_server_list_becomes_aiortc_servers_and_policy() -> None:
+    configuration = rtc_configuration(
+        [
+            {"urls": ["stun:127.0.0.1:3478"]},
+            {"urls": "turn:127.0.0.1:3478", "username": "1:user", "credential": "c2VjcmV0"},
+        ],
+        relay_only=True,
+    )
+
+    assert configuration.iceTransportPolicy == RTCIceTransportPolicy.RELAY
+    assert configuration.iceServers is not None
+    turn = configuration.iceServers[1]
+    assert (turn.urls, turn.username, turn.credential) == (
+        ["turn:127.0.0.1:3478"],
+        "1:user",
+        "c2VjcmV0",
+    )
+    with pytest.raises(ValueError, match="not a STUN or TURN URL"):
+        rtc_configuration([{"urls": ["http://example.com"]}])
+    with pytest.raises(ValueError, match="non-empty list of URLs"):
+        rtc_configuration([{"urls": []}])
+
+
+def test_browser_candidates_parse_and_an_empty_one_ends_candidates() -> None:
+    parsed = candidate_from_json(
+        {
+            "candidate": "candidate:842163049 1 udp 1677729535 192.0.2.7 61665 typ srflx "
+            "raddr 10.0.0.2 rport 61665 generation 0 ufrag sXk3 network-cost 999",
+            "sdpMid": "0",
+            "sdpMLineIndex": 0,
+        }
+    )
+
+    assert parsed is not None
+    assert (parsed.type, parsed.ip, parsed.port, parsed.protocol) == (
+        "srflx",
+        "192.0.2.7",
+        61665,
+        "udp",
+    )
+    assert (parsed.sdpMid, parsed.sdpMLineIndex, parsed.relatedAddress) == ("0", 0, "10.0.0.2")
+    assert candidate_from_json(None) is None
+    assert candidate_from_json({"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0}) is None
+    for bad, problem in (
+        ({"candidate": "candidate:1 1 udp", "sdpMid": "0"}, "malformed"),
+        ({"sdpMid": "0"}, "needs a 'candidate' string"),
+        ({"candidate": "x " * 9, "sdpMid": "0"}, "malformed"),
+        ({"candidate": "candidate:1 1 udp 1 192.0.2.7 9 typ host"}, "sdpMid or sdpMLineIndex"),
+    ):
+        with pytest.raises(ValueError, match=problem):
+            candidate_from_json(bad)
+
+
+def test_ice_host_addresses_come_from_a_comma_list_and_unset_means_all_interfaces() -> None:
+    assert host_addresses_from_env({"ICE_HOST_ADDRESSES": " 127.0.0.1, ::1 ,"}) == [
+        "127.0.0.1",
+        "::1",
+    ]
+    assert host_addresses_from_env({"ICE_HOST_ADDRESSES": ""}) == []
+    assert host_addresses_from_env({}) == []
+    with pytest.raises(ValueError, match="does not appear to be an IP"):
+        use_host_addresses(["localhost"])
+    with pytest.raises(ValueError, match="no host address"):
+        use_host_addresses([])
+
+
+def test_the_host_address_list_replaces_aioices_interface_scan_for_the_process() -> None:
+    use_host_addresses(["127.0.0.1", "::1"])
+    try:
+        assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True) == ["127.0.0.1", "::1"]
+        assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False) == ["127.0.0.1"]
+    finally:
+        use_host_addresses(["127.0.0.1"])
+
+
+async def test_a_closed_viewer_ignores_late_signaling_and_reports_no_end(
+    video: SyntheticVideo, closing: list[CameraPeer | ViewerPeer]
+) -> None:
+    viewer = ViewerPeer([])
+    camera = CameraPeer(viewer.session_id, video.track(), [])
+    closing += [camera, viewer]
+    answer = await camera.answer(await viewer.offer())
+    _, trickled = split_candidates(answer)
+
+    await viewer.close()
+    await viewer.accept(answer)
+    await viewer.add_candidate(trickled[0])
+    await viewer.close()
+
+    assert await viewer.wait_failed() is None
+    assert viewer.selected_pair() is None
+    with pytest.raises(PeerEndedError):
+        await viewer.first_frame(timeout=1)
