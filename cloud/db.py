@@ -17,8 +17,9 @@ from pymongo import AsyncMongoClient
 from cloud.auth.models import RefreshToken, User
 from cloud.devices.models import Device, Share
 from cloud.onboarding.models import OnboardingTicket
+from cloud.relays.models import RelayNode
 from cloud.settings import Settings
-from cloud.signaling.models import RelayNode, SessionRecord
+from cloud.signaling.models import SessionRecord
 from cloud.throttle import ThrottleCounter
 
 log = logging.getLogger(__name__)

@@ -110,6 +110,15 @@ class Pong(Message):
     id: RequestId | None = None
 
 
+class RelayLoad(Message):
+    """relay -> cloud: how busy the relay is (0 idle .. 1 full); sent with each heartbeat."""
+
+    type: Literal["relay.load"] = "relay.load"
+    load: float = Field(ge=0.0, le=1.0)
+    sessions: int = Field(ge=0)
+    cameras: int = Field(default=0, ge=0)
+
+
 # server -> client ---------------------------------------------------------------------
 
 
@@ -128,6 +137,18 @@ class SessionCreated(Message):
     device_id: DeviceId
     route: Literal["p2p", "relay"]
     ice_servers: list[IceServer]
+
+
+class RelaySession(Message):
+    """cloud -> relay: a viewer's session of ``device_id`` is routed through this relay.
+
+    The relay watches the camera itself (its own ``session.request``, allowed while it
+    serves a relayed session of that device) and answers the viewer's ``session.offer``.
+    """
+
+    type: Literal["relay.session"] = "relay.session"
+    session_id: SessionId
+    device_id: DeviceId
 
 
 class DevicePresence(Message):
@@ -162,7 +183,15 @@ class Status(Message):
 
 
 ClientMessage = Annotated[
-    Hello | SessionRequest | SessionOffer | SessionAnswer | SessionIce | SessionEnd | Ping | Pong,
+    Hello
+    | SessionRequest
+    | SessionOffer
+    | SessionAnswer
+    | SessionIce
+    | SessionEnd
+    | Ping
+    | Pong
+    | RelayLoad,
     Field(discriminator="type"),
 ]
 _client = TypeAdapter[ClientMessage](ClientMessage)
@@ -176,6 +205,7 @@ CLIENT_TYPES = frozenset(
         "session.end",
         "ping",
         "pong",
+        "relay.load",
     }
 )
 

@@ -31,6 +31,7 @@ from protocol.messages import (
     Message,
     Ping,
     Pong,
+    RelaySession,
     SessionAnswer,
     SessionCreated,
     SessionEnd,
@@ -154,11 +155,14 @@ class Connection:
 class ViewerSide:
     id: str
     device_id: str
-    viewer: str  # local connection id
+    viewer: str  # local connection id (a user's, or a relay's upstream)
     user_id: str
     request_id: str | None
     ice_servers: list[IceServer]
     created_at: float
+    target: str  # the channel of the far side: the camera's, or the serving relay's connection
+    route: Literal["p2p", "relay"] = "p2p"
+    relay: str | None = None  # the serving relay's id
     accepted: bool = False
     offered_at: float | None = None
     answered: bool = False
@@ -168,7 +172,7 @@ class ViewerSide:
 class CameraSide:
     id: str
     device_id: str
-    camera: str  # local connection id
+    camera: str  # local connection id: the camera's, or the relay's serving the viewer
     viewer_channel: str
     user_id: str
 
@@ -196,6 +200,8 @@ class Hub:
         out: list[Delivery] = [] if role == "device" else [Subscribe(conn_channel(conn))]
         if role == "user" and self._user_conns(principal) == [conn]:
             out.append(Subscribe(user_channel(principal)))
+        if role == "relay":
+            out.append(PresenceChanged(f"relay:{principal}", conn, True))
         if role == "device":
             previous = self.cameras.get(principal)
             if previous is not None:
@@ -220,6 +226,9 @@ class Hub:
             out.append(Subscribe(user_channel(info.principal), on=False))
         for side in [s for s in self.viewer_sides.values() if s.viewer == conn]:
             out += self._end_viewer_side(side, "peer_hangup", tell_viewer=False)
+        if info.role == "relay":
+            out += self._end_camera_sides(conn, "relay_failed")
+            out.append(PresenceChanged(f"relay:{info.principal}", conn, False))
         if info.role == "device" and self.cameras.get(info.principal) == conn:
             del self.cameras[info.principal]
             out += self._end_camera_sides(conn, "device_offline")
@@ -302,14 +311,23 @@ class Hub:
                     ErrorCode.INVALID_REQUEST,
                     f"{message.type} is not expected here",
                 )
-        if info.role == "device":
+        served = self.camera_sides.get(getattr(message, "session_id", ""))
+        if info.role == "device" or (served is not None and served.camera == info.id):
             return self._from_camera(info, message, now)
         return self._from_viewer(info, message, now)
 
     def request_session(
-        self, conn: str, request: SessionRequest, now: float, route: Literal["p2p", "relay"] = "p2p"
+        self,
+        conn: str,
+        request: SessionRequest,
+        now: float,
+        relay: tuple[str, str] | None = None,
     ) -> list[Delivery]:
-        """A viewer asks to watch a device it has been authorised to see."""
+        """A viewer asks to watch a device it has been authorised to see.
+
+        ``relay`` is (relay id, relay connection id) when the session goes through a relay
+        node, which then plays the camera's part towards the viewer.
+        """
         info = self.connections.get(conn)
         if info is None:
             return []
@@ -324,20 +342,36 @@ class Hub:
             request_id=request.id,
             ice_servers=self.ice_servers(info.principal),
             created_at=now,
+            target=device_channel(request.device_id) if relay is None else conn_channel(relay[1]),
+            route="p2p" if relay is None else "relay",
+            relay=None if relay is None else relay[0],
         )
         self.viewer_sides[side.id] = side
-        envelope = {"kind": "open", "session": side.id, "viewer": conn, "user": info.principal}
-        return [Publish(device_channel(request.device_id), envelope)]
+        envelope = {
+            "kind": "open",
+            "session": side.id,
+            "viewer": conn,
+            "user": info.principal,
+            "device": request.device_id,
+        }
+        return [Publish(side.target, envelope)]
+
+    def relay_serves(self, conn: str, device_id: str) -> bool:
+        """Whether relay connection ``conn`` serves a viewer of ``device_id`` right now."""
+        return any(
+            s.camera == conn and s.device_id == device_id for s in self.camera_sides.values()
+        )
 
     def unrouted(self, publish: Publish) -> list[Delivery]:
         """Nobody holds the channel a publish went to: the peer is gone."""
-        session = publish.envelope.get("session")
-        if publish.channel.startswith("dev.") and session in self.viewer_sides:
-            return self._end_viewer_side(
-                self.viewer_sides[session], "device_offline", tell_peer=False
-            )
-        if publish.channel.startswith("conn.") and session in self.camera_sides:
-            return self._end_camera_side(self.camera_sides[session], "peer_hangup", tell_peer=False)
+        session = str(publish.envelope.get("session", ""))
+        viewer = self.viewer_sides.get(session)
+        if viewer is not None and publish.channel == viewer.target:
+            reason = "relay_failed" if viewer.relay else "device_offline"
+            return self._end_viewer_side(viewer, reason, tell_peer=False)
+        camera = self.camera_sides.get(session)
+        if camera is not None and publish.channel == camera.viewer_channel:
+            return self._end_camera_side(camera, "peer_hangup", tell_peer=False)
         return []
 
     def _from_viewer(self, info: Connection, message: ClientMessage, now: float) -> list[Delivery]:
@@ -355,17 +389,13 @@ class Hub:
                     )
                 side.offered_at = now
                 return [
-                    Publish(
-                        device_channel(side.device_id),
-                        {"kind": "offer", "session": side.id, "sdp": message.sdp},
-                    )
+                    Publish(side.target, {"kind": "offer", "session": side.id, "sdp": message.sdp})
                 ]
             case SessionIce():
                 candidate = message.candidate.dump() if message.candidate else None
                 return [
                     Publish(
-                        device_channel(side.device_id),
-                        {"kind": "ice", "session": side.id, "candidate": candidate},
+                        side.target, {"kind": "ice", "session": side.id, "candidate": candidate}
                     )
                 ]
             case SessionEnd():
@@ -422,6 +452,13 @@ class Hub:
         if channel.startswith("dev."):
             return self._to_camera(channel.removeprefix("dev."), envelope)
         if channel.startswith("conn."):
+            # A connection channel reaches a viewer, or a relay playing the camera's part.
+            conn = channel.removeprefix("conn.")
+            served = self.camera_sides.get(str(envelope.get("session", "")))
+            if served is not None and served.camera == conn:
+                return self._to_camera_side(served, envelope)
+            if kind == "open":
+                return self._open_on_relay(conn, envelope)
             return self._to_viewer(envelope, now)
         if channel.startswith("user.") and kind == "push":
             # Pushes (presence, activation, events) are addressed by the edge to the users
@@ -465,11 +502,33 @@ class Hub:
         side = self.camera_sides.get(session_id)
         if side is None:
             return []
+        return self._to_camera_side(side, envelope)
+
+    def _open_on_relay(self, relay_conn: str, envelope: Envelope) -> list[Delivery]:
+        """A relayed session arrives at the relay chosen for it: the relay plays the camera."""
+        session_id = str(envelope.get("session", ""))
+        viewer_channel = conn_channel(str(envelope["viewer"]))
+        info = self.connections.get(relay_conn)
+        if info is None or info.role != "relay":
+            end = {"kind": "end", "session": session_id, "reason": "relay_failed"}
+            return [Publish(viewer_channel, end)]
+        device_id = str(envelope["device"])
+        self.camera_sides[session_id] = CameraSide(
+            session_id, device_id, relay_conn, viewer_channel, str(envelope["user"])
+        )
+        return [
+            Send(relay_conn, RelaySession(session_id=session_id, device_id=device_id)),
+            Publish(viewer_channel, {"kind": "accepted", "session": session_id}),
+        ]
+
+    def _to_camera_side(self, side: CameraSide, envelope: Envelope) -> list[Delivery]:
+        kind = envelope.get("kind")
         if kind == "offer":
+            principal = self.connections[side.camera].principal
             offer = SessionOffer(
                 session_id=side.id,
                 sdp=str(envelope["sdp"]),
-                ice_servers=self.ice_servers(device_id),
+                ice_servers=self.ice_servers(principal),
             )
             return [Send(side.camera, offer)]
         if kind == "ice":
@@ -499,7 +558,7 @@ class Hub:
                 id=side.request_id,
                 session_id=side.id,
                 device_id=side.device_id,
-                route="p2p",
+                route=side.route,
                 ice_servers=side.ice_servers,
             )
             return [Send(side.viewer, created), record]
@@ -561,10 +620,16 @@ class Hub:
         return out
 
     def device_gone(self, device_id: str) -> list[Delivery]:
-        """The camera's instance died (its presence expired): end the viewers' sessions here."""
+        """A camera's (or ``relay:<id>``'s) instance died: end the sessions that used it here."""
         out: list[Delivery] = []
+        if device_id.startswith("relay:"):
+            relay = device_id.removeprefix("relay:")
+            for side in [s for s in self.viewer_sides.values() if s.relay == relay]:
+                out += self._end_viewer_side(side, "relay_failed", tell_peer=False)
+            return out
         for side in [s for s in self.viewer_sides.values() if s.device_id == device_id]:
-            out += self._end_viewer_side(side, "device_offline", tell_peer=False)
+            if side.relay is None:
+                out += self._end_viewer_side(side, "device_offline", tell_peer=False)
         return out
 
     def tick(self, now: float) -> list[Delivery]:
@@ -603,12 +668,7 @@ class Hub:
             end = SessionEnd(id=request_id, session_id=side.id, reason=_reason(reason))
             out.append(Send(side.viewer, end))
         if tell_peer:
-            out.append(
-                Publish(
-                    device_channel(side.device_id),
-                    {"kind": "end", "session": side.id, "reason": reason},
-                )
-            )
+            out.append(Publish(side.target, {"kind": "end", "session": side.id, "reason": reason}))
         return out
 
     def _end_camera_side(

@@ -1,4 +1,4 @@
-"""Session records and the relay registry, as stored in MongoDB."""
+"""Session records, as stored in MongoDB."""
 
 from datetime import datetime
 from typing import Annotated
@@ -20,14 +20,3 @@ class SessionRecord(Document):
 
     class Settings:
         name = "sessions"
-
-
-class RelayNode(Document):
-    relay_id: Annotated[str, Indexed(unique=True)]
-    connection_id: str
-    connected_at: datetime
-    last_seen: datetime
-    online: bool = True
-
-    class Settings:
-        name = "relays"

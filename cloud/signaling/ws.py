@@ -9,7 +9,6 @@ local sockets, envelopes on the bus, presence and session records in the databas
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import time
@@ -25,6 +24,7 @@ from cloud.devices.access import Action, audience, authorize
 from cloud.devices.models import Device
 from cloud.errors import CloudError
 from cloud.ice import ice_servers
+from cloud.relays import registry
 from cloud.settings import Settings
 from cloud.signaling.bus import Bus, BusUnavailable
 from cloud.signaling.hub import (
@@ -43,12 +43,13 @@ from cloud.signaling.hub import (
     user_channel,
 )
 from cloud.signaling.identity import DeviceAssertions
-from cloud.signaling.models import RelayNode, SessionRecord
+from cloud.signaling.models import SessionRecord
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (
     DevicePresence,
     Hello,
     Message,
+    RelayLoad,
     SessionRequest,
     Status,
     StatusError,
@@ -145,7 +146,12 @@ class Signaling:
         otherwise), so the instance, not the camera, refreshes presence and last_seen.
         """
         cameras = list(self.hub.cameras.items())
-        for device_id, conn in cameras:
+        relays = [
+            (f"relay:{c.principal}", c.id)
+            for c in self.hub.connections.values()
+            if c.role == "relay"
+        ]
+        for device_id, conn in cameras + relays:
             await self.bus.set_presence(device_id, conn, self.presence_ttl_s)
         if cameras:
             await Device.get_pymongo_collection().update_many(
@@ -156,9 +162,10 @@ class Signaling:
     async def _sweep(self) -> None:
         """Presence that expired without a clear means the camera's instance died."""
         for device_id in await self.bus.claim_expired_presence():
-            log.info("presence of device %s expired", device_id)
+            log.info("presence of %s expired", device_id)
             await self._publish(Publish(BROADCAST, {"kind": "gone", "device": device_id}))
-            await self._presence(device_id, online=False)
+            if not device_id.startswith("relay:"):
+                await self._presence(device_id, online=False)
 
     # the bus --------------------------------------------------------------------------------
 
@@ -228,6 +235,13 @@ class Signaling:
             await socket.close(code, reason)
 
     async def _camera_presence(self, change: PresenceChanged) -> None:
+        if change.device_id.startswith("relay:"):  # relays: presence only, for liveness
+            if change.online:
+                await self.bus.set_presence(change.device_id, change.conn, self.presence_ttl_s)
+            else:
+                await self.bus.clear_presence(change.device_id, change.conn)
+                await registry.unregister(change.device_id.removeprefix("relay:"), change.conn)
+            return
         if change.online:
             await self.bus.set_presence(change.device_id, change.conn, self.presence_ttl_s)
             await self._presence(change.device_id, online=True)
@@ -307,7 +321,7 @@ class Signaling:
                 ).text()
             )
             if role == "relay":
-                await self._register_relay(principal, conn)
+                await registry.register(principal, conn)
             async with self._lock:
                 deliveries = self.hub.connect(conn, role, principal)
             await self.execute(deliveries)
@@ -328,15 +342,10 @@ class Signaling:
             return str(self.access_tokens.verify(hello.token).user_id)
         if role == "device":
             return str((await self.assertions.verify(hello.token)).device_id)
-        secret = self.settings.relay_secret
-        relay_id, _, credential = hello.token.partition(":")
-        if (
-            not secret
-            or not relay_id
-            or not hmac.compare_digest(credential.encode(), secret.encode())
-        ):
+        relay_id = registry.check_credential(hello.token, self.settings.relay_secret)
+        if relay_id is None:
             raise ProtocolError(ErrorCode.UNAUTHENTICATED, "bad relay credential")
-        return relay_id[:64]
+        return relay_id
 
     async def _read(self, socket: WebSocket, conn: str, role: Role, principal: str) -> None:
         while True:
@@ -360,6 +369,9 @@ class Signaling:
                 continue
             if isinstance(message, SessionRequest):
                 deliveries = await self._request(conn, role, principal, message)
+            elif isinstance(message, RelayLoad) and role == "relay":
+                await registry.report(principal, conn, message.load, message.sessions)
+                continue
             else:
                 async with self._lock:
                     deliveries = self.hub.receive(conn, message, time.monotonic())
@@ -368,6 +380,14 @@ class Signaling:
     async def _request(
         self, conn: str, role: Role, principal: str, request: SessionRequest
     ) -> list[Delivery]:
+        if role == "relay":
+            # A relay watches a camera only while it serves a viewer of that camera.
+            async with self._lock:
+                if self.hub.relay_serves(conn, request.device_id):
+                    return self.hub.request_session(conn, request, time.monotonic())
+                return self.hub.strike(
+                    conn, request.id, ErrorCode.FORBIDDEN, "this relay serves no viewer of it"
+                )
         if role != "user":
             async with self._lock:
                 return self.hub.strike(
@@ -388,24 +408,16 @@ class Signaling:
                     ),
                 )
             ]
+        relay: tuple[str, str] | None = None
         if request.mode == "relay":
-            # No relay node serves sessions yet (the relay issue adds them): say so plainly.
-            error = StatusError(code=ErrorCode.UNAVAILABLE, message="no relay node is available")
-            return [Send(conn, Status(id=request.id, ok=False, error=error))]
+            node = await registry.allocate()
+            if node is None:
+                error = StatusError(
+                    code=ErrorCode.UNAVAILABLE, message="no relay node is available"
+                )
+                return [Send(conn, Status(id=request.id, ok=False, error=error))]
+            relay = (node.relay_id, node.connection_id)
+        # Mode "auto" starts peer to peer; the client asks again with "relay" when ICE fails
+        # or takes too long (it alone sees its network), as device_sim.viewer and web/ do.
         async with self._lock:
-            return self.hub.request_session(conn, request, time.monotonic())
-
-    async def _register_relay(self, relay_id: str, conn: str) -> None:
-        now = _now()
-        await RelayNode.get_pymongo_collection().update_one(
-            {"relay_id": relay_id},
-            {
-                "$set": {
-                    "connection_id": conn,
-                    "connected_at": now,
-                    "last_seen": now,
-                    "online": True,
-                }
-            },
-            upsert=True,
-        )
+            return self.hub.request_session(conn, request, time.monotonic(), relay)

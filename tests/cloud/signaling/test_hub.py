@@ -290,3 +290,85 @@ def test_pushes_reach_every_connection_of_the_addressed_user_only() -> None:
     assert c.inbox["phone"] == [push]
     assert c.inbox["laptop"] == [push]
     assert c.inbox["other"] == []
+
+
+def relayed(c: Cluster) -> tuple[str, str]:
+    """Viewer v1 on A watches d1 (camera on B) through relay r1 (connected on B)."""
+    c.connect("B", "cam", "device", "d1")
+    c.connect("B", "relay", "relay", "r1")
+    c.connect("A", "v1", "user", "u1")
+    request = decode('{"type":"session.request","id":"r","device_id":"d1","mode":"relay"}')
+    assert isinstance(request, SessionRequest)
+    c.run("A", c.hubs["A"].request_session("v1", request, c.now, relay=("r1", "relay")))
+    created = c.last("v1")
+    assert (created["type"], created["route"]) == ("session.created", "relay")
+    down = str(created["session_id"])
+    assert c.last("relay") == {"type": "relay.session", "session_id": down, "device_id": "d1"}
+    # The relay watches the camera itself, allowed because it serves a viewer of d1.
+    assert c.hubs["B"].relay_serves("relay", "d1")
+    assert not c.hubs["B"].relay_serves("relay", "d2")
+    c.say("B", "relay", '{"type":"session.request","id":"up","device_id":"d1"}')
+    up = str(c.last("relay")["session_id"])
+    c.say("B", "relay", f'{{"type":"session.offer","session_id":"{up}","sdp":"v=0 relay"}}')
+    assert c.last("cam")["sdp"] == "v=0 relay"
+    c.say("B", "cam", f'{{"type":"session.answer","session_id":"{up}","sdp":"v=0 cam"}}')
+    assert c.last("relay") == {"type": "session.answer", "session_id": up, "sdp": "v=0 cam"}
+    # Downstream: the viewer's offer reaches the relay, which answers like a camera.
+    c.say("A", "v1", f'{{"type":"session.offer","session_id":"{down}","sdp":"v=0 viewer"}}')
+    assert c.last("relay")["type"] == "session.offer"
+    assert c.last("relay")["session_id"] == down
+    c.say("B", "relay", f'{{"type":"session.answer","session_id":"{down}","sdp":"v=0 fan"}}')
+    assert c.last("v1") == {"type": "session.answer", "session_id": down, "sdp": "v=0 fan"}
+    return down, up
+
+
+def test_a_relayed_session_reaches_the_relay_which_watches_the_camera_itself() -> None:
+    c = Cluster("A", "B")
+    down, up = relayed(c)
+    c.say("A", "v1", f'{{"type":"session.ice","session_id":"{down}","candidate":null}}')
+    assert c.last("relay") == {"type": "session.ice", "session_id": down}
+    # The camera only ever hears of the relay's own session, never of the viewer's.
+    assert {m.dump().get("session_id") for m in c.inbox["cam"] if isinstance(m, Message)} == {up}
+
+
+def test_a_relay_dropping_ends_its_viewers_sessions_with_relay_failed() -> None:
+    c = Cluster("A", "B")
+    down, up = relayed(c)
+    c.run("B", c.hubs["B"].disconnect("relay"))
+    assert c.last("v1") == {"type": "session.end", "session_id": down, "reason": "relay_failed"}
+    assert c.last("cam") == {"type": "session.end", "session_id": up, "reason": "peer_hangup"}
+    assert ("relay:r1", False) in c.presence
+
+
+def test_a_relays_instance_dying_ends_relayed_sessions_elsewhere() -> None:
+    c = Cluster("A", "B")
+    down, _ = relayed(c)
+    c.run("A", [Publish(BROADCAST, {"kind": "gone", "device": "relay:r1"})])
+    assert c.last("v1") == {"type": "session.end", "session_id": down, "reason": "relay_failed"}
+
+
+def test_revoking_access_ends_a_relayed_session_at_the_relay_too() -> None:
+    c = Cluster("A", "B")
+    down, _ = relayed(c)
+    c.run("A", [Publish(BROADCAST, {"kind": "revoke", "device": "d1", "user": "u1"})])
+    assert c.last("v1")["reason"] == "access_revoked"
+    assert c.last("relay") == {
+        "type": "session.end",
+        "session_id": down,
+        "reason": "access_revoked",
+    }
+    assert not c.hubs["B"].relay_serves("relay", "d1")
+
+
+def test_a_relay_that_is_gone_before_the_session_opens_means_relay_failed() -> None:
+    c = Cluster("A", "B")
+    c.connect("A", "v1", "user", "u1")
+    request = decode('{"type":"session.request","id":"r","device_id":"d1","mode":"relay"}')
+    assert isinstance(request, SessionRequest)
+    c.run("A", c.hubs["A"].request_session("v1", request, c.now, relay=("r9", "nobody")))
+    assert c.last("v1") == {
+        "type": "session.end",
+        "id": "r",
+        "session_id": c.last("v1")["session_id"],
+        "reason": "relay_failed",
+    }

@@ -1,0 +1,84 @@
+"""Relay credentials and allocation: which relay serves a new relayed session.
+
+A relay authenticates with ``"<relay id>:<RELAY_SECRET>"`` (WebSocket ``hello`` and the
+HTTP ``Authorization: Bearer`` of its event uploads). Allocation picks the online relay
+with the lowest reported load among those heard from recently; a relay whose instance died
+stops being chosen once its ``last_seen`` is older than :data:`STALE_S`.
+"""
+
+import hmac
+import re
+from datetime import UTC, datetime, timedelta
+
+from cloud.relays.models import RelayNode
+
+STALE_S = 30
+RELAY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_credential(token: str, secret: str) -> str | None:
+    """The relay id if ``token`` is a valid relay credential, else None (constant time)."""
+    relay_id, _, credential = token.partition(":")
+    if not secret or not RELAY_ID.match(relay_id):
+        return None
+    if not hmac.compare_digest(credential.encode(), secret.encode()):
+        return None
+    return relay_id
+
+
+async def register(relay_id: str, connection_id: str) -> None:
+    now = datetime.now(UTC)
+    await RelayNode.get_pymongo_collection().update_one(
+        {"relay_id": relay_id},
+        {
+            "$set": {
+                "connection_id": connection_id,
+                "connected_at": now,
+                "last_seen": now,
+                "online": True,
+                "load": 0.0,
+                "sessions": 0,
+            }
+        },
+        upsert=True,
+    )
+
+
+async def report(relay_id: str, connection_id: str, load: float, sessions: int) -> None:
+    await RelayNode.get_pymongo_collection().update_one(
+        {"relay_id": relay_id, "connection_id": connection_id},
+        {"$set": {"last_seen": datetime.now(UTC), "load": load, "sessions": sessions}},
+    )
+
+
+async def unregister(relay_id: str, connection_id: str) -> None:
+    await RelayNode.get_pymongo_collection().update_one(
+        {"relay_id": relay_id, "connection_id": connection_id}, {"$set": {"online": False}}
+    )
+
+
+async def is_registered(relay_id: str) -> bool:
+    fresh = datetime.now(UTC) - timedelta(seconds=STALE_S)
+    found = await RelayNode.find_one(
+        RelayNode.relay_id == relay_id,
+        {"online": True},
+        RelayNode.last_seen > fresh,
+    )
+    return found is not None
+
+
+async def allocate(exclude: set[str] | None = None) -> RelayNode | None:
+    """The least loaded live relay, or None when no relay is available."""
+    fresh = datetime.now(UTC) - timedelta(seconds=STALE_S)
+    candidates = (
+        await RelayNode.find(
+            {"online": True},
+            RelayNode.last_seen > fresh,
+        )
+        .sort("+load", "+sessions")
+        .to_list()
+    )
+    for relay in candidates:
+        if not exclude or relay.relay_id not in exclude:
+            return relay
+    return None
