@@ -22,6 +22,7 @@ from cloud.auth.tokens import AccessTokens, RefreshTokens
 from cloud.context import Context, context
 from cloud.db import Database
 from cloud.devices import routes as device_routes
+from cloud.events import routes as event_routes
 from cloud.http import EXCEPTION_HANDLERS, Endpoint, RequestContextMiddleware, routes
 from cloud.onboarding import routes as onboarding_routes
 from cloud.settings import Settings
@@ -46,6 +47,7 @@ ENDPOINTS: list[Endpoint] = [
     *onboarding_routes.ENDPOINTS,
     *device_routes.ENDPOINTS,
     *signaling_routes.ENDPOINTS,
+    *event_routes.ENDPOINTS,
 ]
 
 

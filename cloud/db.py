@@ -16,6 +16,7 @@ from pymongo import AsyncMongoClient
 
 from cloud.auth.models import RefreshToken, User
 from cloud.devices.models import Device, Share
+from cloud.events.models import EventSnapshot, EventThread
 from cloud.onboarding.models import OnboardingTicket
 from cloud.relays.models import RelayNode
 from cloud.settings import Settings
@@ -33,6 +34,8 @@ DOCUMENTS: list[type[Document]] = [
     Share,
     SessionRecord,
     RelayNode,
+    EventThread,
+    EventSnapshot,
 ]
 
 

@@ -47,6 +47,7 @@ class Endpoint:
     status: int = 200
     response: type[BaseModel] | None = None
     body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
     errors: tuple[int, ...] = ()
     auth: Authenticator | None = None
     public: bool = False
@@ -83,19 +84,27 @@ def routes(endpoints: list[Endpoint]) -> list[Route]:
     ]
 
 
-async def parse_body(request: Request, model: type[M]) -> M:
-    """Read a JSON body of at most 64 KiB and validate it; 400/413/415/422 otherwise."""
+def parse_query(request: Request, model: type[M]) -> M:
+    """Validate the query string against ``model`` (unknown parameters refused): 422."""
+    try:
+        return model.model_validate(dict(request.query_params))
+    except ValidationError as exc:
+        raise Invalid(describe_validation_error(exc)) from None
+
+
+async def parse_body(request: Request, model: type[M], max_bytes: int = MAX_BODY_BYTES) -> M:
+    """Read a JSON body of at most ``max_bytes`` and validate it; 400/413/415/422 otherwise."""
     content_type = request.headers.get("content-type", "application/json")
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise UnsupportedMediaType("send the body as application/json")
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise TooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise TooLarge(f"the body is larger than {max_bytes} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise TooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes")
+        if size > max_bytes:
+            raise TooLarge(f"the body is larger than {max_bytes} bytes")
         chunks.append(chunk)
     try:
         data = json.loads(b"".join(chunks))

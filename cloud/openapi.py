@@ -70,12 +70,23 @@ def _operation(ep: Endpoint) -> dict[str, Any]:
     }
     if ep.description:
         op["description"] = ep.description
-    params = re.findall(r"{(\w+)}", ep.path)
+    params: list[dict[str, Any]] = [
+        {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+        for p in re.findall(r"{(\w+)}", ep.path)
+    ]
+    if ep.query is not None:
+        schema = ep.query.model_json_schema()
+        required = set(schema.get("required", []))
+        for name, prop in schema["properties"].items():
+            prop = {k: v for k, v in prop.items() if k not in ("title", "default")}
+            if "anyOf" in prop:  # "X | None" in a query string is just an optional X
+                rest = {k: v for k, v in prop.items() if k != "anyOf"}
+                prop = next(p for p in prop["anyOf"] if p.get("type") != "null") | rest
+            params.append(
+                {"name": name, "in": "query", "required": name in required, "schema": prop}
+            )
     if params:
-        op["parameters"] = [
-            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-            for p in params
-        ]
+        op["parameters"] = params
     if ep.body is not None:
         op["requestBody"] = {
             "required": True,
@@ -92,6 +103,8 @@ def _operation(ep: Endpoint) -> dict[str, Any]:
     errors = set(ep.errors) | {503}
     if ep.body is not None:
         errors |= {400, 413, 415, 422}
+    if ep.query is not None:
+        errors |= {422}
     if ep.auth is not None:
         errors |= {401}
         op["security"] = [{"bearer": []}]

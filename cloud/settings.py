@@ -63,6 +63,7 @@ class Settings:
     # A camera is online while its connection refreshes its presence; an instance that dies
     # without clearing it is noticed when it expires.
     presence_ttl_s: int = 60
+    event_retention_days: int = 7
     # Signaling limits (PROTOCOL.md, "Limits").
     sdp_per_s: int = 5
     ice_per_s: int = 20
@@ -111,6 +112,7 @@ class Settings:
             ),
             trusted_proxies=_split(env.get("TRUSTED_PROXIES")),
             presence_ttl_s=_int(env, "PRESENCE_TTL_S", cls.presence_ttl_s),
+            event_retention_days=_int(env, "EVENT_RETENTION_DAYS", cls.event_retention_days),
             sdp_per_s=_int(env, "SDP_PER_S", cls.sdp_per_s),
             ice_per_s=_int(env, "ICE_PER_S", cls.ice_per_s),
             viewers_per_camera=_int(env, "VIEWERS_PER_CAMERA", cls.viewers_per_camera),
@@ -125,6 +127,8 @@ class Settings:
             raise SettingsError("PUBLIC_URL must be an http:// or https:// URL")
         if not 60 <= self.onboarding_ttl_s <= MAX_ONBOARDING_TTL_S:
             raise SettingsError("ONBOARDING_TTL_S must be between 60 and 600 seconds")
+        if not 1 <= self.event_retention_days <= 3650:
+            raise SettingsError("EVENT_RETENTION_DAYS must be between 1 and 3650")
         if not 3 <= self.presence_ttl_s <= 600:
             raise SettingsError("PRESENCE_TTL_S must be between 3 and 600 seconds")
         if min(self.sdp_per_s, self.ice_per_s, self.viewers_per_camera) < 1:
@@ -143,6 +147,8 @@ class Settings:
         """The JWT secret; in development, generated once and kept in ``DATA_DIR``."""
         if self.jwt_secret:
             return self.jwt_secret
+        if not 1 <= self.event_retention_days <= 3650:
+            raise SettingsError("EVENT_RETENTION_DAYS must be between 1 and 3650")
         if not 3 <= self.presence_ttl_s <= 600:
             raise SettingsError("PRESENCE_TTL_S must be between 3 and 600 seconds")
         if self.production:

@@ -1,11 +1,21 @@
 """Bodies of the HTTP API (PROTOCOL.md, "HTTP API"). Requests forbid unknown fields."""
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 from protocol.errors import ErrorCode
+from protocol.events import Event, EventKind
 from protocol.messages import IceServer
 from protocol.qr import (
     MODEL_PATTERN,
@@ -189,6 +199,32 @@ class ShareList(Response):
 class IceServersOut(Response):
     ice_servers: list[IceServer]
     ttl: int = Field(description="Seconds the TURN credentials stay valid")
+
+
+class EventList(Response):
+    events: list[Event]
+    next_cursor: str | None = Field(description="Pass as cursor= for the next (older) page")
+
+
+def _rfc3339(value: object) -> object:
+    """Query times must be RFC 3339 text (pydantic alone would also read numbers as epochs)."""
+    if isinstance(value, str) and not re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", value
+    ):
+        raise ValueError("expected an RFC 3339 time such as 2026-01-31T08:00:00Z")
+    return value
+
+
+Rfc3339 = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
+
+
+class EventQuery(Request):
+    device_id: str | None = Field(default=None, max_length=64)
+    kind: EventKind | None = None
+    since: Rfc3339 | None = None
+    until: Rfc3339 | None = None
+    limit: int = Field(default=50, ge=1, le=100)
+    cursor: str | None = Field(default=None, max_length=200)
 
 
 class Health(Response):

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.events import Event
 
 MAX_FRAME_BYTES = 64 * 1024
 MAX_SDP_CHARS = 32 * 1024
@@ -162,6 +163,17 @@ class DeviceActivated(Message):
     type: Literal["device.activated"] = "device.activated"
     ticket_id: str
     device_id: DeviceId
+
+
+class EventPush(Event):
+    """cloud -> viewer: an event thread changed (sent to the device's owner and viewers only)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["event"] = "event"
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
 
 
 class GoAway(Message):

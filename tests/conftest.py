@@ -1,3 +1,4 @@
+import asyncio
 import base64
 import itertools
 import json
@@ -6,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import httpx
 import pytest
+import uvicorn
 from asgi_lifespan import LifespanManager
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -13,9 +15,10 @@ from starlette.applications import Starlette
 
 from cloud.app import create_app
 from cloud.settings import Settings
-from tests.servers import secantus_server
+from tests.servers import free_port, secantus_server
 
 PASSWORD = "Correct-Horse-42-battery"
+RELAY_SECRET = "relay-secret-for-tests"
 _addresses = itertools.count(1)
 
 
@@ -34,6 +37,7 @@ def settings(mongodb_url: str, tmp_path_factory: pytest.TempPathFactory) -> Sett
         mongodb_url=mongodb_url,
         database_name="test_" + secrets.token_hex(4),
         jwt_secret=secrets.token_urlsafe(48),
+        relay_secret=RELAY_SECRET,
     )
 
 
@@ -143,3 +147,25 @@ def activate_device(client: httpx.AsyncClient) -> ActivateDevice:
         return ActivatedDevice(activated.json()["device_id"], uid, name, private)
 
     return activate
+
+
+@pytest.fixture(scope="session")
+async def ws_base(app: Starlette) -> AsyncIterator[str]:
+    """The shared test app served by uvicorn on a loopback port (its lifespan already runs)."""
+    port = free_port()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        lifespan="off",
+        log_level="warning",
+        ws_max_size=64 * 1024,
+        ws_per_message_deflate=False,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    yield f"ws://127.0.0.1:{port}"
+    server.should_exit = True
+    await task

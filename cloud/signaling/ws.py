@@ -47,6 +47,7 @@ from cloud.signaling.models import SessionRecord
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (
     DevicePresence,
+    EventPush,
     Hello,
     Message,
     RelayLoad,
@@ -258,7 +259,7 @@ class Signaling:
         message = DevicePresence(device_id=device_id, online=online, last_seen=seen)
         await self.push(await audience(oid), message)
 
-    async def push(self, users: list[PydanticObjectId], message: Message) -> None:
+    async def push(self, users: list[PydanticObjectId], message: Message | EventPush) -> None:
         for user in users:
             await self._publish(
                 Publish(user_channel(str(user)), {"kind": "push", "message": message.dump()})

@@ -1,44 +1,16 @@
 """The signaling endpoints over real WebSockets on loopback (one cloud instance)."""
 
-import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 
 import httpx
 import jwt
-import pytest
-import uvicorn
 import websockets
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from starlette.applications import Starlette
 
 from device_sim.identity import assertion
 from tests.conftest import Account, ActivatedDevice, ActivateDevice, MakeAccount
 from tests.peers import AUDIENCE, Peer, camera, connect, viewer
-from tests.servers import free_port
-
-
-@pytest.fixture(scope="session")
-async def ws_base(app: Starlette) -> AsyncIterator[str]:
-    """The shared test app served by uvicorn on a loopback port (its lifespan already runs)."""
-    port = free_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        lifespan="off",
-        log_level="warning",
-        ws_max_size=64 * 1024,
-        ws_per_message_deflate=False,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-    yield f"ws://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
 
 
 async def open_session(cam: Peer, view: Peer, device_id: str) -> str:

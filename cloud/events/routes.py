@@ -1,0 +1,256 @@
+"""Events: relays report thread changes; users list, read, see snapshots, acknowledge.
+
+Every read goes through :func:`cloud.devices.access.authorize` (or the list of visible
+devices), and every push goes to the device's audience as the database has it now.
+"""
+
+import base64
+import binascii
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from beanie import PydanticObjectId
+from pymongo import ReturnDocument
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cloud.context import bearer_token, context, require_user, user
+from cloud.devices.access import Action, audience, authorize, parse_id, visible_devices
+from cloud.devices.models import Device
+from cloud.errors import Forbidden, Invalid, Malformed, NotFound, Unauthenticated
+from cloud.events.models import EventSnapshot, EventThread
+from cloud.http import Endpoint, parse_body, parse_query, reply
+from cloud.relays import registry
+from protocol.api import EventList, EventQuery
+from protocol.errors import ErrorCode
+from protocol.events import Event, EventReport
+from protocol.messages import EventPush
+
+log = logging.getLogger(__name__)
+
+MAX_REPORT_BYTES = 768 * 1024
+SNAPSHOT_PATH = "/api/v1/events/{}/snapshot"
+
+
+def event_out(doc: EventThread) -> Event:
+    return Event(
+        id=str(doc.id),
+        device_id=str(doc.device_id),
+        kind=doc.kind,
+        state=doc.state,
+        thread_id=doc.thread_id,
+        score=doc.score,
+        box=doc.box,
+        started_at=doc.started_at,
+        ended_at=doc.ended_at,
+        snapshot_url=SNAPSHOT_PATH.format(doc.id) if doc.has_snapshot else None,
+        acknowledged=doc.acknowledged,
+    )
+
+
+# relays ---------------------------------------------------------------------------------
+
+
+async def require_relay(request: Request) -> str:
+    """A relay's credential, from a relay connected right now (else 401 / 403)."""
+    relay_id = registry.check_credential(
+        bearer_token(request), context(request).settings.relay_secret
+    )
+    if relay_id is None:
+        raise Unauthenticated("send 'Authorization: Bearer <relay id>:<relay secret>'")
+    if not await registry.is_registered(relay_id):
+        raise Forbidden("this relay is not registered: connect to /ws/v1/relay first")
+    return relay_id
+
+
+def _jpeg(encoded: str) -> bytes:
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise Invalid("snapshot_jpeg is not base64") from None
+    if not data.startswith(b"\xff\xd8\xff"):
+        raise Invalid("snapshot_jpeg is not a JPEG image")
+    return data
+
+
+async def report_event(request: Request) -> Response:
+    ctx = context(request)
+    relay_id: str = request.state.principal
+    body = await parse_body(request, EventReport, max_bytes=MAX_REPORT_BYTES)
+    device = await Device.get(parse_id(body.device_id))
+    if device is None or device.id is None:
+        raise NotFound("no such device", ErrorCode.DEVICE_NOT_FOUND)
+    snapshot = _jpeg(body.snapshot_jpeg) if body.snapshot_jpeg else None
+    now = datetime.now(UTC)
+    fields: dict[str, Any] = {
+        "relay_id": relay_id,
+        "kind": body.kind,
+        "state": body.state,
+        "box": body.box,
+        "ended_at": body.ended_at,
+        "updated_at": now,
+        "expires_at": now + timedelta(days=ctx.settings.event_retention_days),
+    }
+    if snapshot is not None:
+        fields["has_snapshot"] = True
+    doc = await EventThread.get_pymongo_collection().find_one_and_update(
+        {"device_id": device.id, "thread_id": body.thread_id},
+        {
+            "$set": fields,
+            "$max": {"score": body.score},  # a thread's score is its peak confidence
+            "$setOnInsert": {"started_at": body.started_at, "acknowledged": False}
+            | ({} if snapshot is not None else {"has_snapshot": False}),
+        },
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
+    if doc is None:  # cannot happen with upsert=True
+        raise RuntimeError("event upsert returned nothing")
+    thread = EventThread.model_validate({**doc, "id": doc["_id"]})
+    if snapshot is not None:
+        await EventSnapshot.get_pymongo_collection().update_one(
+            {"event_id": thread.id},
+            {"$set": {"jpeg": snapshot, "expires_at": fields["expires_at"]}},
+            upsert=True,
+        )
+    out = event_out(thread)
+    await ctx.signaling.push(await audience(device.id), EventPush(**out.model_dump()))
+    log.info(
+        "event %s %s %s of device %s from relay %s",
+        out.id,
+        body.kind,
+        body.state,
+        device.id,
+        relay_id,
+    )
+    return reply(out)
+
+
+# users ----------------------------------------------------------------------------------
+
+
+def _cursor(encoded: str) -> tuple[datetime, PydanticObjectId]:
+    try:
+        started, event_id = json.loads(
+            base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+        )
+        return datetime.fromisoformat(started), PydanticObjectId(event_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise Malformed("cursor is not one this server returned") from None
+
+
+def _next_cursor(doc: EventThread) -> str:
+    raw = json.dumps([doc.started_at.isoformat(), str(doc.id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+async def list_events(request: Request) -> Response:
+    query = parse_query(request, EventQuery)
+    principal = user(request)
+    if query.device_id is not None:
+        devices = [(await authorize(principal, query.device_id, Action.VIEW)).device.id]
+    else:
+        devices = [a.device.id for a in await visible_devices(principal)]
+    conditions: dict[str, Any] = {
+        "device_id": {"$in": devices},
+        "expires_at": {"$gt": datetime.now(UTC)},
+    }
+    if query.kind:
+        conditions["kind"] = query.kind
+    started: dict[str, datetime] = {}
+    if query.since:
+        started["$gte"] = query.since
+    if query.until:
+        started["$lt"] = query.until
+    if started:
+        conditions["started_at"] = started
+    if query.cursor:
+        at, last = _cursor(query.cursor)
+        conditions["$or"] = [{"started_at": {"$lt": at}}, {"started_at": at, "_id": {"$lt": last}}]
+    docs = (
+        await EventThread.find(conditions)
+        .sort("-started_at", "-_id")
+        .limit(query.limit + 1)
+        .to_list()
+    )
+    page = docs[: query.limit]
+    cursor = _next_cursor(page[-1]) if len(docs) > query.limit else None
+    return reply(EventList(events=[event_out(d) for d in page], next_cursor=cursor))
+
+
+async def _visible_event(request: Request) -> EventThread:
+    doc = await EventThread.get(parse_id(request.path_params["event_id"], "event"))
+    if doc is None or doc.expires_at <= datetime.now(UTC):
+        raise NotFound("no such event")
+    try:
+        await authorize(user(request), str(doc.device_id), Action.VIEW)
+    except NotFound:
+        raise NotFound("no such event") from None
+    return doc
+
+
+async def get_event(request: Request) -> Response:
+    return reply(event_out(await _visible_event(request)))
+
+
+async def get_snapshot(request: Request) -> Response:
+    doc = await _visible_event(request)
+    snapshot = await EventSnapshot.find_one(EventSnapshot.event_id == doc.id)
+    if snapshot is None:
+        raise NotFound("this event has no snapshot")
+    return Response(snapshot.jpeg, media_type="image/jpeg")
+
+
+async def acknowledge(request: Request) -> Response:
+    doc = await _visible_event(request)
+    await doc.set({EventThread.acknowledged: True})
+    return reply(event_out(doc))
+
+
+TAG = "events"
+EVENT = "/api/v1/events/{event_id}"
+ENDPOINTS = [
+    Endpoint(
+        "GET",
+        "/api/v1/events",
+        list_events,
+        "Events of the cameras you may see, newest first",
+        TAG,
+        query=EventQuery,
+        response=EventList,
+        errors=(400, 404),
+        auth=require_user,
+    ),
+    Endpoint("GET", EVENT, get_event, "One event", TAG, response=Event, auth=require_user),
+    Endpoint(
+        "GET",
+        EVENT + "/snapshot",
+        get_snapshot,
+        "The event's JPEG snapshot",
+        TAG,
+        media_type="image/jpeg",
+        auth=require_user,
+    ),
+    Endpoint(
+        "POST",
+        EVENT + "/ack",
+        acknowledge,
+        "Acknowledge an event",
+        TAG,
+        response=Event,
+        auth=require_user,
+    ),
+    Endpoint(
+        "POST",
+        "/api/v1/relays/events",
+        report_event,
+        "Relay node: report an event thread's new state (with an optional snapshot)",
+        "relays",
+        body=EventReport,
+        response=Event,
+        errors=(403, 404),
+        auth=require_relay,
+    ),
+]
