@@ -10,7 +10,10 @@ import hmac
 import re
 from datetime import UTC, datetime, timedelta
 
+from beanie import PydanticObjectId
+
 from cloud.relays.models import RelayNode
+from cloud.signaling.models import SessionRecord
 
 STALE_S = 30
 RELAY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -67,18 +70,26 @@ async def is_registered(relay_id: str) -> bool:
     return found is not None
 
 
-async def allocate(exclude: set[str] | None = None) -> RelayNode | None:
-    """The least loaded live relay, or None when no relay is available."""
+async def allocate(device_id: str) -> RelayNode | None:
+    """The relay for a new session of ``device_id``, or None when no relay is available.
+
+    A relay already watching the camera is preferred (its upstream then serves one more
+    viewer); otherwise the least loaded live relay.
+    """
     fresh = datetime.now(UTC) - timedelta(seconds=STALE_S)
     candidates = (
-        await RelayNode.find(
-            {"online": True},
-            RelayNode.last_seen > fresh,
-        )
+        await RelayNode.find({"online": True}, RelayNode.last_seen > fresh)
         .sort("+load", "+sessions")
         .to_list()
     )
-    for relay in candidates:
-        if not exclude or relay.relay_id not in exclude:
-            return relay
-    return None
+    if not candidates or not PydanticObjectId.is_valid(device_id):
+        return candidates[0] if candidates else None
+    watching = await SessionRecord.find(
+        {
+            "device_id": PydanticObjectId(device_id),
+            "ended_at": None,
+            "viewer_id": {"$in": [r.relay_id for r in candidates]},
+        }
+    ).to_list()
+    busy = {record.viewer_id for record in watching}
+    return next((r for r in candidates if r.relay_id in busy), candidates[0])

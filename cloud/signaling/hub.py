@@ -107,6 +107,7 @@ class Record:
     device_id: str
     user_id: str
     reason: str | None = None
+    route: str = "p2p"
 
 
 Delivery = Send | Publish | Close | Subscribe | PresenceChanged | Record
@@ -553,7 +554,7 @@ class Hub:
             return []
         if kind == "accepted":
             side.accepted = True
-            record = Record(side.id, "created", side.device_id, side.user_id)
+            record = Record(side.id, "created", side.device_id, side.user_id, route=side.route)
             created = SessionCreated(
                 id=side.request_id,
                 session_id=side.id,

@@ -11,7 +11,7 @@ class SessionRecord(Document):
 
     session_id: Annotated[str, Indexed(unique=True)]
     device_id: Annotated[PydanticObjectId, Indexed()]
-    viewer_id: PydanticObjectId
+    viewer_id: str  # a user id, or a relay's id for a relay's own upstream session
     route: str
     created_at: datetime
     answered_at: datetime | None = None

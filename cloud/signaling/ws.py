@@ -271,8 +271,8 @@ class Signaling:
             await SessionRecord(
                 session_id=record.session_id,
                 device_id=PydanticObjectId(record.device_id),
-                viewer_id=PydanticObjectId(record.user_id),
-                route="p2p",
+                viewer_id=record.user_id,
+                route=record.route,
                 created_at=_now(),
             ).insert()
         elif record.event == "answered":
@@ -411,7 +411,7 @@ class Signaling:
             ]
         relay: tuple[str, str] | None = None
         if request.mode == "relay":
-            node = await registry.allocate()
+            node = await registry.allocate(request.device_id)
             if node is None:
                 error = StatusError(
                     code=ErrorCode.UNAVAILABLE, message="no relay node is available"

@@ -1,0 +1,444 @@
+"""One camera's video, received once by the relay and sent to many viewers without re-encoding.
+
+The relay is the camera's viewer: one upstream aiortc peer per camera receives its video, and
+a :class:`Fanout` answers any number of viewers from it. Each viewer's ``RTCRtpSender`` gets a
+:class:`FanoutTrack` whose ``recv()`` returns ``av.Packet`` objects: aiortc sends a packet
+without encoding it (``RTCRtpSender._next_encoded_frame`` only packetizes it, ``Vp8Encoder.pack``),
+and every viewer is handed the very same packet objects.
+
+Design: forward the camera's encoded frames. aiortc has no API for encoded frames on the
+receiving side (aiortc#55, #449, #627: it always decodes), so :meth:`Fanout.attach` taps the
+receiver where its jitter buffer hands a complete, depacketized frame to the decoder thread:
+the ``put`` of the receiver's private ``_RTCRtpReceiver__decoder_queue`` (a ``queue.Queue`` of
+``(codec, JitterFrame)``, called on the event loop by ``RTCRtpReceiver._handle_rtp_packet``).
+The tap wraps each frame once in an ``av.Packet`` (``pts`` in 1/90000 s, continuous across
+upstream changes), offers it to every viewer track, and passes the frame on to aiortc's
+decoder, whose frames feed the analytics tap (:meth:`Fanout.frames`).
+
+The alternative was to decode once (aiortc does it anyway) and encode once per camera with one
+shared VP8 encoder. Either way a viewer costs only packetization, SRTP and a UDP send; encoding
+once adds a VP8 encode per camera, a second generation of compression and its latency, but
+owns its keyframes (a joiner gets one without a round trip to the camera) and needs no
+private hook. Measured side by side (``bench/relay.py``, 640x480 at 15 fps, two runs,
+docs/benchmarks.md "Relay fan-out"): forwarding costs 0.19-0.25 % of a core per additional
+viewer (relay process 2.7-3.3 % with one viewer, 4.0-5.1 % with eight); aiortc's
+``MediaRelay`` (one encoder per viewer) 3.9-4.1 % per viewer (33-36 % with eight); encoding
+once about the same per viewer as forwarding but 3-5 % of a core more per camera at every
+viewer count. Forwarding is chosen: cheapest, and the picture the camera encoded reaches the
+viewers unchanged. Its costs are one private hook (checked by :meth:`Fanout.attach`, which
+raises if aiortc changes it) and keyframes that must come from the camera.
+
+Keyframes: a viewer track starts with a keyframe; until then it sends nothing. A viewer whose
+sender starts (its connection is up), and one whose sender fell more than
+:data:`VIEWER_QUEUE_FRAMES` behind (which restarts it), asks the camera for a keyframe with an
+RTCP PLI through the upstream receiver (``RTCRtpReceiver._send_rtcp_pli``, private; the media
+SSRC comes from the public ``getSynchronizationSources()``). Requests are coalesced: at most
+one per :data:`KEYFRAME_RETRY_S` while no keyframe arrived, re-sent after that if viewers
+still wait (a lost PLI). :func:`forward_keyframe_requests` makes a viewer's own PLI/FIR reach
+the camera. A late joiner's first frame came ~200 ms after its offer on loopback (ICE, DTLS
+and one PLI round trip), whatever the camera's keyframe interval.
+
+Codec: VP8 end to end. The upstream and every viewer must negotiate VP8 (the signaling glue
+sets codec preferences); frames of another codec are not forwarded (logged once).
+
+Threads and loop: everything here runs on the event loop; aiortc's decoder thread is the only
+other thread and is fed, not touched.
+"""
+
+import asyncio
+import contextlib
+import fractions
+import itertools
+import logging
+import queue
+import time
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.mediastreams import VIDEO_CLOCK_RATE, MediaStreamError, MediaStreamTrack
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from av import Packet, VideoFrame
+
+logger = logging.getLogger(__name__)
+
+VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+KEYFRAME_RETRY_S = 1.0  # ask the camera again if no keyframe came within this
+VIEWER_QUEUE_FRAMES = 30  # about 2 s at 15 fps: a sender further behind restarts at a keyframe
+POLL_S = 1.0  # the longest a wait goes without re-checking that its track or fan-out is live
+STALL_WARNING_S = 10.0  # log when the upstream decoded nothing for this long
+PLI_TIMEOUT_S = 2.0
+CLOSE_TIMEOUT_S = 5.0
+UPSTREAM_GAP_PTS = VIDEO_CLOCK_RATE // 30  # between the last frame of an upstream and the next's
+
+_DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
+
+
+def is_vp8_keyframe(frame: bytes) -> bool:
+    """Whether a depacketized VP8 frame is a keyframe (RFC 6386 section 9.1: P bit clear)."""
+    return bool(frame) and not frame[0] & 1
+
+
+class FanoutTrack(MediaStreamTrack):
+    """One viewer's video track: the camera's encoded frames as ``av.Packet`` objects.
+
+    Add it to the viewer's ``RTCPeerConnection``; aiortc's sender sends the packets as they
+    are (the viewer must have negotiated VP8). It starts at the first keyframe after its sender
+    first asks for a packet (once the viewer's connection is up), and that first ask requests
+    one from the camera: nothing queues up, stale, while the viewer connects. The packets are
+    shared with every other viewer: treat them as read-only. Stopping the track (aiortc stops
+    it when the viewer's connection closes) unsubscribes it. :attr:`packets` counts the packets
+    handed to the sender, :attr:`restarts` the times it fell behind and restarted.
+    """
+
+    kind = "video"
+
+    def __init__(self, fanout: "Fanout", name: str) -> None:
+        super().__init__()
+        self.name = name
+        self._fanout = fanout
+        # bounded by _push (VIEWER_QUEUE_FRAMES), not by the queue, so a full queue is a decision
+        self._queue: asyncio.Queue[Packet[Any] | None] = asyncio.Queue()
+        self._needs_keyframe = True
+        self._pulling = False  # the sender asked for a packet: its connection is up
+        self.packets = 0
+        self.restarts = 0
+
+    @property
+    def waiting_for_keyframe(self) -> bool:
+        """Whether the track is waiting for a keyframe to (re)start."""
+        return self._needs_keyframe
+
+    @property
+    def _wants_keyframe(self) -> bool:
+        return self._pulling and self._needs_keyframe
+
+    async def recv(self) -> "Packet[Any]":
+        """The next encoded frame; raises ``MediaStreamError`` once the track is stopped."""
+        if not self._pulling and self.readyState == "live":
+            self._pulling = True
+            self._fanout.request_keyframe()
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            try:
+                async with asyncio.timeout(POLL_S):
+                    packet = await self._queue.get()
+            except TimeoutError:
+                continue
+            if packet is None:
+                raise MediaStreamError
+            self.packets += 1
+            return packet
+
+    def request_keyframe(self) -> None:
+        """Ask the camera for a keyframe on this viewer's behalf (coalesced, rate-limited)."""
+        if self.readyState == "live":
+            self._fanout.request_keyframe()
+
+    def stop(self) -> None:
+        if self.readyState != "live":
+            return
+        super().stop()
+        self._queue.put_nowait(None)
+        self._fanout._remove(self)
+
+    def _restart(self) -> None:
+        self._needs_keyframe = True
+
+    def _push(self, packet: "Packet[Any]", keyframe: bool) -> None:
+        if self.readyState != "live" or not self._pulling:
+            return
+        if self._needs_keyframe:
+            if not keyframe:
+                return
+            self._needs_keyframe = False
+        if self._queue.qsize() >= VIEWER_QUEUE_FRAMES:
+            # the sender fell behind: what it has not sent is useless once one frame is missing
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self.restarts += 1
+            if not keyframe:
+                self._needs_keyframe = True
+                logger.warning("Fanout(%s) behind: restarting at a keyframe", self.name)
+                self._fanout.request_keyframe()
+                return
+        self._queue.put_nowait(packet)
+
+
+class Fanout:
+    """One camera's video, received once, sent to many viewers as the same encoded packets.
+
+    ``attach(receiver)`` the upstream ``RTCRtpReceiver`` (from the relay's connection to the
+    camera), then ``subscribe()`` a track per viewer. ``frames(fps)`` taps the decoded picture
+    for analytics. ``close()`` ends every viewer track and tap; the upstream connection stays
+    its owner's to close (after ``close()`` nobody drains its decoded frames any more).
+    Counters: :attr:`frames_received` and :attr:`keyframes_received` (encoded frames from the
+    upstream, each received once whatever the number of viewers), :attr:`keyframe_requests`
+    (PLIs sent to the camera).
+    """
+
+    def __init__(self, device_id: str) -> None:
+        self.device_id = device_id
+        self.frames_received = 0
+        self.keyframes_received = 0
+        self.keyframe_requests = 0
+        self._tracks: list[FanoutTrack] = []
+        self._names = itertools.count(1)
+        self._receiver: RTCRtpReceiver | None = None
+        self._hooked: queue.Queue[Any] | None = None
+        self._pts_offset: int | None = None
+        self._last_pts = -UPSTREAM_GAP_PTS
+        self._asked_at: float | None = None
+        self._other_codec_logged = False
+        self._decoded = 0
+        self._latest: VideoFrame | None = None
+        self._new_frame = asyncio.Event()
+        self._closed = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._drain_task: asyncio.Task[None] | None = None
+
+    @property
+    def viewers(self) -> int:
+        """The number of subscribed viewer tracks."""
+        return len(self._tracks)
+
+    @property
+    def latest_frame(self) -> VideoFrame | None:
+        """The latest decoded frame (read-only), or ``None`` before the first."""
+        return self._latest
+
+    def attach(self, receiver: RTCRtpReceiver) -> None:
+        """Take the camera's video from ``receiver``, replacing any earlier upstream.
+
+        Call it from the upstream connection's ``track`` event (or once its remote
+        description is set: the receiver needs its track), before or after media flows.
+        Viewers stay subscribed across upstreams and restart at the new one's first keyframe.
+        Raises :class:`RuntimeError` after :meth:`close`, when aiortc's receiver no longer
+        has the private decoder queue this hooks, or when another fan-out holds it;
+        :class:`ValueError` when the receiver has no video track yet.
+        """
+        if self._closed:
+            raise RuntimeError(f"Fanout({self.device_id}) is closed")
+        track = receiver.track
+        if track is None or track.kind != "video":
+            raise ValueError("attach() needs a video receiver whose track exists")
+        decoder_queue = getattr(receiver, _DECODER_QUEUE, None)
+        if not isinstance(decoder_queue, queue.Queue):
+            raise RuntimeError(f"aiortc's RTCRtpReceiver no longer has {_DECODER_QUEUE}")
+        if "put" in vars(decoder_queue):
+            raise RuntimeError("this receiver is already attached to a fan-out")
+        replacing = self._hooked is not None
+        self._detach()
+        forward = decoder_queue.put
+
+        def put(item: Any, block: bool = True, timeout: float | None = None) -> None:
+            if item is not None:
+                try:
+                    self._on_encoded_frame(*item)
+                except Exception:  # never break aiortc's receive path
+                    logger.exception("Fanout(%s) failed to forward a frame", self.device_id)
+            forward(item, block, timeout)
+
+        decoder_queue.put = put  # type: ignore[method-assign]
+        self._hooked = decoder_queue
+        self._receiver = receiver
+        self._pts_offset = None
+        self._asked_at = None
+        self._drain_task = self._spawn(self._drain(track), "decoded frames")
+        logger.info("Fanout(%s) attached to the upstream", self.device_id)
+        if replacing:  # the new stream's delta frames mean nothing after the old one's
+            for viewer in self._tracks:
+                viewer._restart()
+        if any(viewer._wants_keyframe for viewer in self._tracks):
+            self.request_keyframe()
+
+    def subscribe(self) -> FanoutTrack:
+        """A new viewer track, to add to the viewer's connection (see :class:`FanoutTrack`)."""
+        if self._closed:
+            raise RuntimeError(f"Fanout({self.device_id}) is closed")
+        track = FanoutTrack(self, f"{self.device_id}#{next(self._names)}")
+        self._tracks.append(track)
+        logger.info(
+            "Fanout(%s) viewer %s subscribed (%d)", self.device_id, track.name, self.viewers
+        )
+        return track
+
+    def unsubscribe(self, track: FanoutTrack) -> None:
+        """Stop delivering to ``track`` (its ``recv()`` then ends); idempotent."""
+        track.stop()
+
+    def request_keyframe(self) -> None:
+        """Ask the camera for a keyframe (PLI), unless one was asked less than 1 s ago."""
+        receiver = self._receiver
+        now = time.monotonic()
+        if receiver is None or self._closed:
+            return
+        if self._asked_at is not None and now - self._asked_at < KEYFRAME_RETRY_S:
+            return
+        self._asked_at = now
+        self._spawn(self._send_pli(receiver), "PLI")
+
+    def frames(self, fps: float) -> AsyncIterator[VideoFrame]:
+        """Decoded frames for analytics, at most ``fps`` per second, the newest each time.
+
+        Frames decoded while the consumer is busy are dropped (only the newest is kept), so a
+        slow consumer never slows the viewers or the decoder. The frames are shared: treat
+        them as read-only. The iterator ends when the fan-out closes. Raises
+        :class:`ValueError` unless ``fps > 0``.
+        """
+        if not fps > 0:
+            raise ValueError("fps must be positive")
+        return self._tap(1.0 / fps)
+
+    async def close(self) -> None:
+        """End every viewer track and tap, unhook the upstream, cancel tasks; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._detach()
+        for track in list(self._tracks):
+            track.stop()
+        self._wake()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await asyncio.gather(*tasks, return_exceptions=True)
+        except TimeoutError:
+            logger.warning(
+                "Fanout(%s) close did not finish in %s s", self.device_id, CLOSE_TIMEOUT_S
+            )
+        logger.info("Fanout(%s) closed after %d frames", self.device_id, self.frames_received)
+
+    # the upstream
+
+    def _on_encoded_frame(self, codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
+        if codec.mimeType.lower() != "video/vp8":
+            if not self._other_codec_logged:
+                self._other_codec_logged = True
+                logger.error(
+                    "Fanout(%s) upstream sends %s, not VP8", self.device_id, codec.mimeType
+                )
+            return
+        data = frame.data
+        if not data:
+            return
+        keyframe = is_vp8_keyframe(data)
+        if self._pts_offset is None:  # aiortc counts each upstream's timestamps from 0
+            self._pts_offset = self._last_pts + UPSTREAM_GAP_PTS - frame.timestamp
+        pts = frame.timestamp + self._pts_offset
+        self._last_pts = pts
+        packet = Packet(data)
+        packet.pts = pts
+        packet.time_base = VIDEO_TIME_BASE
+        self.frames_received += 1
+        if keyframe:
+            self.keyframes_received += 1
+            self._asked_at = None
+        for track in self._tracks:
+            track._push(packet, keyframe)
+        if not keyframe and any(track._wants_keyframe for track in self._tracks):
+            self.request_keyframe()  # a no-op while a recent request is pending
+
+    async def _send_pli(self, receiver: RTCRtpReceiver) -> None:
+        sources = [source.source for source in receiver.getSynchronizationSources()]
+        if not sources:  # nothing received yet: the next frame will ask again
+            self._asked_at = None
+            return
+        self.keyframe_requests += 1
+        logger.debug("Fanout(%s) PLI to %s", self.device_id, sources)
+        try:
+            async with asyncio.timeout(PLI_TIMEOUT_S):
+                for ssrc in sources:
+                    await receiver._send_rtcp_pli(ssrc)
+        except TimeoutError:
+            logger.warning("Fanout(%s) PLI not sent within %s s", self.device_id, PLI_TIMEOUT_S)
+
+    async def _drain(self, track: MediaStreamTrack) -> None:
+        """Consume aiortc's decoded frames (it queues them without bound), keeping the newest."""
+        while True:
+            try:
+                async with asyncio.timeout(STALL_WARNING_S):
+                    frame = await track.recv()
+            except TimeoutError:
+                logger.warning(
+                    "Fanout(%s) no decoded frame for %s s", self.device_id, STALL_WARNING_S
+                )
+                continue
+            except MediaStreamError:
+                logger.info("Fanout(%s) the upstream ended", self.device_id)
+                return
+            if isinstance(frame, VideoFrame):
+                self._decoded += 1
+                self._latest = frame
+                self._wake()
+
+    def _detach(self) -> None:
+        if self._hooked is not None:
+            with contextlib.suppress(AttributeError):
+                del self._hooked.put  # back to queue.Queue.put
+            self._hooked = None
+        self._receiver = None
+        if self._drain_task is not None:
+            self._drain_task.cancel()  # still in _tasks: close() waits for it
+            self._drain_task = None
+
+    # viewers and taps
+
+    def _remove(self, track: FanoutTrack) -> None:
+        if track in self._tracks:
+            self._tracks.remove(track)
+            logger.info(
+                "Fanout(%s) viewer %s left after %d packets (%d)",
+                self.device_id,
+                track.name,
+                track.packets,
+                self.viewers,
+            )
+
+    def _wake(self) -> None:
+        self._new_frame.set()
+        self._new_frame = asyncio.Event()
+
+    async def _tap(self, interval: float) -> AsyncIterator[VideoFrame]:
+        loop = asyncio.get_running_loop()
+        seen = self._decoded  # only frames decoded from now on
+        due = loop.time()
+        while not self._closed:
+            if self._decoded == seen:
+                event = self._new_frame
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(POLL_S):
+                        await event.wait()
+                continue
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue  # the newest frame by then, if still open
+            frame = self._latest
+            assert frame is not None
+            seen = self._decoded
+            due = loop.time() + interval
+            yield frame
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coroutine, name=f"Fanout({self.device_id}) {name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+def forward_keyframe_requests(sender: RTCRtpSender, track: FanoutTrack) -> None:
+    """Make a viewer's PLI/FIR for ``sender`` (which sends ``track``) ask the camera.
+
+    aiortc's sender answers PLI/FIR by flagging its encoder (``RTCRtpSender._send_keyframe``),
+    which pre-encoded packets never use; this replaces that private method on the instance
+    with :meth:`FanoutTrack.request_keyframe`. Raises :class:`RuntimeError` if aiortc no
+    longer has it.
+    """
+    if not callable(getattr(sender, "_send_keyframe", None)):
+        raise RuntimeError("aiortc's RTCRtpSender no longer has _send_keyframe")
+    setattr(sender, "_send_keyframe", track.request_keyframe)  # noqa: B010 (a method)

@@ -1,0 +1,528 @@
+"""The relay node: the camera's viewer upstream, the viewers' camera downstream, and analytics.
+
+Signaling (PROTOCOL.md and docs/protocol.md): the node holds ``/ws/v1/relay`` with its
+credential, reports ``relay.load`` every few seconds, and for each ``relay.session`` (a viewer
+routed through it) makes sure it watches that camera: one upstream aiortc connection per camera
+(its own ``session.request``, allowed while it serves a viewer of it), fanned out to every
+viewer by :class:`relay.media.Fanout` without re-encoding. The upstream closes
+``upstream_grace_s`` after its last viewer leaves; when the camera goes away, its viewers'
+sessions end with ``device_offline``.
+
+Analytics: each upstream's decoded picture is sampled at ``analysis_fps``; motion is checked on
+every sample, YOLO runs (off the event loop) only while there is motion and the node's detection
+budget allows it, and the event threads' changes go to the cloud (``POST /relays/events``).
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import secrets
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+import websockets
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.sdp import candidate_from_sdp
+from av import VideoFrame
+from numpy.typing import NDArray
+from websockets.asyncio.client import ClientConnection
+
+from relay.budget import DetectionBudget
+from relay.detector import Detector, DetectorError
+from relay.events import EventThreads, snapshot_jpeg
+from relay.media import Fanout, forward_keyframe_requests
+from relay.motion import MotionConfig, MotionDetector
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10.0
+LOAD_EVERY_S = 5.0
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    cloud_url: str
+    relay_id: str
+    relay_secret: str = field(repr=False)
+    yolo_model: str = ""  # "" or "none": motion events only
+    analysis_fps: float = 5.0
+    detections_per_s: float = 4.0
+    max_sessions: int = 50
+    upstream_grace_s: float = 5.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "RelaySettings":
+        cloud = env.get("CLOUD_URL", "http://127.0.0.1:8000").rstrip("/")
+        model = env.get("YOLO_MODEL", "")
+        return cls(
+            cloud_url=cloud,
+            relay_id=env.get("RELAY_ID") or f"relay-{socket.gethostname()}",
+            relay_secret=env.get("RELAY_SECRET", ""),
+            yolo_model="" if model.lower() == "none" else model,
+            analysis_fps=float(env.get("ANALYSIS_FPS", "5")),
+            detections_per_s=float(env.get("DETECTIONS_PER_S", "4")),
+        )
+
+    @property
+    def credential(self) -> str:
+        return f"{self.relay_id}:{self.relay_secret}"
+
+
+def configuration(ice_servers: list[dict[str, Any]]) -> RTCConfiguration:
+    """An explicit server list, never aiortc's default public STUN server (``[]``: none)."""
+    return RTCConfiguration(
+        iceServers=[
+            RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+            for s in ice_servers
+        ]
+    )
+
+
+def prefer_vp8(pc: RTCPeerConnection) -> None:
+    """The fan-out forwards VP8 as the camera encoded it: every leg must negotiate VP8."""
+    vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/VP8"]
+    for transceiver in pc.getTransceivers():
+        transceiver.setCodecPreferences(vp8)
+
+
+async def add_candidate(pc: RTCPeerConnection, candidate: dict[str, Any] | None) -> None:
+    if candidate is None or not candidate.get("candidate"):
+        await pc.addIceCandidate(None)  # end of candidates
+        return
+    parsed = candidate_from_sdp(str(candidate["candidate"]).removeprefix("candidate:"))
+    parsed.sdpMid = candidate.get("sdpMid")
+    parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
+    await pc.addIceCandidate(parsed)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def bgr(frame: VideoFrame) -> NDArray[np.uint8]:
+    return np.asarray(frame.to_ndarray(format="bgr24"), dtype=np.uint8)
+
+
+@dataclass
+class Upstream:
+    """The relay watching one camera, shared by every viewer of it here."""
+
+    device_id: str
+    fanout: Fanout
+    request_id: str
+    session_id: str | None = None
+    pc: RTCPeerConnection | None = None
+    viewers: set[str] = field(default_factory=set)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    closing: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class Downstream:
+    session_id: str
+    device_id: str
+    pc: RTCPeerConnection | None = None
+
+
+class RelayNode:
+    def __init__(self, settings: RelaySettings, detector: Detector | None = None) -> None:
+        self.settings = settings
+        self.detector = detector
+        self.budget = DetectionBudget(settings.detections_per_s)
+        self.upstreams: dict[str, Upstream] = {}
+        self.downstreams: dict[str, Downstream] = {}
+        self.online = asyncio.Event()
+        self.stats = {"events_sent": 0, "events_failed": 0, "frames_analysed": 0}
+        self._socket: ClientConnection | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # the connection to the cloud ---------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stay connected (reconnecting with backoff and jitter) until ``stop`` is set."""
+        self._http = httpx.AsyncClient(
+            base_url=self.settings.cloud_url,
+            timeout=10,
+            headers={"Authorization": f"Bearer {self.settings.credential}"},
+        )
+        backoff = 0.5
+        try:
+            while not stop.is_set():
+                try:
+                    await self._connection(stop)
+                    backoff = 0.5
+                except (OSError, TimeoutError, websockets.WebSocketException, ValueError) as exc:
+                    log.info("relay %s: connection failed: %s", self.settings.relay_id, exc)
+                finally:
+                    self.online.clear()
+                    await self._close_all()
+                if stop.is_set():
+                    break
+                delay = random.uniform(0, backoff)  # noqa: S311 (jitter)
+                backoff = min(backoff * 2, 30.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        finally:
+            await self._http.aclose()
+            if self.detector is not None:
+                await self.detector.close()
+
+    async def _connection(self, stop: asyncio.Event) -> None:
+        url = self.settings.cloud_url.replace("http", "ws", 1) + "/ws/v1/relay"
+        async with websockets.connect(url, max_size=64 * 1024, open_timeout=10) as ws:
+            await ws.send(json.dumps({"type": "hello", "token": self.settings.credential}))
+            welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            if welcome.get("type") != "welcome":
+                raise ValueError(f"expected welcome, got {welcome.get('type')!r}")
+            self._socket = ws
+            self.online.set()
+            log.info("relay %s: registered as %s", self.settings.relay_id, welcome["connection_id"])
+            background = [
+                asyncio.create_task(self._report_load(ws)),
+                asyncio.create_task(self._close_on(stop, ws)),
+            ]
+            try:
+                async for frame in ws:
+                    await self._dispatch(json.loads(frame))
+            except websockets.ConnectionClosed:
+                pass
+            finally:
+                for task in background:
+                    task.cancel()
+                await asyncio.gather(*background, return_exceptions=True)
+                self._socket = None
+
+    async def _close_on(self, stop: asyncio.Event, ws: ClientConnection) -> None:
+        await stop.wait()
+        await ws.close()
+
+    async def _report_load(self, ws: ClientConnection) -> None:
+        logged = -1
+        while True:
+            stats = getattr(self.detector, "stats", None)
+            if callable(stats) and (current := stats()).completed != logged:
+                logged = current.completed
+                log.info(
+                    "detector: %d inferences (%d skipped busy), p50 %s ms, p95 %s ms; %s",
+                    current.completed,
+                    current.busy,
+                    _ms(current.latency_p50_ms),
+                    _ms(current.latency_p95_ms),
+                    self.stats,
+                )
+            sessions = len(self.downstreams)
+            load = min(1.0, sessions / self.settings.max_sessions)
+            message = {
+                "type": "relay.load",
+                "load": load,
+                "sessions": sessions,
+                "cameras": len(self.upstreams),
+            }
+            await ws.send(json.dumps(message))
+            await ws.send('{"type":"ping"}')
+            await asyncio.sleep(LOAD_EVERY_S)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self._socket is not None:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await self._socket.send(json.dumps(message))
+
+    def _spawn(self, coro: Any, owner: set[asyncio.Task[None]] | None = None) -> None:
+        tasks = self._tasks if owner is None else owner
+        task = asyncio.create_task(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    # signaling ----------------------------------------------------------------------------------
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        session_id = str(message.get("session_id", ""))
+        if kind == "relay.session":
+            await self._open_downstream(session_id, str(message["device_id"]))
+        elif kind == "session.created":
+            upstream = next(
+                (u for u in self.upstreams.values() if u.request_id == message.get("id")), None
+            )
+            if upstream is not None:
+                upstream.session_id = session_id
+                self._spawn(
+                    self._offer_upstream(upstream, message.get("ice_servers") or []), upstream.tasks
+                )
+        elif kind == "session.offer" and session_id in self.downstreams:
+            self._spawn(self._answer_downstream(self.downstreams[session_id], message))
+        elif kind == "session.answer":
+            upstream = self._upstream_of(session_id)
+            if upstream is not None and upstream.pc is not None:
+                await upstream.pc.setRemoteDescription(
+                    RTCSessionDescription(message["sdp"], "answer")
+                )
+        elif kind == "session.ice":
+            pc = self._pc_of(session_id)
+            if pc is not None:
+                await add_candidate(pc, message.get("candidate"))
+        elif kind == "session.end":
+            await self._ended(session_id, str(message.get("reason", "peer_hangup")))
+        elif kind == "status" and not message.get("ok", True):
+            await self._refused(message)
+        elif kind == "go_away" and self._socket is not None:
+            await self._socket.close()
+
+    def _upstream_of(self, session_id: str) -> Upstream | None:
+        return next((u for u in self.upstreams.values() if u.session_id == session_id), None)
+
+    def _pc_of(self, session_id: str) -> RTCPeerConnection | None:
+        down = self.downstreams.get(session_id)
+        if down is not None:
+            return down.pc
+        up = self._upstream_of(session_id)
+        return up.pc if up is not None else None
+
+    async def _refused(self, message: dict[str, Any]) -> None:
+        upstream = next(
+            (u for u in self.upstreams.values() if u.request_id == message.get("id")), None
+        )
+        log.warning("relay: the cloud refused %s: %s", message.get("id"), message.get("error"))
+        if upstream is not None:
+            await self._camera_gone(upstream, "device_offline")
+
+    async def _ended(self, session_id: str, reason: str) -> None:
+        down = self.downstreams.pop(session_id, None)
+        if down is not None:
+            await self._close_downstream(down)
+            return
+        upstream = self._upstream_of(session_id)
+        if upstream is not None:
+            log.info("relay: upstream of %s ended (%s)", upstream.device_id, reason)
+            await self._camera_gone(upstream, "device_offline")
+
+    # upstream: the relay watches the camera ------------------------------------------------------
+
+    async def _open_downstream(self, session_id: str, device_id: str) -> None:
+        self.downstreams[session_id] = Downstream(session_id, device_id)
+        upstream = self.upstreams.get(device_id)
+        if upstream is None:
+            upstream = Upstream(device_id, Fanout(device_id), secrets.token_hex(6))
+            self.upstreams[device_id] = upstream
+            await self.send(
+                {
+                    "type": "session.request",
+                    "id": upstream.request_id,
+                    "device_id": device_id,
+                    "mode": "p2p",
+                }
+            )
+            self._spawn(self._analyse(upstream), upstream.tasks)
+        if upstream.closing is not None:
+            upstream.closing.cancel()
+            upstream.closing = None
+        upstream.viewers.add(session_id)
+
+    async def _offer_upstream(self, upstream: Upstream, ice_servers: list[dict[str, Any]]) -> None:
+        pc = RTCPeerConnection(configuration(ice_servers))
+        upstream.pc = pc
+        pc.addTransceiver("video", direction="recvonly")
+        prefer_vp8(pc)
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            receiver = next(t.receiver for t in pc.getTransceivers() if t.receiver.track is track)
+            upstream.fanout.attach(receiver)
+
+        self._watch_connection(pc, upstream.session_id or "", upstream=upstream)
+        await pc.setLocalDescription(await pc.createOffer())
+        sid = upstream.session_id
+        await self.send(
+            {"type": "session.offer", "session_id": sid, "sdp": pc.localDescription.sdp}
+        )
+        await self.send({"type": "session.ice", "session_id": sid, "candidate": None})
+
+    async def _camera_gone(self, upstream: Upstream, reason: str) -> None:
+        """The camera left: its viewers' sessions end, the upstream closes."""
+        self.upstreams.pop(upstream.device_id, None)
+        for session_id in list(upstream.viewers):
+            down = self.downstreams.pop(session_id, None)
+            if down is not None:
+                await self.send({"type": "session.end", "session_id": session_id, "reason": reason})
+                await self._close_downstream(down, keep_upstream=True)
+        await self._close_upstream(upstream, tell_cloud=False)
+
+    async def _close_upstream(self, upstream: Upstream, *, tell_cloud: bool = True) -> None:
+        self.upstreams.pop(upstream.device_id, None)
+        if tell_cloud and upstream.session_id:
+            await self.send(
+                {"type": "session.end", "session_id": upstream.session_id, "reason": "user_hangup"}
+            )
+        for task in list(upstream.tasks):
+            task.cancel()
+        await asyncio.gather(*upstream.tasks, return_exceptions=True)
+        await upstream.fanout.close()
+        if upstream.pc is not None:
+            await upstream.pc.close()
+        self.budget.forget(upstream.device_id)
+
+    # downstream: the relay answers a viewer -----------------------------------------------------
+
+    async def _answer_downstream(self, down: Downstream, message: dict[str, Any]) -> None:
+        upstream = self.upstreams.get(down.device_id)
+        if upstream is None:
+            await self.send(
+                {"type": "session.end", "session_id": down.session_id, "reason": "device_offline"}
+            )
+            return
+        pc = RTCPeerConnection(configuration(message.get("ice_servers") or []))
+        down.pc = pc
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(message["sdp"], "offer"))
+            track = upstream.fanout.subscribe()
+            sender = pc.addTrack(track)
+            forward_keyframe_requests(sender, track)
+            prefer_vp8(pc)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:
+            log.warning("relay: cannot answer session %s: %s", down.session_id, exc)
+            self.downstreams.pop(down.session_id, None)
+            await self.send(
+                {"type": "session.end", "session_id": down.session_id, "reason": "invalid_offer"}
+            )
+            await self._close_downstream(down)
+            return
+        self._watch_connection(pc, down.session_id)
+        await self.send(
+            {
+                "type": "session.answer",
+                "session_id": down.session_id,
+                "sdp": pc.localDescription.sdp,
+            }
+        )
+        await self.send({"type": "session.ice", "session_id": down.session_id, "candidate": None})
+
+    async def _close_downstream(self, down: Downstream, *, keep_upstream: bool = False) -> None:
+        if down.pc is not None:
+            for sender in down.pc.getSenders():
+                if sender.track is not None:
+                    sender.track.stop()
+            await down.pc.close()
+        upstream = self.upstreams.get(down.device_id)
+        if upstream is None or keep_upstream:
+            return
+        upstream.viewers.discard(down.session_id)
+        if not upstream.viewers and upstream.closing is None:
+            loop = asyncio.get_running_loop()
+            upstream.closing = loop.call_later(
+                self.settings.upstream_grace_s,
+                lambda: self._spawn(self._close_if_unused(upstream)),
+            )
+
+    async def _close_if_unused(self, upstream: Upstream) -> None:
+        upstream.closing = None
+        if not upstream.viewers and self.upstreams.get(upstream.device_id) is upstream:
+            log.info("relay: last viewer of %s left; closing its upstream", upstream.device_id)
+            await self._close_upstream(upstream)
+
+    def _watch_connection(
+        self, pc: RTCPeerConnection, session_id: str, *, upstream: Upstream | None = None
+    ) -> None:
+        """End a session whose ICE fails or does not connect in time (aiortc may stay silent)."""
+
+        async def fail() -> None:
+            if upstream is not None:
+                await self._camera_gone(upstream, "ice_failed")
+            elif self.downstreams.pop(session_id, None) is not None:
+                await self.send(
+                    {"type": "session.end", "session_id": session_id, "reason": "ice_failed"}
+                )
+                await pc.close()
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            if pc.connectionState == "failed":
+                self._spawn(fail())
+
+        async def deadline() -> None:
+            await asyncio.sleep(CONNECT_TIMEOUT_S)
+            if pc.connectionState not in ("connected", "closed"):
+                log.warning(
+                    "relay: session %s did not connect within %.0f s", session_id, CONNECT_TIMEOUT_S
+                )
+                await fail()
+
+        self._spawn(deadline(), upstream.tasks if upstream is not None else None)
+
+    # analytics ------------------------------------------------------------------------------------
+
+    async def _analyse(self, upstream: Upstream) -> None:
+        motion = MotionDetector(MotionConfig())
+        threads = EventThreads()
+        device = upstream.device_id
+        try:
+            async for frame in upstream.fanout.frames(self.settings.analysis_fps):
+                t = time.time()
+                picture: NDArray[np.uint8] = await asyncio.to_thread(bgr, frame)
+                moved = motion.update(picture, t)
+                self.stats["frames_analysed"] += 1
+                detections = None
+                if (
+                    moved.moving
+                    and self.detector is not None
+                    and self.budget.try_acquire(device, time.monotonic())
+                ):
+                    try:
+                        detections = await self.detector.detect(picture)
+                    except DetectorError:
+                        detections = None  # busy: the next frame will do
+                for record in threads.update(t, moved, detections):
+                    jpeg = (
+                        await asyncio.to_thread(snapshot_jpeg, picture) if record.snapshot else None
+                    )
+                    self._spawn(
+                        self._report(
+                            record.to_report(device, jpeg).model_dump(
+                                mode="json", exclude_none=True
+                            )
+                        )
+                    )
+        finally:
+            for record in threads.end_all(time.time()):
+                with contextlib.suppress(Exception):
+                    await self._report(
+                        record.to_report(device).model_dump(mode="json", exclude_none=True)
+                    )
+
+    async def _report(self, body: dict[str, Any]) -> None:
+        assert self._http is not None
+        try:
+            response = await self._http.post("/api/v1/relays/events", json=body)
+        except httpx.HTTPError as exc:
+            self.stats["events_failed"] += 1
+            log.warning("relay: event upload failed: %s", exc)
+            return
+        if response.status_code != 200:
+            self.stats["events_failed"] += 1
+            log.warning("relay: event refused (%s): %s", response.status_code, response.text[:200])
+        else:
+            self.stats["events_sent"] += 1
+
+    async def _close_all(self) -> None:
+        for down in list(self.downstreams.values()):
+            await self._close_downstream(down, keep_upstream=True)
+        self.downstreams.clear()
+        for upstream in list(self.upstreams.values()):
+            await self._close_upstream(upstream, tell_cloud=False)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
