@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export DATA_DIR ?= var
 
-.PHONY: run test venv system-deps lint check unit bench clean
+.PHONY: run test venv yolo system-deps lint check unit bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ venv: $(STAMP)
 system-deps:
 	scripts/install-system-deps
 
+## yolo: ultralytics + torch for relays' object detection (several GB; see scripts/install-yolo)
+yolo: venv
+	scripts/install-yolo $(VENV)
+
 ## run: the cloud on embedded defaults (SecantusDB in-process, in-memory bus); data in $(DATA_DIR)
 run: venv
 	$(BIN)/python -m cloud --host $(HOST) --port $(PORT)
@@ -32,7 +36,7 @@ lint: venv
 	$(BIN)/mypy
 
 ## test: install everything, then lint, then every suite inside a loopback-only network
-test: venv system-deps lint
+test: venv yolo system-deps lint
 	scripts/hermetic $(BIN)/python -m pytest
 
 bench: venv

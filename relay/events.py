@@ -25,6 +25,7 @@ a JPEG (``snapshot_jpeg``, in a worker thread) when a record says ``snapshot``.
 """
 
 import base64
+import re
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -44,8 +45,18 @@ VEHICLES = frozenset({"car", "truck", "bus", "motorcycle"})
 
 
 def event_kind(label: str) -> str:
-    """The event kind for a detector label: ``vehicle`` for road vehicles, else the label."""
-    return "vehicle" if label in VEHICLES else label
+    """The event kind for a detector label: ``vehicle`` for road vehicles, else the label.
+
+    Kinds follow the contract's pattern (lower case, digits, space, ``_``, ``-``; 32 at
+    most, starting with a letter); a model whose labels do not (a randomly initialised one
+    names its classes "0".."79") gets them mapped to ``class-<label>``.
+    """
+    if label in VEHICLES:
+        return "vehicle"
+    kind = re.sub(r"[^a-z0-9 _-]", "_", label.strip().lower())[:32]
+    if not kind or not kind[0].isalpha():
+        kind = f"class-{kind}"[:32]
+    return kind
 
 
 @dataclass(frozen=True)

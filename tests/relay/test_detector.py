@@ -13,8 +13,8 @@ import pytest
 from device_sim.media import SyntheticVideo
 from relay.detector import Detection, DetectorBusy, DetectorError, UltralyticsDetector
 
-if importlib.util.find_spec("ultralytics") is None:
-    pytest.skip("ultralytics is not installed (scripts/install-yolo)", allow_module_level=True)
+# ultralytics is installed by `make test` (scripts/install-yolo); without it this suite fails.
+assert importlib.util.find_spec("ultralytics") is not None, "run scripts/install-yolo"
 
 MODEL = "yolo11n.yaml"  # random weights: nothing to download
 FRAME = SyntheticVideo(motion=[(0.0, 60.0)]).picture(10)

@@ -179,3 +179,17 @@ def test_a_snapshot_is_a_small_jpeg() -> None:
 def test_confirmation_needs_a_sane_window() -> None:
     with pytest.raises(ValueError, match="confirm_hits"):
         EventConfig(confirm_hits=3, confirm_window=2)
+
+
+def test_detector_labels_become_kinds_the_contract_accepts() -> None:
+    from pydantic import TypeAdapter
+
+    from protocol.events import EventKind
+
+    contract = TypeAdapter(EventKind)
+    assert event_kind("person") == "person"
+    assert event_kind("bus") == "vehicle"
+    assert event_kind("0") == "class-0"
+    assert event_kind("Traffic Light!") == "traffic light_"
+    for label in ["0", "79", "person", "Traffic Light!", "x" * 50, ""]:
+        contract.validate_python(event_kind(label))
