@@ -20,10 +20,10 @@ shared VP8 encoder. Either way a viewer costs only packetization, SRTP and a UDP
 once adds a VP8 encode per camera, a second generation of compression and its latency, but
 owns its keyframes (a joiner gets one without a round trip to the camera) and needs no
 private hook. Measured side by side (``bench/relay.py``, 640x480 at 15 fps, two runs,
-docs/benchmarks.md "Relay fan-out"): forwarding costs 0.19-0.25 % of a core per additional
-viewer (relay process 2.7-3.3 % with one viewer, 4.0-5.1 % with eight); aiortc's
-``MediaRelay`` (one encoder per viewer) 3.9-4.1 % per viewer (33-36 % with eight); encoding
-once about the same per viewer as forwarding but 3-5 % of a core more per camera at every
+docs/benchmarks.md "Relay fan-out"): forwarding costs 0.30-0.44 % of a core per additional
+viewer (relay process 2.7-2.8 % with one viewer, 4.8-5.9 % with eight); aiortc's
+``MediaRelay`` (one encoder per viewer) 4.2-4.4 % per viewer (37 % with eight); encoding
+once about the same per viewer as forwarding but 3-6 % of a core more per camera at every
 viewer count. Forwarding is chosen: cheapest, and the picture the camera encoded reaches the
 viewers unchanged. Its costs are one private hook (checked by :meth:`Fanout.attach`, which
 raises if aiortc changes it) and keyframes that must come from the camera.
