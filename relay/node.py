@@ -23,6 +23,7 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -62,6 +63,7 @@ class RelaySettings:
     detections_per_s: float = 4.0
     max_sessions: int = 50
     upstream_grace_s: float = 5.0
+    health_file: str = ""  # touched at every load report, for container health checks
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "RelaySettings":
@@ -74,6 +76,7 @@ class RelaySettings:
             yolo_model="" if model.lower() == "none" else model,
             analysis_fps=float(env.get("ANALYSIS_FPS", "5")),
             detections_per_s=float(env.get("DETECTIONS_PER_S", "4")),
+            health_file=env.get("HEALTH_FILE", ""),
         )
 
     @property
@@ -146,6 +149,9 @@ class RelayNode:
         self.downstreams: dict[str, Downstream] = {}
         self.online = asyncio.Event()
         self.stats = {"events_sent": 0, "events_failed": 0, "frames_analysed": 0}
+        # Candidates that arrive before their connection's remote description are held:
+        # aiortc would otherwise drop them (and an early end-of-candidates kills its ICE).
+        self._pending: dict[str, list[dict[str, Any] | None]] = {}
         self._socket: ClientConnection | None = None
         self._http: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -234,6 +240,8 @@ class RelayNode:
             }
             await ws.send(json.dumps(message))
             await ws.send('{"type":"ping"}')
+            if self.settings.health_file:
+                await asyncio.to_thread(Path(self.settings.health_file).touch)
             await asyncio.sleep(LOAD_EVERY_S)
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -271,16 +279,23 @@ class RelayNode:
                 await upstream.pc.setRemoteDescription(
                     RTCSessionDescription(message["sdp"], "answer")
                 )
+                await self._flush_candidates(session_id, upstream.pc)
         elif kind == "session.ice":
             pc = self._pc_of(session_id)
-            if pc is not None:
+            if pc is not None and pc.remoteDescription is not None:
                 await add_candidate(pc, message.get("candidate"))
+            elif session_id in self.downstreams or self._upstream_of(session_id) is not None:
+                self._pending.setdefault(session_id, []).append(message.get("candidate"))
         elif kind == "session.end":
             await self._ended(session_id, str(message.get("reason", "peer_hangup")))
         elif kind == "status" and not message.get("ok", True):
             await self._refused(message)
         elif kind == "go_away" and self._socket is not None:
             await self._socket.close()
+
+    async def _flush_candidates(self, session_id: str, pc: RTCPeerConnection) -> None:
+        for candidate in self._pending.pop(session_id, []):
+            await add_candidate(pc, candidate)
 
     def _upstream_of(self, session_id: str) -> Upstream | None:
         return next((u for u in self.upstreams.values() if u.session_id == session_id), None)
@@ -388,6 +403,7 @@ class RelayNode:
         down.pc = pc
         try:
             await pc.setRemoteDescription(RTCSessionDescription(message["sdp"], "offer"))
+            await self._flush_candidates(down.session_id, pc)
             track = upstream.fanout.subscribe()
             sender = pc.addTrack(track)
             forward_keyframe_requests(sender, track)
@@ -412,6 +428,7 @@ class RelayNode:
         await self.send({"type": "session.ice", "session_id": down.session_id, "candidate": None})
 
     async def _close_downstream(self, down: Downstream, *, keep_upstream: bool = False) -> None:
+        self._pending.pop(down.session_id, None)
         if down.pc is not None:
             for sender in down.pc.getSenders():
                 if sender.track is not None:
