@@ -1,0 +1,202 @@
+"""Deployment files: structure and cross-references (no container engine runs here)."""
+
+import re
+import secrets
+import string
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.servers import ROOT, free_port, stop
+
+DEPLOY = ROOT / "deploy"
+RENDER_SERVICE_KEYS = {
+    "type", "name", "runtime", "plan", "region", "buildCommand", "startCommand",
+    "preDeployCommand", "healthCheckPath", "numInstances", "autoDeploy", "envVars",
+    "scaling", "disk", "rootDir", "dockerfilePath", "dockerContext", "ipAllowList",
+    "maxmemoryPolicy", "branch", "repo", "domains", "buildFilter",
+}  # fmt: skip
+RENDER_ENV_KEYS = {
+    "key",
+    "value",
+    "sync",
+    "generateValue",
+    "fromService",
+    "fromDatabase",
+    "fromGroup",
+}
+RENDER_OWN = {"PYTHON_VERSION"}  # read by Render's build, not by our code
+
+
+def env_names(*packages: str) -> set[str]:
+    """Every environment variable name the code reads (env.get / _int(env, ...) / env[...])."""
+    names: set[str] = set()
+    pattern = re.compile(r'(?:env(?:iron)?\.get\(|_int\(\s*env,\s*|env\[)\s*"([A-Z][A-Z0-9_]+)"')
+    for package in packages:
+        for path in (ROOT / package).rglob("*.py"):
+            names |= set(pattern.findall(path.read_text()))
+    return names
+
+
+CLOUD_ENV = env_names("cloud")
+RELAY_ENV = env_names("relay")
+
+
+def load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def test_the_code_reads_the_documented_settings() -> None:
+    assert {
+        "PUBLIC_URL",
+        "MONGODB_URL",
+        "REDIS_URL",
+        "JWT_SECRET",
+        "TURN_SECRET",
+        "RELAY_SECRET",
+    } <= CLOUD_ENV
+    assert {"CLOUD_URL", "RELAY_ID", "RELAY_SECRET", "YOLO_MODEL", "HEALTH_FILE"} <= RELAY_ENV
+    readme = (ROOT / "README.md").read_text()
+    for name in (
+        "PUBLIC_URL",
+        "MONGODB_URL",
+        "REDIS_URL",
+        "JWT_SECRET",
+        "TURN_URLS",
+        "RELAY_SECRET",
+    ):
+        assert f"`{name}`" in readme
+
+
+def test_render_yaml_uses_blueprint_fields_and_only_variables_the_cloud_reads() -> None:
+    blueprint = load(ROOT / "render.yaml")
+    assert set(blueprint) == {"services"}
+    by_type = {s["type"]: s for s in blueprint["services"]}
+    for service in blueprint["services"]:
+        assert set(service) <= RENDER_SERVICE_KEYS, service["name"]
+    web, redis = by_type["web"], by_type["keyvalue"]
+    assert web["runtime"] == "python"
+    assert web["numInstances"] >= 2
+    assert "python -m cloud" in web["startCommand"]
+    assert "$PORT" in web["startCommand"]
+    assert "--host 0.0.0.0" in web["startCommand"]
+    assert web["healthCheckPath"] == "/healthz"
+    assert redis["ipAllowList"] == []
+    keys = set()
+    for var in web["envVars"]:
+        assert set(var) <= RENDER_ENV_KEYS, var
+        assert len(set(var) & {"value", "sync", "generateValue", "fromService"}) == 1, var
+        keys.add(var["key"])
+        if "fromService" in var:
+            ref = var["fromService"]
+            assert (ref["type"], ref["name"], ref["property"]) == (
+                "keyvalue",
+                redis["name"],
+                "connectionString",
+            )
+    assert keys - RENDER_OWN <= CLOUD_ENV, keys - RENDER_OWN - CLOUD_ENV
+    assert {"MONGODB_URL", "REDIS_URL", "JWT_SECRET", "PUBLIC_URL", "ENVIRONMENT"} <= keys
+    secrets_ = {v["key"]: v for v in web["envVars"]}
+    assert secrets_["JWT_SECRET"].get("generateValue") is True
+    assert secrets_["MONGODB_URL"].get("sync") is False
+    assert secrets_["ENVIRONMENT"]["value"] == "production"
+
+
+def test_the_compose_stack_wires_services_ports_and_variables_together() -> None:
+    compose = load(DEPLOY / "compose.yaml")
+    services = compose["services"]
+    assert {"mongo", "redis", "coturn", "cloud-a", "cloud-b", "proxy", "relay"} <= set(services)
+    for name in ("cloud-a", "cloud-b"):
+        cloud = services[name]
+        assert set(cloud["environment"]) <= CLOUD_ENV, set(cloud["environment"]) - CLOUD_ENV
+        assert "mongo:27017" in cloud["environment"]["MONGODB_URL"]
+        assert cloud["environment"]["REDIS_URL"].startswith("redis://redis:6379")
+        assert (ROOT / cloud["build"]["dockerfile"]).is_file()
+    relay = services["relay"]
+    assert set(relay["environment"]) <= RELAY_ENV, set(relay["environment"]) - RELAY_ENV
+    assert relay["network_mode"] == "host"
+    assert services["coturn"]["network_mode"] == "host"
+    assert (ROOT / relay["build"]["dockerfile"]).is_file()
+    nginx = (DEPLOY / "nginx.conf").read_text()
+    assert "server cloud-a:8000" in nginx
+    assert "server cloud-b:8000" in nginx
+    assert "proxy_set_header Upgrade $http_upgrade" in nginx
+    assert "location /ws/" in nginx
+    assert services["proxy"]["ports"] == ["8080:8080"]
+    assert "listen 8080" in nginx
+    assert relay["environment"]["CLOUD_URL"] == "http://localhost:8080"
+
+
+def test_the_images_run_as_non_root_with_health_checks_on_the_right_port() -> None:
+    for name, command in (("Dockerfile.cloud", "cloud"), ("Dockerfile.relay", "relay")):
+        text = (DEPLOY / name).read_text()
+        assert re.search(r"^FROM python:3\.11-slim", text, re.M)
+        assert re.search(r"^USER (?!root)\w+", text, re.M), name
+        assert "HEALTHCHECK" in text
+        assert f'"python", "-m", "{command}"' in text
+        for source in re.findall(r"^COPY (?!--from)(\S+)", text, re.M):
+            assert (ROOT / source).exists(), source
+    cloud = (DEPLOY / "Dockerfile.cloud").read_text()
+    assert "EXPOSE 8000" in cloud
+    assert '"--port", "8000"' in cloud
+    assert "127.0.0.1:8000/healthz" in cloud
+    assert "HEALTH_FILE" in (DEPLOY / "Dockerfile.relay").read_text()
+
+
+def test_the_coturn_template_is_hardened_and_coturn_accepts_it(tmp_path: Path) -> None:
+    template = (DEPLOY / "turnserver.conf.template").read_text()
+    assert "use-auth-secret" in template
+    assert "static-auth-secret=${TURN_SECRET}" in template
+    assert not re.search(r"^\s*allow-loopback-peers", template, re.M)
+    denied = re.findall(r"^denied-peer-ip=(\S+)", template, re.M)
+    for prefix in ("10.0.0.0", "127.0.0.0", "169.254.0.0", "172.16.0.0", "192.168.0.0", "fe80::"):
+        assert any(d.startswith(prefix) for d in denied), prefix
+    assert re.search(r"^user-quota=\d+", template, re.M)
+    assert re.search(r"^total-quota=\d+", template, re.M)
+    port = free_port()
+    values = {
+        "TURN_SECRET": secrets.token_hex(16),
+        "TURN_REALM": "test.local",
+        "EXTERNAL_IP": "127.0.0.1",
+        "RELAY_MIN_PORT": "50000",
+        "RELAY_MAX_PORT": "50100",
+    }
+    rendered = string.Template(template).substitute(values)
+    rendered = rendered.replace("listening-port=3478", f"listening-port={port}")
+    rendered = rendered.replace("tls-listening-port=5349", f"tls-listening-port={free_port()}")
+    config = tmp_path / "turnserver.conf"
+    config.write_text(rendered + "listening-ip=127.0.0.1\nno-tls\nno-dtls\n")
+    log = tmp_path / "coturn.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            ["turnserver", "-c", str(config)], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        from tests.servers import _stun_answers
+
+        deadline = time.monotonic() + 10
+        while not _stun_answers(port):
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+    finally:
+        stop(process)
+
+
+def test_the_readme_and_deploy_docs_name_the_files_that_exist() -> None:
+    readme = (ROOT / "README.md").read_text()
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    for path in (
+        "render.yaml",
+        "deploy/compose.yaml",
+        "deploy/Dockerfile.cloud",
+        "deploy/Dockerfile.relay",
+        "deploy/turnserver.conf.template",
+        "docs/deploy.md",
+    ):
+        assert (ROOT / path).is_file(), path
+        assert path in readme or path in docs, path
+    assert "docs/deploy.md" in readme
