@@ -1,6 +1,6 @@
 # VisionConnect: `make run` runs the product locally; `make test` sets up and runs every suite.
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 HOST   ?= 127.0.0.1
@@ -25,9 +25,10 @@ system-deps:
 yolo: venv
 	scripts/install-yolo $(VENV)
 
-## run: the cloud on embedded defaults (SecantusDB in-process, in-memory bus); data in $(DATA_DIR)
+## run: the cloud (SecantusDB in-process, in-memory bus) and a relay node; DEMO=1 adds a demo
+## account and camera. Data stays in $(DATA_DIR).
 run: venv
-	$(BIN)/python -m cloud --host $(HOST) --port $(PORT)
+	$(BIN)/python scripts/run.py --host $(HOST) --port $(PORT) $(if $(DEMO),--demo)
 
 ## lint: ruff and mypy (fast, first)
 lint: venv

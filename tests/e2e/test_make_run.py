@@ -1,0 +1,64 @@
+"""``make run DEMO=1`` from a fresh clone: healthy, and the demo camera plays live."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from device_sim.network import use_host_addresses
+from device_sim.viewer import Viewer
+from tests.servers import ROOT, free_port
+
+
+@pytest.mark.timeout(300)
+async def test_make_run_demo_from_a_fresh_clone_plays_the_demo_camera(tmp_path: Path) -> None:
+    use_host_addresses(["127.0.0.1"])
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    data = tmp_path / "var"
+    venv = Path(sys.executable).parent.parent  # the suite's own, so that nothing is downloaded
+    log = tmp_path / "make-run.log"
+    with open(log, "wb") as out:
+        make = subprocess.Popen(
+            ["make", "run", "DEMO=1", f"PORT={port}", f"DATA_DIR={data}", f"VENV={venv}"],
+            cwd=clone,
+            env={**os.environ, "ICE_HOST_ADDRESSES": "127.0.0.1"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as a terminal's foreground job
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while not (data / "demo.json").exists():
+            assert make.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        assert httpx.get(url + "/readyz", timeout=5).status_code == 200
+        assert httpx.get(url + "/docs", timeout=5).status_code == 200
+        demo = json.loads((data / "demo.json").read_text())
+        async with await Viewer.login(url, demo["email"], demo["password"]) as viewer:
+            watch = await viewer.watch(demo["device_id"], timeout_s=60)
+            assert watch.frames >= 1
+            relayed = await viewer.watch(demo["device_id"], mode="relay", timeout_s=60)
+            assert relayed.route == "relay"
+            assert relayed.frames >= 1
+            await relayed.end()
+            await watch.end()
+    finally:
+        os.killpg(make.pid, signal.SIGINT)  # Ctrl-C
+        make.wait(timeout=60)
+    text = log.read_text()
+    assert "VisionConnect is running" in text
+    assert "stopped." in text
+    assert "Traceback" not in text, text[-4000:]
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(url + "/healthz", timeout=2)
+    assert (data / "db").is_dir()  # kept for the next run
