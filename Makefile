@@ -27,7 +27,7 @@ yolo: venv
 
 ## run: the cloud (SecantusDB in-process, in-memory bus) and a relay node; DEMO=1 adds a demo
 ## account and camera. Data stays in $(DATA_DIR).
-run: venv
+run: $(if $(SKIP_INSTALL),,venv)
 	$(BIN)/python scripts/run.py --host $(HOST) --port $(PORT) $(if $(DEMO),--demo)
 
 ## lint: ruff and mypy (fast, first)

@@ -58,7 +58,7 @@ def demo_camera(url: str, data: Path) -> tuple[dict[str, Any], Path]:
     if account_file.exists():
         account = json.loads(account_file.read_text())
     else:
-        account = {"email": DEMO_EMAIL, "password": "Demo-" + secrets.token_urlsafe(12)}
+        account = {"email": DEMO_EMAIL, "password": "Watch-" + secrets.token_urlsafe(12)}
     with httpx.Client(base_url=url, timeout=15) as http:
         http.post("/api/v1/auth/register", json=account)  # 409 once it exists
         login = http.post("/api/v1/auth/login", json=account)

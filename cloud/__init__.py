@@ -1,0 +1,1 @@
+"""The VisionConnect cloud service: accounts, onboarding, devices, signaling, events."""
