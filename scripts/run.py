@@ -35,7 +35,9 @@ def secret(path: Path) -> str:
 
 def start(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     print(f"starting {name}: {' '.join(args)}", flush=True)
-    return subprocess.Popen([PYTHON, *args], cwd=ROOT, env=env)
+    # Its own session: Ctrl-C reaches only this launcher, which stops each child once, in
+    # order (a second SIGINT would make uvicorn skip its graceful shutdown).
+    return subprocess.Popen([PYTHON, *args], cwd=ROOT, env=env, start_new_session=True)
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 90) -> None:

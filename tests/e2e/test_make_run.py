@@ -55,6 +55,14 @@ async def test_make_run_demo_from_a_fresh_clone_plays_the_demo_camera(tmp_path: 
             assert (await http.get("/readyz")).status_code == 200
             assert (await http.get("/docs")).status_code == 200
         demo = json.loads((data / "demo.json").read_text())
+        async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+            login = await http.post("/api/v1/auth/login", json=demo)
+            headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+            while not (await http.get("/api/v1/devices", headers=headers)).json()["devices"][0][
+                "online"
+            ]:
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                await asyncio.sleep(0.3)
         async with await Viewer.login(url, demo["email"], demo["password"]) as viewer:
             watch = await viewer.watch(demo["device_id"], timeout_s=60)
             assert watch.frames >= 1
