@@ -56,7 +56,8 @@ async def test_make_run_demo_from_a_fresh_clone_plays_the_demo_camera(tmp_path: 
             assert (await http.get("/docs")).status_code == 200
         demo = json.loads((data / "demo.json").read_text())
         async with httpx.AsyncClient(base_url=url, timeout=5) as http:
-            login = await http.post("/api/v1/auth/login", json=demo)
+            account = {"email": demo["email"], "password": demo["password"]}
+            login = await http.post("/api/v1/auth/login", json=account)
             headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
             while not (await http.get("/api/v1/devices", headers=headers)).json()["devices"][0][
                 "online"
