@@ -232,7 +232,8 @@ class Signaling:
         socket = self.sockets.get(conn)
         if socket is None or socket.application_state == WebSocketState.DISCONNECTED:
             return
-        with contextlib.suppress(RuntimeError, OSError):
+        # The peer may have gone meanwhile: closing a closed socket is not an error.
+        with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
             await socket.close(code, reason)
 
     async def _camera_presence(self, change: PresenceChanged) -> None:
