@@ -6,13 +6,15 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 from swagger_ui_bundle import swagger_ui_path
 
 from cloud import openapi
@@ -72,8 +74,32 @@ async def readyz(request: Request) -> Response:
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503, headers=headers)
 
 
-async def root(request: Request) -> Response:
-    return RedirectResponse("/docs")
+WEB_DIR = Path(__file__).parent / "web"
+# The browser app (cloud/web/): every asset comes from this server, nothing from a CDN.
+# Revalidated on every load (ETag / Last-Modified make that a 304), since there is no
+# build step to put versions into file names.
+WEB_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+APP_POLICY = (
+    "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
+    "connect-src 'self'; style-src 'self'; script-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+async def web_app(request: Request) -> Response:
+    headers = {**WEB_HEADERS, "Content-Security-Policy": APP_POLICY}
+    return FileResponse(WEB_DIR / "index.html", headers=headers)
+
+
+class WebAssets(StaticFiles):
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update(WEB_HEADERS)
+        return response
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -114,7 +140,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/docs", openapi.docs, methods=["GET"]),
         Route("/docs/init.js", openapi.docs_init, methods=["GET"]),
         Mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets"),
-        Route("/", root, methods=["GET"]),
+        Route("/", web_app, methods=["GET"]),
+        Mount("/static", WebAssets(directory=WEB_DIR / "static"), name="web"),
         *routes(ENDPOINTS),
         *signaling_routes.SOCKETS,
     ]

@@ -1,0 +1,152 @@
+// The app shell: services, the hash router, the header and tab bar, notices.
+//
+// Routes: #/signin #/register #/cameras #/add #/camera/<id> #/live/<id>[?mode=relay]
+// #/events. A view module exports mount(app, params, query) and returns its cleanup.
+
+import { Api } from "./api.js";
+import { Devices } from "./devices.js";
+import { Signaling } from "./signaling.js";
+import * as auth from "./views/auth.js";
+import * as cameras from "./views/cameras.js";
+import * as add from "./views/add.js";
+import * as camera from "./views/camera.js";
+import * as watch from "./views/watch.js";
+import * as events from "./views/events.js";
+
+const ROUTES = [
+  { pattern: /^\/signin$/, view: auth, open: true, params: () => ({ mode: "signin" }) },
+  { pattern: /^\/register$/, view: auth, open: true, params: () => ({ mode: "register" }) },
+  { pattern: /^\/cameras$/, view: cameras, tab: "cameras" },
+  { pattern: /^\/add$/, view: add, tab: "add" },
+  { pattern: /^\/camera\/([\w-]+)$/, view: camera, tab: "cameras", params: (m) => ({ id: m[1] }) },
+  { pattern: /^\/live\/([\w-]+)$/, view: watch, tab: "cameras", params: (m) => ({ id: m[1] }) },
+  { pattern: /^\/events$/, view: events, tab: "events" },
+];
+
+class App {
+  constructor() {
+    this.api = new Api();
+    this.signaling = new Signaling(this.api);
+    this.devices = new Devices(this.api, this.signaling);
+    this.main = document.getElementById("view");
+    this.noticeBox = document.getElementById("notice");
+    this.cleanup = null;
+    this.unseenEvents = 0;
+    this.api.addEventListener("signedout", (event) => this.#signedOut(event.detail.message));
+    this.signaling.addEventListener("state", (event) => this.#linkState(event.detail.state));
+    this.signaling.on("event", (message) => this.#eventArrived(message));
+    document.getElementById("sign-out").addEventListener("click", () => this.signOut());
+    window.addEventListener("hashchange", () => this.route());
+  }
+
+  start() {
+    if (this.api.signedIn) this.#signedIn();
+    this.route();
+  }
+
+  navigate(hash) {
+    if (location.hash === hash) this.route();
+    else location.hash = hash;
+  }
+
+  /** A message at the top of the page; `kind` "error" or "info"; null hides it. */
+  notice(text, kind = "info") {
+    clearTimeout(this.noticeTimer);
+    this.noticeBox.hidden = !text;
+    this.noticeBox.textContent = text ?? "";
+    this.noticeBox.dataset.kind = kind;
+    if (text && kind === "info") {
+      this.noticeTimer = setTimeout(() => this.notice(null), 6000);
+    }
+  }
+
+  /** After a successful sign-in. */
+  signedIn() {
+    this.#signedIn();
+    this.navigate("#/cameras");
+  }
+
+  async signOut() {
+    await this.api.logout(); // dispatches "signedout"
+  }
+
+  route() {
+    const [path, search = ""] = (location.hash.replace(/^#/, "") || "/cameras").split("?");
+    let match = null;
+    const route = ROUTES.find((r) => (match = r.pattern.exec(path))) ?? null;
+    if (!route) {
+      this.navigate(this.api.signedIn ? "#/cameras" : "#/signin");
+      return;
+    }
+    if (!route.open && !this.api.signedIn) {
+      this.navigate("#/signin");
+      return;
+    }
+    if (route.open && this.api.signedIn) {
+      this.navigate("#/cameras");
+      return;
+    }
+    if (this.cleanup) this.cleanup();
+    this.cleanup = null;
+    this.main.replaceChildren();
+    document.body.dataset.view = route.view.NAME;
+    for (const tab of document.querySelectorAll("#tabs a")) {
+      tab.classList.toggle("active", tab.dataset.tab === route.tab);
+    }
+    if (route.tab === "events") this.#setUnseen(0);
+    const params = route.params ? route.params(match) : {};
+    this.cleanup = route.view.mount(this, params, new URLSearchParams(search)) ?? null;
+    this.main.focus({ preventScroll: true });
+    window.scrollTo(0, 0);
+  }
+
+  #signedIn() {
+    document.getElementById("sign-out").hidden = false;
+    document.getElementById("tabs").hidden = false;
+    document.getElementById("link-state").hidden = false;
+    document.body.classList.add("signed-in");
+    this.signaling.start();
+  }
+
+  #signedOut(message) {
+    this.signaling.stop();
+    this.devices.clear();
+    this.#setUnseen(0);
+    document.getElementById("sign-out").hidden = true;
+    document.getElementById("tabs").hidden = true;
+    document.getElementById("link-state").hidden = true;
+    document.body.classList.remove("signed-in");
+    this.notice(message || null, "error");
+    this.navigate("#/signin");
+  }
+
+  #linkState(state) {
+    const box = document.getElementById("link-state");
+    box.dataset.state = state;
+    box.querySelector(".link-text").textContent = {
+      online: "Live",
+      connecting: "Connecting…",
+      offline: "Offline",
+    }[state];
+    box.title = state === "online"
+      ? "Connected: camera status and events update live"
+      : "Not connected: reconnecting";
+  }
+
+  #eventArrived(message) {
+    if (message.state === "new" && document.body.dataset.view !== "events") {
+      this.#setUnseen(this.unseenEvents + 1);
+    }
+  }
+
+  #setUnseen(count) {
+    this.unseenEvents = count;
+    const tab = document.querySelector('#tabs a[data-tab="events"]');
+    if (count) tab.dataset.badge = count > 9 ? "9+" : String(count);
+    else delete tab.dataset.badge;
+  }
+}
+
+const app = new App();
+window.visionconnect = app; // for debugging from the console
+app.start();

@@ -1,0 +1,428 @@
+// Live view over WebRTC (PROTOCOL.md, "WebSocket signaling"), receive-only.
+//
+// One attempt is one session: session.request -> session.created {route, ice_servers} ->
+// RTCPeerConnection with a recvonly video transceiver -> session.offer -> session.answer,
+// with session.ice both ways (null = end of candidates) -> ICE connected -> first frame.
+//
+// Mode "auto" makes a direct ("p2p") attempt first; when its ICE fails or has not connected
+// within CONNECT_DIRECT_MS, that session is ended and a "relay" one is requested (the cloud
+// leaves the choice to the viewer, who alone sees whether its network lets packets through).
+// A refusal (a `status` error, or a `session.end` answering the request, e.g. an offline
+// camera) is final: the relay would not help.
+//
+// Candidates: "half trickle". The offer waits up to GATHER_WAIT_MS for gathering, so the
+// candidates found by then (all of them on a LAN) travel inside the SDP, and only later ones
+// (TURN allocations, slow interfaces) are trickled. aiortc peers (the camera, the relay)
+// register a session only once they start answering its offer, so candidates trickled right
+// behind the offer could reach them first and be dropped; inside the SDP they cannot be.
+//
+// Every wait has a deadline and ends in a visible outcome (LiveError with a reason).
+
+import { newId } from "./signaling.js";
+import { endReasonText } from "./words.js";
+
+export const CONNECT_DIRECT_MS = 5000;
+const CONNECT_RELAY_MS = 15000;
+const REQUEST_TIMEOUT_MS = 10000;
+const ANSWER_TIMEOUT_MS = 10000;
+const FIRST_FRAME_MS = 10000;
+const GATHER_WAIT_MS = 1000;
+// Direct-attempt failures that a relay can get around.
+const FALLBACK_REASONS = new Set(["ice_failed", "timeout"]);
+
+export class LiveError extends Error {
+  constructor(reason, message = endReasonText(reason)) {
+    super(message);
+    this.reason = reason;
+  }
+}
+
+function deadline(ms, reason, message) {
+  let timer;
+  const promise = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new LiveError(reason, message)), ms);
+  });
+  return { promise, cancel: () => clearTimeout(timer) };
+}
+
+async function race(promise, ended, ms, reason, message) {
+  const timer = deadline(ms, reason, message);
+  try {
+    return await Promise.race([promise, ended, timer.promise]);
+  } finally {
+    timer.cancel();
+  }
+}
+
+/** The candidate pair carrying media: {local: {type, address, port, protocol}, remote}. */
+export async function selectedPair(pc) {
+  const stats = await pc.getStats();
+  let pair = null;
+  stats.forEach((report) => {
+    if (report.type === "transport" && report.selectedCandidatePairId) {
+      pair = stats.get(report.selectedCandidatePairId) ?? pair;
+    }
+  });
+  if (!pair) {
+    stats.forEach((report) => {
+      if (report.type === "candidate-pair" && report.nominated && report.state === "succeeded") {
+        pair ??= report;
+      }
+    });
+  }
+  if (!pair) return null;
+  const describe = (candidate) => candidate && {
+    type: candidate.candidateType,
+    address: candidate.address ?? candidate.ip ?? "",
+    port: candidate.port,
+    protocol: candidate.protocol,
+  };
+  return {
+    local: describe(stats.get(pair.localCandidateId)),
+    remote: describe(stats.get(pair.remoteCandidateId)),
+  };
+}
+
+/** One session with the camera (directly) or with a relay node. */
+class Attempt {
+  constructor(signaling, deviceId, mode, video) {
+    this.signaling = signaling;
+    this.deviceId = deviceId;
+    this.mode = mode;
+    this.video = video;
+    this.sessionId = null;
+    this.route = null; // "p2p" | "relay", as the cloud routed it
+    this.pc = null;
+    this.remoteSet = false;
+    this.pendingRemote = [];
+    this.offerSent = false;
+    this.gatheringDone = false;
+    this.unsubscribe = [];
+    this.closed = false;
+    this.endedByCloud = false;
+    this.outcome = null;
+    let settle;
+    this.ended = new Promise((resolve) => {
+      settle = resolve;
+    });
+    this.settle = settle;
+    // rejects as soon as the attempt ends: raced against every step of the setup
+    this.failed = this.ended.then((end) => {
+      throw new LiveError(end.reason, end.message);
+    });
+    this.failed.catch(() => {});
+    let frame;
+    this.firstFrame = new Promise((resolve) => {
+      frame = resolve;
+    });
+    this.frameSeen = frame;
+  }
+
+  /** Ask for a session and play it; resolves once the first frame is on screen. */
+  async open(connectMs) {
+    this.requestedAt = performance.now();
+    this.unsubscribe.push(this.signaling.on("disconnected", () => this.finish("connection_lost")));
+    const reply = await Promise.race([
+      this.signaling.request(
+        { type: "session.request", device_id: this.deviceId, mode: this.mode },
+        REQUEST_TIMEOUT_MS,
+      ).catch((error) => {
+        throw new LiveError(error.code === "timeout" ? "no_answer" : "connection_lost", error.message);
+      }),
+      this.failed,
+    ]);
+    if (reply.type === "status") {
+      const error = reply.error ?? {};
+      throw new LiveError(error.code ?? "refused", sentence(error.message ?? "The request was refused."));
+    }
+    if (reply.type === "session.end") throw new LiveError(reply.reason);
+    this.sessionId = reply.session_id;
+    this.route = reply.route;
+    this.#listen();
+    this.pc = new RTCPeerConnection({ iceServers: iceServers(reply.ice_servers) });
+    this.pc.addTransceiver("video", { direction: "recvonly" });
+    this.pc.ontrack = (event) => this.#show(event.track);
+    this.pc.onicecandidate = (event) => this.#localCandidate(event.candidate);
+    const connected = new Promise((resolve) => {
+      this.pc.onconnectionstatechange = () => {
+        const state = this.pc.connectionState;
+        if (state === "connected") resolve();
+        else if (state === "failed") {
+          this.finish("ice_failed", this.connectedAt ? "The video connection was lost." : undefined);
+        }
+      };
+    });
+    connected.then(() => {
+      this.connectedAt = performance.now();
+    });
+    await this.pc.setLocalDescription(await this.pc.createOffer());
+    await Promise.race([this.#gathered(), sleep(GATHER_WAIT_MS), this.failed]);
+    this.signaling.send({
+      type: "session.offer", session_id: this.sessionId, sdp: this.pc.localDescription.sdp,
+    });
+    this.offerSent = true;
+    if (this.gatheringDone) this.#sendCandidate(null);
+    await race(this.answered(), this.failed, ANSWER_TIMEOUT_MS, "timeout",
+      "The camera did not answer in time.");
+    await race(connected, this.failed, connectMs, "timeout",
+      `No video connection within ${Math.round(connectMs / 1000)} s.`);
+    await race(this.firstFrame, this.failed, FIRST_FRAME_MS, "no_picture");
+    this.firstFrameAt = performance.now();
+    this.pair = await selectedPair(this.pc).catch(() => null);
+  }
+
+  /** "direct", "turn" (a TURN server relays the packets) or "relay" (a relay node). */
+  get routeKind() {
+    if (this.route === "relay") return "relay";
+    const types = [this.pair?.local?.type, this.pair?.remote?.type];
+    return types.includes("relay") ? "turn" : "direct";
+  }
+
+  answered() {
+    if (!this.answerPromise) {
+      this.answerPromise = new Promise((resolve) => {
+        this.answerResolve = resolve;
+      });
+    }
+    return this.answerPromise;
+  }
+
+  /** The attempt is over (idempotent): tell the cloud unless it told us, free everything. */
+  finish(reason, message = endReasonText(reason)) {
+    if (this.closed) return;
+    this.closed = true;
+    this.outcome = { reason, message };
+    if (this.sessionId && !this.endedByCloud) {
+      this.signaling.send({ type: "session.end", session_id: this.sessionId, reason: wireReason(reason) });
+    }
+    for (const off of this.unsubscribe) off();
+    if (this.pc) {
+      this.pc.onconnectionstatechange = null;
+      this.pc.close();
+    }
+    this.settle(this.outcome);
+  }
+
+  #listen() {
+    const mine = (message) => message.session_id === this.sessionId;
+    this.unsubscribe.push(
+      this.signaling.on("session.answer", (message) => {
+        if (mine(message)) this.#answer(message.sdp);
+      }),
+      this.signaling.on("session.ice", (message) => {
+        if (mine(message)) this.#remoteCandidate(message.candidate ?? null);
+      }),
+      this.signaling.on("session.end", (message) => {
+        if (!mine(message)) return;
+        this.endedByCloud = true;
+        this.finish(message.reason ?? "peer_hangup");
+      }),
+    );
+  }
+
+  async #answer(sdp) {
+    if (this.closed || this.remoteSet) return;
+    try {
+      await this.pc.setRemoteDescription({ type: "answer", sdp });
+    } catch {
+      this.finish("invalid_offer", "The camera's answer could not be used by this browser.");
+      return;
+    }
+    this.remoteSet = true;
+    for (const candidate of this.pendingRemote.splice(0)) await this.#addRemote(candidate);
+    this.answered();
+    this.answerResolve();
+  }
+
+  async #remoteCandidate(candidate) {
+    if (this.closed) return;
+    if (!this.remoteSet) {
+      this.pendingRemote.push(candidate);
+      return;
+    }
+    await this.#addRemote(candidate);
+  }
+
+  async #addRemote(candidate) {
+    try {
+      // no argument: end of candidates
+      await (candidate ? this.pc.addIceCandidate(candidate) : this.pc.addIceCandidate());
+    } catch (error) {
+      console.warn("ignored a remote candidate", error);
+    }
+  }
+
+  #localCandidate(candidate) {
+    if (candidate && !candidate.candidate) return; // end of one generation; null follows
+    if (!candidate) this.gatheringDone = true;
+    // before the offer is sent, candidates are in its SDP (see the header)
+    if (this.offerSent) this.#sendCandidate(candidate);
+    if (!candidate) this.gatheringResolve?.();
+  }
+
+  #sendCandidate(candidate) {
+    this.signaling.send({
+      type: "session.ice",
+      session_id: this.sessionId,
+      // only the contract's fields (the browser's toJSON adds usernameFragment)
+      candidate: candidate && {
+        candidate: candidate.candidate,
+        sdpMid: candidate.sdpMid,
+        sdpMLineIndex: candidate.sdpMLineIndex,
+      },
+    });
+  }
+
+  #gathered() {
+    if (this.gatheringDone || this.pc.iceGatheringState === "complete") {
+      this.gatheringDone = true;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      this.gatheringResolve = resolve;
+    });
+  }
+
+  #show(track) {
+    if (this.closed) return;
+    const video = this.video;
+    video.srcObject = new MediaStream([track]);
+    const seen = () => this.frameSeen();
+    if ("requestVideoFrameCallback" in video) video.requestVideoFrameCallback(seen);
+    video.addEventListener("playing", seen, { once: true });
+    video.play().catch(() => {}); // muted + playsinline: autoplay is allowed
+  }
+}
+
+const sleep = (ms) => new Promise((resolve) => {
+  setTimeout(resolve, ms);
+});
+
+/** The contract's end reason for why this side ended a session (PROTOCOL.md list). */
+function wireReason(reason) {
+  if (["user_hangup", "ice_failed", "timeout", "invalid_offer"].includes(reason)) return reason;
+  return reason === "no_picture" ? "timeout" : "ice_failed";
+}
+
+function sentence(text) {
+  const trimmed = String(text).trim();
+  const capital = trimmed.charAt(0).toUpperCase() + trimmed.slice(1);
+  return /[.!?]$/.test(capital) ? capital : `${capital}.`;
+}
+
+function iceServers(list) {
+  return (list ?? []).map(({ urls, username, credential }) => {
+    const server = { urls };
+    if (username !== undefined) server.username = username;
+    if (credential !== undefined) server.credential = credential;
+    return server;
+  });
+}
+
+/**
+ * A live view of one camera in `video`. `mode`: "auto" (direct, then the relay), "p2p" or
+ * "relay". Callbacks: onStatus(text), onPlaying({route, pair, ttffMs, totalMs, fellBack}),
+ * onEnded({reason, message}) — called once, whatever ends it (not after end()).
+ */
+export class LiveSession {
+  constructor(signaling, deviceId, video, { mode = "auto", onStatus, onPlaying, onEnded } = {}) {
+    this.signaling = signaling;
+    this.deviceId = deviceId;
+    this.video = video;
+    this.mode = mode;
+    this.onStatus = onStatus ?? (() => {});
+    this.onPlaying = onPlaying ?? (() => {});
+    this.onEnded = onEnded ?? (() => {});
+    this.attempt = null;
+    this.stopped = false;
+  }
+
+  async start() {
+    const startedAt = performance.now();
+    const modes = this.mode === "auto" ? ["p2p", "relay"] : [this.mode];
+    let directFailure = null;
+    for (const mode of modes) {
+      if (this.stopped) return;
+      const attempt = new Attempt(this.signaling, this.deviceId, mode, this.video);
+      this.attempt = attempt;
+      this.onStatus(statusText(mode, directFailure));
+      const connectMs = mode === "p2p" && this.mode === "auto" ? CONNECT_DIRECT_MS : CONNECT_RELAY_MS;
+      try {
+        await attempt.open(connectMs);
+      } catch (error) {
+        const failure = error instanceof LiveError ? error : new LiveError("ice_failed", String(error));
+        attempt.finish(failure.reason, failure.message);
+        if (this.stopped) return;
+        const fallBack = this.mode === "auto" && mode === "p2p" && FALLBACK_REASONS.has(failure.reason);
+        if (fallBack) {
+          directFailure = failure;
+          continue;
+        }
+        this.#end(directFailure ? relayFailure(failure) : explain(failure, this.mode));
+        return;
+      }
+      attempt.ended.then((end) => this.#end(end));
+      this.onPlaying({
+        route: attempt.routeKind,
+        pair: attempt.pair,
+        ttffMs: attempt.firstFrameAt - attempt.requestedAt,
+        totalMs: attempt.firstFrameAt - startedAt,
+        fellBack: directFailure !== null,
+      });
+      return;
+    }
+  }
+
+  /** The user ends the view: session.end (user_hangup); no onEnded call. */
+  end() {
+    this.stopped = true;
+    this.attempt?.finish("user_hangup");
+    this.video.srcObject = null;
+  }
+
+  /** Video statistics for the status line: {width, height, fps, framesDecoded}. */
+  async stats() {
+    const pc = this.attempt?.pc;
+    if (!pc || this.attempt.closed) return null;
+    const stats = await pc.getStats();
+    let inbound = null;
+    stats.forEach((report) => {
+      if (report.type === "inbound-rtp" && report.kind === "video") inbound = report;
+    });
+    return inbound && {
+      width: inbound.frameWidth ?? this.video.videoWidth,
+      height: inbound.frameHeight ?? this.video.videoHeight,
+      fps: inbound.framesPerSecond ?? 0,
+      framesDecoded: inbound.framesDecoded ?? 0,
+    };
+  }
+
+  #end(end) {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.video.srcObject = null;
+    this.onEnded({ reason: end.reason, message: end.message });
+  }
+}
+
+function statusText(mode, directFailure) {
+  if (mode === "p2p") return "Connecting directly to the camera…";
+  return directFailure
+    ? "No direct connection; going through a relay node…"
+    : "Connecting through a relay node…";
+}
+
+function explain(failure, mode) {
+  if (mode !== "p2p" || !FALLBACK_REASONS.has(failure.reason)) return failure;
+  return new LiveError(
+    failure.reason,
+    `${failure.message} A direct connection may be blocked by the networks in between: try Auto or Relay.`,
+  );
+}
+
+function relayFailure(failure) {
+  return new LiveError(
+    failure.reason,
+    `No direct connection, and the relay could not help either: ${failure.message}`,
+  );
+}

@@ -1,0 +1,166 @@
+// One camera's page: details for everyone who may see it; for its owner also rename,
+// sharing (list, add, remove) and removing the camera from the account.
+
+import { busy, confirmAction, errorBox, fields, fill, h } from "../dom.js";
+import { dot, presenceText } from "./cameras.js";
+
+export const NAME = "camera";
+
+export function mount(app, { id }) {
+  const section = h("section", { class: "camera-page" },
+    h("a", { class: "back", href: "#/cameras" }, "‹ Cameras"),
+    h("p", { class: "muted", role: "status" }, "Loading…"));
+  app.main.append(section);
+  let alive = true;
+  const offs = [];
+  app.api.get(`/api/v1/devices/${id}`).then((device) => {
+    if (!alive) return;
+    app.devices.put(device);
+    render(app, section, device, offs);
+  }, (error) => {
+    if (!alive) return;
+    fill(section, h("a", { class: "back", href: "#/cameras" }, "‹ Cameras"),
+      h("p", { class: "error", role: "alert" }, error.message));
+  });
+  return () => {
+    alive = false;
+    offs.forEach((off) => off());
+  };
+}
+
+function render(app, section, device, offs) {
+  const owner = device.role === "owner";
+  const head = h("div", { class: "camera-head" });
+  const paintHead = () => {
+    const now = app.api.serverNow();
+    const current = app.devices.get(device.id) ?? device;
+    fill(head, dot(current),
+      h("div", {},
+        h("h1", { class: "camera-title" }, current.name),
+        h("span", { class: "muted presence" }, presenceText(current, now))));
+  };
+  paintHead();
+  const onChange = () => paintHead();
+  app.devices.addEventListener("change", onChange);
+  offs.push(() => app.devices.removeEventListener("change", onChange));
+
+  fill(section,
+    h("a", { class: "back", href: "#/cameras" }, "‹ Cameras"),
+    head,
+    h("a", { class: "button primary wide", href: `#/live/${device.id}` }, "▶ Watch live"),
+    h("dl", { class: "facts card" },
+      h("dt", {}, "Model"), h("dd", {}, device.camera_model),
+      h("dt", {}, "Firmware"), h("dd", {}, device.firmware_version),
+      h("dt", {}, "Added"), h("dd", {}, new Date(device.activated_at).toLocaleDateString()),
+      h("dt", {}, "Your access"), h("dd", {}, owner ? "Owner" : "Viewer (shared with you)")),
+    owner ? ownerTools(app, device, paintHead) : h("p", { class: "muted" },
+      "This camera was shared with you: you can watch it and see its events. Only its owner can rename, share or remove it."),
+  );
+}
+
+function ownerTools(app, device, paintHead) {
+  return [renameForm(app, device, paintHead), shares(app, device), removal(app, device)];
+}
+
+function renameForm(app, device, paintHead) {
+  const error = errorBox();
+  const save = h("button", { type: "submit" }, "Rename");
+  const form = h("form", { class: "card stack", novalidate: true, "aria-label": "Rename" },
+    h("h2", {}, "Name"),
+    h("span", { class: "with-button" },
+      h("input", { name: "name", value: device.name, maxlength: 64, "aria-label": "Camera name" }),
+      save),
+    error);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const { name } = fields(form);
+    busy(save, "Saving…", error, async () => {
+      if (!name) throw new Error("The name cannot be empty.");
+      const renamed = await app.api.patch(`/api/v1/devices/${device.id}`, { name });
+      device.name = renamed.name;
+      app.devices.put(renamed);
+      paintHead();
+      app.notice(`Renamed to “${renamed.name}”.`);
+    });
+  });
+  return form;
+}
+
+function shares(app, device) {
+  const list = h("ul", { class: "shares", "aria-label": "People with access" });
+  const listError = errorBox();
+  const error = errorBox();
+  const add = h("button", { type: "submit" }, "Share");
+  const form = h("form", { class: "stack", novalidate: true, "aria-label": "Share" },
+    h("label", {}, "Share with (email)",
+      h("span", { class: "with-button" },
+        h("input", { name: "email", type: "email", autocomplete: "off", inputmode: "email",
+          placeholder: "friend@example.com" }),
+        add)),
+    h("p", { class: "hint" }, "They must already have an account. They can watch, not manage."),
+    error);
+
+  const paint = (items) => {
+    fill(list, items.length ? items.map((share) => {
+      const remove = h("button", { type: "button", class: "ghost small danger-text" }, "Remove");
+      remove.addEventListener("click", async () => {
+        const sure = await confirmAction("Stop sharing?",
+          `${share.email} will no longer see “${device.name}”. Anything they are watching stops now.`,
+          "Stop sharing");
+        if (!sure) return;
+        await busy(remove, "Removing…", listError, async () => {
+          await app.api.delete(`/api/v1/devices/${device.id}/shares/${share.user_id}`);
+          await load();
+          app.notice(`${share.email} no longer has access.`);
+        });
+      });
+      return h("li", { dataset: { userId: share.user_id, email: share.email } },
+        h("span", { class: "share-text" },
+          h("strong", {}, share.email),
+          h("span", { class: "muted small" }, `Viewer since ${new Date(share.created_at).toLocaleDateString()}`)),
+        remove);
+    }) : h("li", { class: "muted empty" }, "Not shared with anyone."));
+  };
+  const load = async () => {
+    try {
+      listError.hidden = true;
+      paint((await app.api.get(`/api/v1/devices/${device.id}/shares`)).shares);
+    } catch (failure) {
+      listError.textContent = failure.message;
+      listError.hidden = false;
+    }
+  };
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const { email } = fields(form);
+    busy(add, "Sharing…", error, async () => {
+      if (!/^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$/.test(email)) {
+        throw new Error("Please enter the email address of their account.");
+      }
+      await app.api.post(`/api/v1/devices/${device.id}/shares`, { email, role: "viewer" });
+      form.reset();
+      await load();
+      app.notice(`Shared with ${email}.`);
+    });
+  });
+  load();
+  return h("div", { class: "card stack sharing" }, h("h2", {}, "Sharing"), list, listError, form);
+}
+
+function removal(app, device) {
+  const error = errorBox();
+  const button = h("button", { type: "button", class: "danger wide" }, "Remove camera");
+  button.addEventListener("click", async () => {
+    const sure = await confirmAction("Remove this camera?",
+      `“${device.name}” leaves your account and everyone it is shared with. To use it again, add it again with a new QR code.`,
+      "Remove");
+    if (!sure) return;
+    await busy(button, "Removing…", error, async () => {
+      await app.api.delete(`/api/v1/devices/${device.id}`);
+      app.devices.forget(device.id);
+      app.notice(`“${device.name}” was removed.`);
+      app.navigate("#/cameras");
+    });
+  });
+  return h("div", { class: "stack danger-zone" }, button, error);
+}
