@@ -27,6 +27,7 @@ from cloud.devices import routes as device_routes
 from cloud.events import routes as event_routes
 from cloud.http import EXCEPTION_HANDLERS, Endpoint, RequestContextMiddleware, routes
 from cloud.onboarding import routes as onboarding_routes
+from cloud.relays import routes as relay_routes
 from cloud.settings import Settings
 from cloud.signaling import routes as signaling_routes
 from cloud.signaling.bus import Bus, MemoryBus
@@ -50,6 +51,7 @@ ENDPOINTS: list[Endpoint] = [
     *device_routes.ENDPOINTS,
     *signaling_routes.ENDPOINTS,
     *event_routes.ENDPOINTS,
+    *relay_routes.ENDPOINTS,
 ]
 
 

@@ -161,6 +161,27 @@ class ActivateResponse(Response):
 # devices and sharing --------------------------------------------------------------------
 
 
+Point = Annotated[list[Annotated[float, Field(ge=0.0, le=1.0)]], Field(min_length=2, max_length=2)]
+Polygon = Annotated[list[Point], Field(min_length=3, max_length=16)]
+
+
+class MotionSettings(Request):
+    """How the relay detects motion on this camera (fractions of the picture, 0..1)."""
+
+    sensitivity: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="Higher finds fainter changes"
+    )
+    min_area: float = Field(
+        default=0.005, ge=0.0005, le=0.5, description="Smallest moving area that counts"
+    )
+    zones: list[Polygon] = Field(
+        default_factory=list, max_length=8, description="Where motion counts (empty: everywhere)"
+    )
+    masks: list[Polygon] = Field(
+        default_factory=list, max_length=8, description="Where it never does"
+    )
+
+
 class DeviceOut(Response):
     id: ObjectIdStr
     name: str
@@ -170,14 +191,25 @@ class DeviceOut(Response):
     online: bool
     last_seen: datetime | None
     activated_at: datetime
+    motion: MotionSettings
 
 
 class DeviceList(Response):
     devices: list[DeviceOut]
 
 
-class RenameRequest(Request):
-    name: DeviceName
+class DeviceUpdate(Request):
+    """PATCH /devices/{id}: any of the fields; at least one."""
+
+    name: DeviceName | None = None
+    motion: MotionSettings | None = None
+
+
+class RelayDeviceOut(Response):
+    """What a relay needs to analyse a camera's stream."""
+
+    device_id: ObjectIdStr
+    motion: MotionSettings
 
 
 class ShareRequest(Request):

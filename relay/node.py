@@ -482,8 +482,27 @@ class RelayNode:
 
     # analytics ------------------------------------------------------------------------------------
 
+    async def _motion_config(self, device_id: str) -> MotionConfig:
+        """The camera's motion settings from the cloud (defaults if they cannot be read)."""
+        assert self._http is not None
+        try:
+            response = await self._http.get(f"/api/v1/relays/devices/{device_id}")
+            response.raise_for_status()
+            settings = response.json()["motion"]
+            return MotionConfig(
+                sensitivity=settings["sensitivity"],
+                min_area=settings["min_area"],
+                zones=[[(x, y) for x, y in polygon] for polygon in settings["zones"]],
+                masks=[[(x, y) for x, y in polygon] for polygon in settings["masks"]],
+            )
+        except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
+            log.warning(
+                "relay: motion settings of %s unavailable (%s); using defaults", device_id, exc
+            )
+            return MotionConfig()
+
     async def _analyse(self, upstream: Upstream) -> None:
-        motion = MotionDetector(MotionConfig())
+        motion = MotionDetector(await self._motion_config(upstream.device_id))
         threads = EventThreads()
         device = upstream.device_id
         try:

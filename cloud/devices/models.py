@@ -1,7 +1,7 @@
 """Device registry and sharing. Ids are stored plainly (no beanie ``Link``: DESIGN.md)."""
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from beanie import Document, Indexed, PydanticObjectId
 from pymongo import ASCENDING, IndexModel
@@ -17,6 +17,7 @@ class Device(Document):
     activated_at: datetime
     online: bool = False
     last_seen: datetime | None = None
+    motion: dict[str, Any] | None = None  # protocol.api.MotionSettings; None: defaults
 
     class Settings:
         name = "devices"

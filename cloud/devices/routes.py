@@ -1,6 +1,7 @@
 """Device routes: list, get, rename, remove; sharing by email (PROTOCOL.md)."""
 
 import logging
+from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 from starlette.requests import Request
@@ -12,9 +13,17 @@ from cloud.auth.tokens import now
 from cloud.context import context, require_user, user
 from cloud.devices.access import Action, DeviceAccess, authorize, parse_id, visible_devices
 from cloud.devices.models import Device, Share
-from cloud.errors import Conflict, NotFound
+from cloud.errors import Conflict, Invalid, NotFound
 from cloud.http import Endpoint, parse_body, reply
-from protocol.api import DeviceList, DeviceOut, RenameRequest, ShareList, ShareOut, ShareRequest
+from protocol.api import (
+    DeviceList,
+    DeviceOut,
+    DeviceUpdate,
+    MotionSettings,
+    ShareList,
+    ShareOut,
+    ShareRequest,
+)
 from protocol.errors import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -31,7 +40,12 @@ def device_out(access: DeviceAccess) -> DeviceOut:
         online=d.online,
         last_seen=d.last_seen,
         activated_at=d.activated_at,
+        motion=motion_of(d),
     )
+
+
+def motion_of(device: Device) -> MotionSettings:
+    return MotionSettings.model_validate(device.motion or {})
 
 
 async def list_devices(request: Request) -> Response:
@@ -44,10 +58,17 @@ async def get_device(request: Request) -> Response:
     return reply(device_out(access))
 
 
-async def rename_device(request: Request) -> Response:
+async def update_device(request: Request) -> Response:
     access = await authorize(user(request), request.path_params["device_id"], Action.CONTROL)
-    body = await parse_body(request, RenameRequest)
-    await access.device.set({Device.name: body.name})
+    body = await parse_body(request, DeviceUpdate)
+    changes: dict[str, Any] = {}
+    if body.name is not None:
+        changes["name"] = body.name
+    if body.motion is not None:
+        changes["motion"] = body.motion.model_dump()
+    if not changes:
+        raise Invalid("send a name, motion settings, or both")
+    await access.device.set(changes)
     return reply(device_out(access))
 
 
@@ -148,10 +169,10 @@ ENDPOINTS = [
     Endpoint(
         "PATCH",
         DEVICE,
-        rename_device,
-        "Rename a camera (owner)",
+        update_device,
+        "Rename a camera or change its motion settings (owner)",
         TAG,
-        body=RenameRequest,
+        body=DeviceUpdate,
         response=DeviceOut,
         errors=(403, 404),
         auth=require_user,

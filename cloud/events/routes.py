@@ -16,13 +16,13 @@ from pymongo import ReturnDocument
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cloud.context import bearer_token, context, require_user, user
+from cloud.context import context, require_user, user
 from cloud.devices.access import Action, audience, authorize, parse_id, visible_devices
 from cloud.devices.models import Device
-from cloud.errors import Forbidden, Invalid, Malformed, NotFound, Unauthenticated
+from cloud.errors import Invalid, Malformed, NotFound
 from cloud.events.models import EventSnapshot, EventThread
 from cloud.http import Endpoint, parse_body, parse_query, reply
-from cloud.relays import registry
+from cloud.relays.routes import require_relay
 from protocol.api import EventList, EventQuery
 from protocol.errors import ErrorCode
 from protocol.events import Event, EventReport
@@ -51,18 +51,6 @@ def event_out(doc: EventThread) -> Event:
 
 
 # relays ---------------------------------------------------------------------------------
-
-
-async def require_relay(request: Request) -> str:
-    """A relay's credential, from a relay connected right now (else 401 / 403)."""
-    relay_id = registry.check_credential(
-        bearer_token(request), context(request).settings.relay_secret
-    )
-    if relay_id is None:
-        raise Unauthenticated("send 'Authorization: Bearer <relay id>:<relay secret>'")
-    if not await registry.is_registered(relay_id):
-        raise Forbidden("this relay is not registered: connect to /ws/v1/relay first")
-    return relay_id
 
 
 def _jpeg(encoded: str) -> bytes:
