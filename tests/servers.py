@@ -72,13 +72,13 @@ def secantus_server(storage: Path) -> Iterator[str]:
 
 
 @contextmanager
-def cloud_process(env: dict[str, str], log_path: Path) -> Iterator[str]:
-    """``python -m cloud`` on a free port; yields its base URL once /readyz answers."""
+def cloud_process(env: dict[str, str], log_path: Path, host: str = "127.0.0.1") -> Iterator[str]:
+    """``python -m cloud`` on ``host`` and a free port; yields its base URL once /readyz answers."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cloud", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "cloud", "--host", host, "--port", str(port)],
             env={**os.environ, "PUBLIC_URL": url, **env},
             cwd=ROOT,
             stdout=log,

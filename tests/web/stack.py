@@ -11,44 +11,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager as ContextManager
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
-from tests.servers import ROOT, free_port, stop
+from tests.servers import ROOT, cloud_process, stop
 
 
-@contextmanager
-def cloud_at(host: str, env: dict[str, str], log_path: Path) -> Iterator[str]:
-    """``python -m cloud`` on ``host`` and a free port; yields its base URL once ready."""
-    port = free_port()
-    url = f"http://{host}:{port}"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cloud", "--host", host, "--port", str(port)],
-            env={**os.environ, "PUBLIC_URL": url, **env},
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the cloud did not start; see {log_path}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        stop(process)
+def cloud_at(host: str, env: dict[str, str], log_path: Path) -> ContextManager[str]:
+    """``python -m cloud`` on ``host`` (the phone reaches the cloud on the veth address)."""
+    return cloud_process(env, log_path, host)
 
 
 @contextmanager
