@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -92,14 +92,19 @@ class RedisBus:
     def __init__(self, url: str, *, name: str = "vc") -> None:
         self.name = name
         self._id = f"{name}/{secrets.token_hex(3)}"
-        self._redis = Redis.from_url(
+        # A blocking pool: a burst of publishes waits for a connection instead of failing
+        # with "Too many connections" past redis-py's default of 100.
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=64,
+            timeout=SOCKET_TIMEOUT_S,
             decode_responses=True,
             socket_timeout=SOCKET_TIMEOUT_S,
             socket_connect_timeout=SOCKET_TIMEOUT_S,
             retry=Retry(NoBackoff(), 1),
             protocol=2,  # RESP3 (redis-py's default) would turn pub/sub replies into pushes
         )
+        self._redis = Redis(connection_pool=pool)
         self._set_presence = self._redis.register_script(SET_PRESENCE)
         self._clear_presence = self._redis.register_script(CLEAR_PRESENCE)
         self._claim_expired = self._redis.register_script(CLAIM_EXPIRED)

@@ -144,7 +144,9 @@ class Signaling:
         """This instance is alive: keep the presence of its cameras from expiring.
 
         A camera's connection is live while it answers WebSocket pings (uvicorn closes it
-        otherwise), so the instance, not the camera, refreshes presence and last_seen.
+        otherwise), so the instance, not the camera, refreshes presence. ``last_seen`` is
+        written when presence changes only: one database write per camera per refresh
+        stalled the database at a few thousand cameras (bench/signaling.py).
         """
         cameras = list(self.hub.cameras.items())
         relays = [
@@ -154,11 +156,6 @@ class Signaling:
         ]
         for device_id, conn in cameras + relays:
             await self.bus.set_presence(device_id, conn, self.presence_ttl_s)
-        if cameras:
-            await Device.get_pymongo_collection().update_many(
-                {"_id": {"$in": [PydanticObjectId(d) for d, _ in cameras]}},
-                {"$set": {"last_seen": _now()}},
-            )
 
     async def _sweep(self) -> None:
         """Presence that expired without a clear means the camera's instance died."""
@@ -314,6 +311,12 @@ class Signaling:
         self.sockets[conn] = socket
         log.info("%s %s connected as %s", role, principal, conn)
         try:
+            if role == "relay":
+                await registry.register(principal, conn)
+            async with self._lock:
+                deliveries = self.hub.connect(conn, role, principal)
+            await self.execute(deliveries)
+            # Welcome once the connection's channels are held: reachable from then on.
             await socket.send_text(
                 Welcome(
                     role=role,
@@ -322,11 +325,6 @@ class Signaling:
                     heartbeat_s=self.heartbeat_s,
                 ).text()
             )
-            if role == "relay":
-                await registry.register(principal, conn)
-            async with self._lock:
-                deliveries = self.hub.connect(conn, role, principal)
-            await self.execute(deliveries)
             await self._read(socket, conn, role, principal)
         finally:
             async with self._lock:
