@@ -5,14 +5,16 @@ camera simulator scanning the QR code the page shows. Chromium runs in a network
 of its own, a phone on its own network (``tests/web/network.py``); whether a direct path to
 the camera exists depends only on the ICE host addresses the simulator offers.
 
-Each step saves a screenshot into ``docs/screenshots/`` (the README shows them) and into the
-test's temporary folder.
+Each step saves a screenshot into the test's temporary folder; with
+``UPDATE_SCREENSHOTS=1`` also into ``docs/screenshots/`` (the README shows them), so that an
+ordinary run leaves the working tree as it was.
 """
 
 import asyncio
 import base64
 import io
 import json
+import os
 import re
 import secrets
 import subprocess
@@ -153,9 +155,10 @@ class Phone:
 
     async def shot(self, name: str) -> None:
         png = small_png(await self.page.screenshot())
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        (SCREENSHOTS / f"{name}.png").write_bytes(png)
         (self.artefacts / f"{name}.png").write_bytes(png)
+        if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            (SCREENSHOTS / f"{name}.png").write_bytes(png)
 
     async def sign_in(self, email: str, password: str = PASSWORD) -> None:
         page = self.page
