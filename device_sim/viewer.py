@@ -167,8 +167,40 @@ class Viewer:
         relay_only: bool = False,
         timeout_s: float = 20.0,
         connect_timeout_s: float = 10.0,
+        direct_timeout_s: float = 5.0,
     ) -> Watch:
-        """Start a session and return once the first frame is decoded (``ttff_s`` set)."""
+        """Start a session and return once the first frame is decoded (``ttff_s`` set).
+
+        ``mode="auto"`` tries peer to peer first and, when ICE fails or no frame comes
+        within ``direct_timeout_s``, asks again through a relay node (the cloud cannot see
+        the client's network, so the client decides; ``ttff_s`` then counts both tries).
+        """
+        if mode != "auto":
+            return await self._watch(device_id, mode, relay_only, timeout_s, connect_timeout_s)
+        started = time.monotonic()
+        try:
+            direct = min(timeout_s, direct_timeout_s)
+            return await self._watch(
+                device_id, "p2p", relay_only, timeout_s, min(connect_timeout_s, direct), direct
+            )
+        except WatchError as exc:
+            if exc.reason not in ("ice_failed", "timeout"):
+                raise
+            log.info("no direct path to %s (%s); trying a relay node", device_id, exc)
+        left = max(1.0, timeout_s - (time.monotonic() - started))
+        watch = await self._watch(device_id, "relay", relay_only, left, connect_timeout_s)
+        watch.ttff_s = time.monotonic() - started
+        return watch
+
+    async def _watch(
+        self,
+        device_id: str,
+        mode: str,
+        relay_only: bool,
+        timeout_s: float,
+        connect_timeout_s: float,
+        frame_timeout_s: float | None = None,
+    ) -> Watch:
         from device_sim.rtc import PeerEndedError, ViewerPeer  # aiortc: only when watching
 
         started = time.monotonic()
@@ -180,6 +212,10 @@ class Viewer:
                 {"type": "session.request", "id": request_id, "device_id": device_id, "mode": mode}
             )
             reply = await asyncio.wait_for(waiter, timeout_s)
+        except TimeoutError:
+            raise WatchError(
+                "timeout", f"no answer to session.request within {timeout_s:g} s"
+            ) from None
         finally:
             self._waiting.pop(request_id, None)
         if reply["type"] == "status":
@@ -201,7 +237,9 @@ class Viewer:
             )
             for early in self._early.pop(watch.session_id, []):
                 await self._to_watch(watch, early)
-            remaining = max(0.1, timeout_s - (time.monotonic() - started))
+            remaining = max(0.001, timeout_s - (time.monotonic() - started))
+            if frame_timeout_s is not None:
+                remaining = min(remaining, frame_timeout_s)
             frame: asyncio.Future[Any] = asyncio.ensure_future(peer.first_frame(remaining))
             ended: asyncio.Future[Any] = watch.ended
             done, _ = await asyncio.wait({frame, ended}, return_when=asyncio.FIRST_COMPLETED)
@@ -214,7 +252,7 @@ class Viewer:
                 reason = exc.end.reason if exc.end is not None else "peer_hangup"
                 raise WatchError(reason, str(exc)) from None
             except TimeoutError:
-                raise WatchError("timeout", f"no frame within {timeout_s:g} s") from None
+                raise WatchError("timeout", f"no frame within {remaining:g} s") from None
             watch.ttff_s = time.monotonic() - started
             return watch
         except BaseException:

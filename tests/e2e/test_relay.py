@@ -254,3 +254,31 @@ async def test_killing_a_relay_ends_its_sessions_and_a_new_request_plays_through
         stack.start_relay(serving)  # leave the module's stack as it was
     finally:
         stop(camera)
+
+
+@pytest.mark.timeout(180)
+async def test_auto_mode_goes_direct_and_falls_back_to_a_relay_when_direct_does_not_play(
+    relay_stack: RelayStack,
+) -> None:
+    stack = relay_stack
+    owner = await Owner.register(stack.url)
+    state = await onboarded_camera(stack, owner, "shed")  # type: ignore[arg-type]
+    device_id = json.loads(state.read_text())["device_id"]
+    camera = simulator(
+        "run", "--state", str(state), "--size", "320x240", log=stack.tmp / "shed.log"
+    )
+    try:
+        await owner.online()
+        async with await Viewer.login(stack.url, owner.email, PASSWORD) as viewer:
+            direct = await viewer.watch(device_id, mode="auto")
+            assert direct.route == "p2p"
+            await direct.end()
+            # A direct attempt that cannot play in time (here: no time at all) falls back.
+            fallback = await viewer.watch(
+                device_id, mode="auto", direct_timeout_s=0.001, timeout_s=30
+            )
+            assert fallback.route == "relay"
+            assert fallback.frames >= 1
+            await fallback.end()
+    finally:
+        stop(camera)
