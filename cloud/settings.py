@@ -48,7 +48,6 @@ class Settings:
     turn_secret: str = field(default="", repr=False)
     turn_ttl_s: int = 3600
     relay_secret: str = field(default="", repr=False)
-    yolo_model: str = "yolo11n.pt"
     access_token_ttl_s: int = 900
     refresh_token_ttl_s: int = 30 * 24 * 3600
     onboarding_ttl_s: int = MAX_ONBOARDING_TTL_S
@@ -99,7 +98,6 @@ class Settings:
             turn_secret=env.get("TURN_SECRET", ""),
             turn_ttl_s=_int(env, "TURN_TTL_S", cls.turn_ttl_s),
             relay_secret=env.get("RELAY_SECRET", ""),
-            yolo_model=env.get("YOLO_MODEL", cls.yolo_model),
             onboarding_ttl_s=_int(env, "ONBOARDING_TTL_S", cls.onboarding_ttl_s),
             onboarding_tickets_per_hour=_int(
                 env, "ONBOARDING_TICKETS_PER_HOUR", cls.onboarding_tickets_per_hour

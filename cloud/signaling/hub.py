@@ -533,14 +533,7 @@ class Hub:
             )
             return [Send(side.camera, offer)]
         if kind == "ice":
-            return [
-                Send(
-                    side.camera,
-                    SessionIce.model_validate(
-                        {"session_id": side.id, "candidate": envelope["candidate"]}
-                    ),
-                )
-            ]
+            return [_ice(side.camera, side.id, envelope)]
         if kind == "end":
             return self._end_camera_side(
                 side, envelope.get("reason", "peer_hangup"), tell_peer=False
@@ -571,14 +564,7 @@ class Hub:
                 answered,
             ]
         if kind == "ice":
-            return [
-                Send(
-                    side.viewer,
-                    SessionIce.model_validate(
-                        {"session_id": side.id, "candidate": envelope["candidate"]}
-                    ),
-                )
-            ]
+            return [_ice(side.viewer, side.id, envelope)]
         if kind == "end":
             return self._end_viewer_side(
                 side, envelope.get("reason", "peer_hangup"), tell_peer=False
@@ -715,6 +701,12 @@ def _reason(value: str) -> EndReason:
         if value == reason:
             return reason
     return "peer_hangup"
+
+
+def _ice(conn: str, session_id: str, envelope: Envelope) -> Send:
+    """A trickled candidate (or its end) from the bus, to the local party of the session."""
+    candidate = {"session_id": session_id, "candidate": envelope["candidate"]}
+    return Send(conn, SessionIce.model_validate(candidate))
 
 
 def _error(request_id: str | None, code: ErrorCode, message: str) -> Status:
