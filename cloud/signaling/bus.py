@@ -21,8 +21,8 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -89,20 +89,24 @@ class Bus(Protocol):
         """True for the first claim of ``key`` within ``ttl_s``, False until it lapses."""
 
 
-@dataclass(eq=False)
 class _Subscription:
-    handler: Handler
-    queue: asyncio.Queue[Message] = field(default_factory=lambda: asyncio.Queue(MAX_PENDING))
-    task: asyncio.Task[None] | None = None
-    closed: bool = False
+    __slots__ = ("closed", "handler", "pending", "task")
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.pending: deque[Message] | None = None  # only while messages wait
+        self.task: asyncio.Task[None] | None = None  # only while messages wait or run
+        self.closed = False
 
 
 class Deliveries:
-    """This instance's subscriptions: per channel one handler, one queue and one task.
+    """This instance's subscriptions: per channel one handler, run by one task at a time.
 
-    Putting a message on a queue never waits, so a slow handler never blocks a publisher or
-    the reader of a connection, and each channel keeps its order. A handler that raises or
-    overruns ``HANDLER_TIMEOUT_S`` is logged and the next message is delivered.
+    Putting a message on a channel never waits, so a slow handler never blocks a publisher or
+    the reader of a connection, and each channel keeps its order. A channel's task lives only
+    while it has messages: an idle channel (a camera nobody watches) costs no task or queue,
+    which is most of them. A handler that raises or overruns ``HANDLER_TIMEOUT_S`` is logged
+    and the next message is delivered.
     """
 
     def __init__(self, owner: str) -> None:
@@ -119,34 +123,38 @@ class Deliveries:
         if (existing := self._subscriptions.get(channel)) is not None:
             existing.handler = handler
             return
-        subscription = _Subscription(handler)
-        subscription.task = asyncio.create_task(
-            self._run(channel, subscription), name=f"{self._owner} deliver {channel}"
-        )
-        self._subscriptions[channel] = subscription
+        self._subscriptions[channel] = _Subscription(handler)
 
     def deliver(self, channel: str, message: Message) -> bool:
         """Queue ``message`` for the channel's handler; False when the channel is not held."""
         subscription = self._subscriptions.get(channel)
         if subscription is None:
             return False
-        try:
-            subscription.queue.put_nowait(message)
-        except asyncio.QueueFull:
+        if subscription.pending is None:
+            subscription.pending = deque()
+        if len(subscription.pending) >= MAX_PENDING:
             log.warning(
                 "%s: %s is %d messages behind; dropped one", self._owner, channel, MAX_PENDING
+            )
+            return True
+        subscription.pending.append(message)
+        if subscription.task is None:
+            subscription.task = asyncio.create_task(
+                self._run(channel, subscription), name=f"{self._owner} deliver {channel}"
             )
         return True
 
     async def remove(self, channel: str) -> None:
         subscription = self._subscriptions.pop(channel, None)
-        if subscription is None or subscription.task is None:
+        if subscription is None:
             return
         subscription.closed = True
-        if subscription.task is asyncio.current_task():
-            return  # unsubscribing from its own handler: the loop ends after this message
-        subscription.task.cancel()
-        _, pending = await asyncio.wait({subscription.task}, timeout=CLOSE_TIMEOUT_S)
+        subscription.pending = None
+        task = subscription.task
+        if task is None or task is asyncio.current_task():
+            return  # idle, or unsubscribing from its own handler: it ends after this message
+        task.cancel()
+        _, pending = await asyncio.wait({task}, timeout=CLOSE_TIMEOUT_S)
         if pending:
             log.warning("%s: the handler of %s ignored cancellation", self._owner, channel)
 
@@ -156,27 +164,34 @@ class Deliveries:
         tasks: list[asyncio.Task[None]] = []
         for subscription in subscriptions:
             subscription.closed = True  # ends the loop even if a handler swallows the cancel
-            if subscription.task is not None and subscription.task is not asyncio.current_task():
-                subscription.task.cancel()
-                tasks.append(subscription.task)
+            subscription.pending = None
+            task = subscription.task
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                tasks.append(task)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
             if pending:
                 log.warning("%s: %d handlers ignored cancellation", self._owner, len(pending))
 
     async def _run(self, channel: str, subscription: _Subscription) -> None:
-        while not subscription.closed:
-            message = await subscription.queue.get()
-            deadline = asyncio.timeout(HANDLER_TIMEOUT_S)
-            try:
-                async with deadline:
-                    await subscription.handler(message)
-            except Exception:
-                if deadline.expired():
-                    limit = HANDLER_TIMEOUT_S
-                    log.error("%s: handler of %s overran %.0f s", self._owner, channel, limit)
-                else:
-                    log.exception("%s: handler of %s failed", self._owner, channel)
+        try:
+            while not subscription.closed and subscription.pending:
+                message = subscription.pending.popleft()
+                deadline = asyncio.timeout(HANDLER_TIMEOUT_S)
+                try:
+                    async with deadline:
+                        await subscription.handler(message)
+                except Exception:
+                    if deadline.expired():
+                        limit = HANDLER_TIMEOUT_S
+                        log.error("%s: handler of %s overran %.0f s", self._owner, channel, limit)
+                    else:
+                        log.exception("%s: handler of %s failed", self._owner, channel)
+        finally:
+            subscription.task = None
+            if not subscription.pending:
+                subscription.pending = None
 
 
 def copy_of(message: Message) -> Message:

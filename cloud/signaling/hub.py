@@ -127,6 +127,8 @@ class Limits:
 class Bucket:
     """Token bucket: ``rate`` per second, bursts up to one second's worth."""
 
+    __slots__ = ("rate", "stamp", "tokens")
+
     def __init__(self, rate: float) -> None:
         self.rate = rate
         self.tokens = rate
@@ -142,7 +144,7 @@ class Bucket:
         return False
 
 
-@dataclass
+@dataclass(slots=True)  # one per connection, 10,000s per instance: keep it small
 class Connection:
     id: str
     role: Role
