@@ -3,9 +3,10 @@
     .venv/bin/python bench/signaling.py [--cameras N] [--pairs K] [--rate R] [--seconds S]
                                         [--only connections|latency] [--presence-ttl T]
 
-(a) connections: for each uvicorn WebSocket implementation, a fresh ``python -m cloud``
-process (fd limit raised) takes 200 warm-up camera connections, then N more from 4 client
-processes ramping at --connect-rate; RSS comes from /proc once the process is idle.
+(a) connections: for cameras served directly and through ASGI (``--camera-sockets``), a
+fresh ``python -m cloud`` process (fd limit raised) takes 200 warm-up camera connections,
+then N more from 4 client processes ramping at --connect-rate; RSS comes from /proc once
+the process is idle.
 (b) latency: K viewer/camera pairs with established sessions; viewers send ``session.ice``
 open loop at R/s in total and cameras echo each one back. The load process stamps every
 candidate with time.monotonic_ns(), so both one-way legs are measured on one clock.
@@ -24,9 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from datetime import UTC, datetime
-from importlib.util import find_spec
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from tests.servers import ROOT, free_port, redis_server, secantus_server, stop
 
 PUBLIC = "http://bench.local"  # every instance's PUBLIC_URL: the audience of assertions
 PASSWORD = "Bench-horse-battery-42"
-IMPLEMENTATIONS = ("websockets-sansio", "websockets", "wsproto")
+CAMERA_SOCKETS = ("direct", "asgi")  # python -m cloud --camera-sockets
 WARM, PER_OWNER, CLIENTS = 200, 500, 4  # warm-up connections, devices per owner, processes
 CONN_TARGET, KIB_TARGET = 10_000, 20.0
 P99_TARGET_MS = {"same": 5.0, "cross": 10.0}
@@ -84,12 +85,16 @@ def machine_cpu() -> tuple[float, float]:
     return machine, sum(r.ru_utime + r.ru_stime for r in own)
 
 
-def start_cloud(stack: ExitStack, env: dict[str, str], log: Path, ws: str) -> tuple[Any, str]:
-    """``python -m cloud --ws WS`` with the fd limit raised; (process, base URL) once ready."""
+def start_cloud(
+    stack: ExitStack, env: dict[str, str], log: Path, ws: str, cameras: str = "direct"
+) -> tuple[Any, str]:
+    """``python -m cloud --ws WS --camera-sockets CAMERAS`` with the fd limit raised;
+    (process, base URL) once ready."""
     port = free_port()
+    command = [sys.executable, "-m", "cloud", "--port", str(port), "--ws", ws]
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cloud", "--port", str(port), "--ws", ws],
+            [*command, "--camera-sockets", cameras],
             env={**os.environ, **env},
             cwd=ROOT,
             stdout=out,
@@ -211,9 +216,10 @@ def wait_idle(pid: int, limit: float = 0.10, timeout: float = 90) -> None:
             return
 
 
-def bench_connections(stack: ExitStack, args: argparse.Namespace, db: str, tmp: Path, ws: str):
+def bench_connections(stack: ExitStack, args: argparse.Namespace, db: str, tmp: Path, kind: str):
     key, env = Ed25519PrivateKey.generate(), cloud_env(db, tmp, args.presence_ttl)
-    started, (cloud, url) = time.monotonic(), start_cloud(stack, env, tmp / f"conn-{ws}.log", ws)
+    log, started = tmp / f"conn-{kind}.log", time.monotonic()
+    cloud, url = start_cloud(stack, env, log, "websockets-sansio", kind)
     rss_start, ws_url = kib(cloud.pid, "VmRSS"), url.replace("http", "ws", 1) + "/ws/v1/device"
     owners, ids = owners_and_devices(url, env, WARM + args.cameras, key)
     warm, pipes = spawn_clients(stack, ws_url, ids[:WARM], raw(key), 200, 1)
@@ -240,7 +246,7 @@ def bench_connections(stack: ExitStack, args: argparse.Namespace, db: str, tmp: 
     cloud.wait()
     per_conn = (rss_after - rss_warm) / max(1, held)
     verdict = held >= min(CONN_TARGET, args.cameras) and per_conn <= KIB_TARGET
-    cells = [ws, held, len(failed), f"{held / span:.0f}", f"{cpu_ms:.1f}"]
+    cells = [kind, held, len(failed), f"{held / span:.0f}", f"{cpu_ms:.1f}"]
     cells += [f"{v / 1024:.1f}" for v in (rss_start, rss_warm, rss_after, peak)]
     cells += [f"{per_conn:.1f}", f"{measured_at:.0f}", f"{right}/{len(online)}", f"{listed_s:.1f}"]
     expected = held + sum(r["ok"] for r in warm)
@@ -279,7 +285,21 @@ async def negotiate(view: Any, cam: Any, device: str) -> tuple[str, int]:
     return sid, refused
 
 
-async def relay_load(urls: list[str], token: str, ids: list[str], key: bytes, args: Any) -> dict:
+async def relay_load(
+    urls: list[str],
+    token: str,
+    ids: list[str],
+    key: bytes,
+    args: Any,
+    on_start: Callable[[float], None] | None = None,
+) -> dict:
+    """Negotiate the pairs, then send for ``args.warmup + args.seconds`` at ``args.rate``/s.
+
+    ``on_start`` gets the time.monotonic() at which message 0 is due, once the sessions are
+    up; message n is due ``n / args.rate`` s later. The result's ``v2c_at``/``c2v_at`` map
+    each measured message number to its one-way legs (ms), for callers that cut the run
+    into windows (bench/detect.py).
+    """
     private = Ed25519PrivateKey.from_private_bytes(key)
     cams = [await ws_open(urls[-1] + "/ws/v1/device", assertion(private, d, PUBLIC)) for d in ids]
     views = [await ws_open(urls[0] + "/ws/v1/client", token) for _ in ids]
@@ -314,6 +334,8 @@ async def relay_load(urls: list[str], token: str, ids: list[str], key: bytes, ar
     loops += [asyncio.create_task(viewer_loop(v)) for v in views]
     warm, total = round(args.warmup * args.rate), round((args.warmup + args.seconds) * args.rate)
     late, step, start = [], 1e9 / args.rate, time.monotonic_ns() + 100_000_000
+    if on_start is not None:
+        on_start(start / 1e9)
     for n in range(total):  # open loop: message n is due at start + n / rate, pair n % K
         due = start + round(n * step)
         if (delay := due - time.monotonic_ns()) > 0:
@@ -336,6 +358,9 @@ async def relay_load(urls: list[str], token: str, ids: list[str], key: bytes, ar
         "late": [late[i] / 1e6 for i in n],
         "other": sorted(other),
         "retries": sum(retries),
+        "start": start / 1e9,
+        "v2c_at": {i: v2c[i] / 1e6 for i in n if i in v2c},
+        "c2v_at": {i: back[i][1] / 1e6 for i in n if i in back},
     }
 
 
@@ -401,7 +426,7 @@ def print_connections_head(args: argparse.Namespace) -> None:
         f"at_s = seconds from the cloud's start to the RSS reading (first refresh: {refresh:g} s)"
     )
     heads = "held fail conn/s msCPU start warm after peak KiB/conn at_s online list_s open verdict"
-    print(f"{'ws implementation':<18}" + "".join(f"{h:>10}" for h in heads.split()))
+    print(f"{'camera sockets':<18}" + "".join(f"{h:>10}" for h in heads.split()))
 
 
 def print_latency(r: dict, args: argparse.Namespace) -> None:
@@ -444,23 +469,20 @@ def main() -> None:
     print(f"Signaling — {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, websockets "
           f"{websockets.__version__}", flush=True)  # fmt: skip
-    kinds = [w for w in IMPLEMENTATIONS if w != "wsproto" or find_spec("wsproto")]
     started, (machine, own) = time.monotonic(), machine_cpu()
     with tempfile.TemporaryDirectory(prefix="bench-signaling-") as tmp:
         (Path(tmp) / "db").mkdir()
         with secantus_server(Path(tmp) / "db") as db:
             if args.only != "latency":
                 print_connections_head(args)
-                for ws in kinds:
+                for kind in CAMERA_SOCKETS:
                     try:
                         with ExitStack() as stack:
-                            cells, errors = bench_connections(stack, args, db, Path(tmp), ws)
+                            cells, errors = bench_connections(stack, args, db, Path(tmp), kind)
                     except Exception as exc:
-                        cells, errors = [ws, "failed"], [repr(exc)[:300]]
+                        cells, errors = [kind, "failed"], [repr(exc)[:300]]
                     print(f"{cells[0]:<18}" + "".join(f"{c!s:>10}" for c in cells[1:]), flush=True)
                     print("".join(f"  error: {e}\n" for e in errors), end="")
-                if len(kinds) < len(IMPLEMENTATIONS):
-                    print("wsproto: not installed (.venv/bin/pip install wsproto to compare it)")
             for mode in ("same", "cross") if args.only != "connections" else ():
                 with ExitStack() as stack:
                     print_latency(bench_latency(stack, args, db, Path(tmp), mode), args)

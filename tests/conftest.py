@@ -1,9 +1,11 @@
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -15,6 +17,7 @@ from starlette.applications import Starlette
 
 from cloud.app import create_app
 from cloud.settings import Settings
+from cloud.signaling.camera_socket import websocket_protocol
 from tests.servers import free_port, secantus_server
 
 PASSWORD = "Correct-Horse-42-battery"
@@ -149,23 +152,32 @@ def activate_device(client: httpx.AsyncClient) -> ActivateDevice:
     return activate
 
 
-@pytest.fixture(scope="session")
-async def ws_base(app: Starlette) -> AsyncIterator[str]:
-    """The shared test app served by uvicorn on a loopback port (its lifespan already runs)."""
+@contextlib.asynccontextmanager
+async def serving(app: Starlette, **options: Any) -> AsyncIterator[str]:
+    """``app`` served by uvicorn on a loopback port as the cloud serves it (lifespan: the
+    caller's); ``options`` override uvicorn's settings. Yields the ws:// base URL."""
     port = free_port()
+    settings: dict[str, Any] = {
+        "ws": websocket_protocol(app),
+        "ws_max_size": 64 * 1024,
+        "ws_per_message_deflate": False,
+    }
     config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        lifespan="off",
-        log_level="warning",
-        ws_max_size=64 * 1024,
-        ws_per_message_deflate=False,
+        app, host="127.0.0.1", port=port, lifespan="off", log_level="warning", **settings | options
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.02)
-    yield f"ws://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
+    try:
+        yield f"ws://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture(scope="session")
+async def ws_base(app: Starlette) -> AsyncIterator[str]:
+    """The shared test app served by uvicorn on a loopback port (its lifespan already runs)."""
+    async with serving(app) as base:
+        yield base

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from beanie import PydanticObjectId
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -71,6 +71,44 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class Socket(Protocol):
+    """What the hub needs of a connection: a Starlette WebSocket or a camera's socket."""
+
+    @property
+    def is_open(self) -> bool:
+        """Whether frames can still be sent."""
+
+    async def send_text(self, text: str) -> None:
+        """Send one frame; raise OSError, RuntimeError or TimeoutError when the peer cannot
+        take it (within ``SEND_TIMEOUT_S``)."""
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with ``code``; never raises, also when the peer is gone already."""
+
+
+class AsgiSocket:
+    """A Starlette WebSocket as a :class:`Socket`."""
+
+    __slots__ = ("socket",)
+
+    def __init__(self, socket: WebSocket) -> None:
+        self.socket = socket
+
+    @property
+    def is_open(self) -> bool:
+        return self.socket.application_state == WebSocketState.CONNECTED
+
+    async def send_text(self, text: str) -> None:
+        await asyncio.wait_for(self.socket.send_text(text), SEND_TIMEOUT_S)
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.socket.application_state == WebSocketState.DISCONNECTED:
+            return
+        # The peer may have gone meanwhile: closing a closed socket is not an error.
+        with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
+            await self.socket.close(code, reason)
+
+
 class Signaling:
     """Owns the hub, its bus subscriptions, the local sockets and the periodic tasks."""
 
@@ -87,7 +125,7 @@ class Signaling:
             viewers_per_camera=settings.viewers_per_camera,
         )
         self.hub = Hub(instance, lambda p: ice_servers(settings, p), limits)
-        self.sockets: dict[str, WebSocket] = {}
+        self.sockets: dict[str, Socket] = {}
         self._tasks: list[asyncio.Task[None]] = []
         # Presence lives presence_ttl_s unless refreshed (every quarter of it); clients are
         # asked to send an application ping every heartbeat_s.
@@ -216,21 +254,18 @@ class Signaling:
 
     async def _send(self, conn: str, message: Message | dict[str, Any]) -> None:
         socket = self.sockets.get(conn)
-        if socket is None or socket.application_state != WebSocketState.CONNECTED:
+        if socket is None or not socket.is_open:
             return
         text = message.text() if isinstance(message, Message) else json.dumps(message)
         try:
-            await asyncio.wait_for(socket.send_text(text), SEND_TIMEOUT_S)
+            await socket.send_text(text)
         except (TimeoutError, RuntimeError, WebSocketDisconnect, OSError):
             log.info("connection %s could not take a frame; closing it", conn)
             await self._close(conn, 1008, "too slow")
 
     async def _close(self, conn: str, code: int, reason: str) -> None:
         socket = self.sockets.get(conn)
-        if socket is None or socket.application_state == WebSocketState.DISCONNECTED:
-            return
-        # The peer may have gone meanwhile: closing a closed socket is not an error.
-        with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
+        if socket is not None:
             await socket.close(code, reason)
 
     async def _camera_presence(self, change: PresenceChanged) -> None:
@@ -294,6 +329,10 @@ class Signaling:
         await self._publish(Publish(BROADCAST, {"kind": "removed", "device": device_id}))
 
     # connections ----------------------------------------------------------------------------
+    #
+    # A connection's life, whatever carries it: authenticate its hello, attach it, welcome
+    # it, hand it each frame, detach it. serve() runs it over a Starlette WebSocket;
+    # cloud.signaling.camera_socket runs it for cameras straight from the transport.
 
     async def serve(self, socket: WebSocket, role: Role) -> None:
         await socket.accept()
@@ -301,41 +340,31 @@ class Signaling:
             await socket.close(1012, "server restarting")
             return
         try:
-            principal = await self._hello(socket, role)
+            text = await asyncio.wait_for(socket.receive_text(), HELLO_TIMEOUT_S)
+            principal = await self.authenticate(role, text)
         except (TimeoutError, CloudError, ProtocolError, WebSocketDisconnect) as exc:
             log.info("%s connection refused: %s", role, getattr(exc, "message", type(exc).__name__))
             if socket.application_state == WebSocketState.CONNECTED:
                 await socket.close(CLOSE_AUTH, "authentication failed")
             return
-        conn = self.hub.new_connection_id()
-        self.sockets[conn] = socket
-        log.info("%s %s connected as %s", role, principal, conn)
+        conn = self.attach(AsgiSocket(socket), role, principal)
         try:
-            if role == "relay":
-                await registry.register(principal, conn)
-            async with self._lock:
-                deliveries = self.hub.connect(conn, role, principal)
-            await self.execute(deliveries)
-            # Welcome once the connection's channels are held: reachable from then on.
-            await socket.send_text(
-                Welcome(
-                    role=role,
-                    principal_id=principal,
-                    connection_id=conn,
-                    heartbeat_s=self.heartbeat_s,
-                ).text()
-            )
-            await self._read(socket, conn, role, principal)
+            await self.welcome(conn, role, principal)
+            while True:
+                frame = await socket.receive()
+                if frame["type"] == "websocket.disconnect":
+                    return
+                await self.frame(conn, role, principal, frame.get("text"))
         finally:
-            async with self._lock:
-                deliveries = self.hub.disconnect(conn)
-            await self.execute(deliveries)
-            self.sockets.pop(conn, None)
-            log.info("%s %s disconnected (%s)", role, principal, conn)
+            await self.detach(conn, role, principal)
 
-    async def _hello(self, socket: WebSocket, role: Role) -> str:
-        text = await asyncio.wait_for(socket.receive_text(), HELLO_TIMEOUT_S)
-        hello = decode(text)
+    async def authenticate(self, role: Role, hello_text: str) -> str:
+        """The principal the first frame proves: a user, device or relay id.
+
+        Raises CloudError or ProtocolError: the connection is then closed with 4401 and
+        never reaches the hub, so it cannot disturb a camera's live connection.
+        """
+        hello = decode(hello_text)
         if not isinstance(hello, Hello):
             raise ProtocolError(ErrorCode.UNAUTHENTICATED, "the first message must be hello")
         if role == "user":
@@ -347,35 +376,57 @@ class Signaling:
             raise ProtocolError(ErrorCode.UNAUTHENTICATED, "bad relay credential")
         return relay_id
 
-    async def _read(self, socket: WebSocket, conn: str, role: Role, principal: str) -> None:
-        while True:
-            frame = await socket.receive()
-            if frame["type"] == "websocket.disconnect":
-                return
-            text = frame.get("text")
-            if text is None:
-                async with self._lock:
-                    deliveries = self.hub.strike(
-                        conn, None, ErrorCode.MALFORMED_REQUEST, "send text frames"
-                    )
-                await self.execute(deliveries)
-                continue
-            try:
-                message = decode(text)
-            except ProtocolError as exc:
-                async with self._lock:
-                    deliveries = self.hub.strike(conn, request_id(text), exc.code, exc.message)
-                await self.execute(deliveries)
-                continue
-            if isinstance(message, SessionRequest):
-                deliveries = await self._request(conn, role, principal, message)
-            elif isinstance(message, RelayLoad) and role == "relay":
-                await registry.report(principal, conn, message.load, message.sessions)
-                continue
-            else:
-                async with self._lock:
-                    deliveries = self.hub.receive(conn, message, time.monotonic())
+    def attach(self, socket: Socket, role: Role, principal: str) -> str:
+        """Give an authenticated socket its connection id; :meth:`detach` must follow."""
+        conn = self.hub.new_connection_id()
+        self.sockets[conn] = socket
+        log.info("%s %s connected as %s", role, principal, conn)
+        return conn
+
+    async def welcome(self, conn: str, role: Role, principal: str) -> None:
+        if role == "relay":
+            await registry.register(principal, conn)
+        async with self._lock:
+            deliveries = self.hub.connect(conn, role, principal)
+        await self.execute(deliveries)
+        # Welcome once the connection's channels are held: reachable from then on.
+        welcome = Welcome(
+            role=role, principal_id=principal, connection_id=conn, heartbeat_s=self.heartbeat_s
+        )
+        await self.sockets[conn].send_text(welcome.text())
+
+    async def detach(self, conn: str, role: Role, principal: str) -> None:
+        async with self._lock:
+            deliveries = self.hub.disconnect(conn)
+        await self.execute(deliveries)
+        self.sockets.pop(conn, None)
+        log.info("%s %s disconnected (%s)", role, principal, conn)
+
+    async def frame(self, conn: str, role: Role, principal: str, text: str | None) -> None:
+        """One frame from a welcomed connection (None: a binary frame)."""
+        if text is None:
+            async with self._lock:
+                deliveries = self.hub.strike(
+                    conn, None, ErrorCode.MALFORMED_REQUEST, "send text frames"
+                )
             await self.execute(deliveries)
+            return
+        try:
+            message = decode(text)
+        except ProtocolError as exc:
+            async with self._lock:
+                deliveries = self.hub.strike(conn, request_id(text), exc.code, exc.message)
+            await self.execute(deliveries)
+            return
+        if isinstance(message, SessionRequest):
+            deliveries = await self._request(conn, role, principal, message)
+        elif isinstance(message, RelayLoad) and role == "relay":
+            await registry.report(principal, conn, message.load, message.sessions)
+            return
+        else:
+            async with self._lock:
+                deliveries = self.hub.receive(conn, message, time.monotonic())
+        await self.execute(deliveries)
 
     async def _request(
         self, conn: str, role: Role, principal: str, request: SessionRequest
