@@ -101,13 +101,14 @@ def cloud_process(env: dict[str, str], log_path: Path, host: str = "127.0.0.1") 
 
 
 @contextmanager
-def redis_server(port: int | None = None) -> Iterator[str]:
+def redis_server(port: int | None = None, password: str | None = None) -> Iterator[str]:
     """A ``redis-server`` process on loopback, without persistence; yields its URL.
 
     Give the ``port`` of a server stopped before to start its replacement (a restart).
     """
     port = port or free_port()
     options = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    options += ["--requirepass", password] if password else []
     process = subprocess.Popen(["redis-server", *options], stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
@@ -115,14 +116,14 @@ def redis_server(port: int | None = None) -> Iterator[str]:
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
                     conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
+                    if conn.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         break
             except OSError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start on port {port}")
             time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://{f':{password}@' if password else ''}127.0.0.1:{port}/0"
     finally:
         stop(process)
 

@@ -9,9 +9,13 @@ Everything sits under the bus name N (default ``vc``), so deployments can share 
 
 Commands use a pool with socket timeouts, one immediate retry (a pooled connection may have
 died with a Redis restart) and an overall deadline, so a call fails with BusUnavailable
-within ``CALL_TIMEOUT_S`` instead of hanging. Each instance holds one subscriber connection,
-read by one task: when it breaks, the task reconnects with backoff (capped at
-``BACKOFF_CAP_S``) and subscribes every held channel again, without help from the caller.
+within ``CALL_TIMEOUT_S`` instead of hanging. PUBLISH, one per signaling message, goes
+pipelined on a connection of its own (:mod:`cloud.signaling.redis_publisher`), never
+retried, and fails within twice ``SOCKET_TIMEOUT_S`` (connect, then reply).
+
+Each instance holds one subscriber connection, read by one task: when it breaks, the task
+reconnects with backoff (capped at ``BACKOFF_CAP_S``) and subscribes every held channel
+again, without help from the caller.
 What was published in between is lost (pub/sub is at most once); publishers saw it as a
 count of 0 or as BusUnavailable. A Redis restarted without persistence loses presence and
 one-time keys as well.
@@ -38,6 +42,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cloud.signaling.bus import CLOSE_TIMEOUT_S, BusUnavailable, Deliveries, Handler, Message
+from cloud.signaling.redis_publisher import Publisher, PublishFailed
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +110,10 @@ class RedisBus:
             protocol=2,  # RESP3 (redis-py's default) would turn pub/sub replies into pushes
         )
         self._redis = Redis(connection_pool=pool)
+        # The hot path, a publish per signaling message, skips the pool (redis_publisher).
+        self._publisher = Publisher(
+            url, connect_timeout_s=SOCKET_TIMEOUT_S, reply_timeout_s=SOCKET_TIMEOUT_S
+        )
         self._set_presence = self._redis.register_script(SET_PRESENCE)
         self._clear_presence = self._redis.register_script(CLEAR_PRESENCE)
         self._claim_expired = self._redis.register_script(CLAIM_EXPIRED)
@@ -137,6 +146,7 @@ class RedisBus:
             if not waiter.done():
                 waiter.set_result(None)  # its caller sees the bus closed
         self._pending.clear()
+        self._publisher.close()
         await self._deliveries.close()
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
@@ -154,11 +164,11 @@ class RedisBus:
             return False
 
     async def publish(self, channel: str, message: Message) -> int:
-        text = json.dumps(message)
-        receivers = await self._call(
-            "publish", lambda: self._redis.publish(self._channel(channel), text)
-        )
-        return int(receivers)
+        self._check_running()
+        try:
+            return await self._publisher.publish(self._channel(channel), json.dumps(message))
+        except (PublishFailed, TimeoutError, OSError) as exc:
+            raise BusUnavailable(f"{self._id}: Redis publish failed: {exc}") from exc
 
     async def subscribe(self, channel: str, handler: Handler) -> None:
         self._check_running()
