@@ -187,6 +187,7 @@ class Hub:
     limits: Limits = field(default_factory=Limits)
     connections: dict[str, Connection] = field(default_factory=dict)
     cameras: dict[str, str] = field(default_factory=dict)  # device id -> local connection
+    users: dict[str, set[str]] = field(default_factory=dict)  # user id -> local connections
     viewer_sides: dict[str, ViewerSide] = field(default_factory=dict)
     camera_sides: dict[str, CameraSide] = field(default_factory=dict)
 
@@ -201,8 +202,11 @@ class Hub:
         )
         # Only viewers are addressed by connection; a camera is addressed by its device.
         out: list[Delivery] = [] if role == "device" else [Subscribe(conn_channel(conn))]
-        if role == "user" and self._user_conns(principal) == [conn]:
-            out.append(Subscribe(user_channel(principal)))
+        if role == "user":
+            conns = self.users.setdefault(principal, set())
+            conns.add(conn)
+            if len(conns) == 1:
+                out.append(Subscribe(user_channel(principal)))
         if role == "relay":
             out.append(PresenceChanged(f"relay:{principal}", conn, True))
         if role == "device":
@@ -225,8 +229,12 @@ class Hub:
         out: list[Delivery] = []
         if info.role != "device":
             out.append(Subscribe(conn_channel(conn), on=False))
-        if info.role == "user" and not self._user_conns(info.principal):
-            out.append(Subscribe(user_channel(info.principal), on=False))
+        if info.role == "user":
+            conns = self.users.get(info.principal, set())
+            conns.discard(conn)
+            if not conns:
+                self.users.pop(info.principal, None)
+                out.append(Subscribe(user_channel(info.principal), on=False))
         for side in [s for s in self.viewer_sides.values() if s.viewer == conn]:
             out += self._end_viewer_side(side, "peer_hangup", tell_viewer=False)
         if info.role == "relay":
@@ -242,9 +250,7 @@ class Hub:
         return out
 
     def _user_conns(self, user_id: str) -> list[str]:
-        return [
-            c.id for c in self.connections.values() if c.role == "user" and c.principal == user_id
-        ]
+        return sorted(self.users.get(user_id, ()))
 
     def _replace_camera(self, conn: str, why: str) -> list[Delivery]:
         out: list[Delivery] = [Send(conn, GoAway(reconnect_after_ms=0, reason=why))]
