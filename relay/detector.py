@@ -100,6 +100,10 @@ def _infer(
     model = getattr(_worker, "model", None)
     first = model is None
     if model is None:
+        # Detection takes only CPU that nothing else wants: on a shared core, YOLO's 40 ms
+        # bursts otherwise delay the relay's media and the signaling next to it
+        # (bench/detect.py, part 4). sched_setscheduler(0) sets the calling thread.
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         # importlib, not import statements: the relay (and mypy) work without the ~6 GB
         # install; scripts/install-yolo adds it.
         importlib.import_module("torch").set_num_threads(torch_threads)
@@ -125,7 +129,9 @@ class UltralyticsDetector:
     ``"yolo11n.yaml"`` (random weights: exercises the pipeline and timing, finds nothing
     useful). ``imgsz``: inference size, 320 (~4x cheaper) or 640 (finds smaller objects).
     ``torch_threads`` per worker: 1 leaves the other core of a small relay to the loop and
-    media. ultralytics reads its environment once, at import: ``YOLO_OFFLINE``,
+    media. Workers run in Linux's idle scheduling class: detection never takes a core from
+    anything else on the machine, and skips frames (``DetectorBusy``) when none is free.
+    ultralytics reads its environment once, at import: ``YOLO_OFFLINE``,
     ``YOLO_AUTOINSTALL`` and ``YOLO_CONFIG_DIR`` (``config_dir``, default: ultralytics'
     own) are set here unless already set, so that nothing reaches for the network.
     """

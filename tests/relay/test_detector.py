@@ -3,6 +3,7 @@ it finds."""
 
 import asyncio
 import importlib.util
+import os
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -128,3 +129,10 @@ async def test_a_process_worker_runs_the_same_model(tmp_path: Path) -> None:
         assert len(yolo.latencies_ms()) == 1
     finally:
         await yolo.close()
+
+
+async def test_workers_run_in_the_idle_scheduling_class(detector: UltralyticsDetector) -> None:
+    await detector.detect(FRAME)  # the worker has set itself up
+    policy = detector._pool().submit(os.sched_getscheduler, 0).result(timeout=10)
+    assert policy == os.SCHED_IDLE
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the event loop's thread is untouched
