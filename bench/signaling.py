@@ -488,7 +488,10 @@ def main() -> None:
                     print_latency(bench_latency(stack, args, db, Path(tmp), mode), args)
         for log in Path(tmp).glob("*.log"):
             if (at := (text := log.read_text()).find("Traceback")) >= 0:
-                print(f"!! {log.name} has a traceback:\n{text[at : at + 1500]}")
+                lines = text[at:].splitlines()
+                error = next((x for x in lines[1:] if x and not x[0].isspace()), "")
+                print(f"!! {log.name} has a traceback, ending in: {error}")
+                print("\n".join(text[:at].splitlines()[-2:] + lines[:12]))
     machine_end, own_end = machine_cpu()
     wall, others = time.monotonic() - started, max(0.0, (machine_end - machine) - (own_end - own))
     share = f"{others / wall:.0%} of one core; figures are clean only when this is near 0"

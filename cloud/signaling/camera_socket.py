@@ -56,7 +56,6 @@ class CameraSocket(asyncio.Protocol):
 
     __slots__ = (
         "_conn",
-        "_connections",
         "_inbox",
         "_inner",
         "_parts",
@@ -65,6 +64,7 @@ class CameraSocket(asyncio.Protocol):
         "_ping_timeout",
         "_principal",
         "_reading",
+        "_server",
         "_setup",
         "_signaling",
         "_timer",
@@ -85,7 +85,7 @@ class CameraSocket(asyncio.Protocol):
             app_state,
         )
         self._inner: asyncio.Protocol | None = None
-        self._connections: set[Any] = server_state.connections
+        self._server = server_state  # its connections and tasks: uvicorn waits for them
         self._ping_interval = config.ws_ping_interval
         self._ping_timeout = config.ws_ping_timeout
         self._ws: ServerProtocol | None = None
@@ -125,7 +125,7 @@ class CameraSocket(asyncio.Protocol):
         if self._inner is not None:
             self._inner.connection_lost(exc)
             return
-        self._connections.discard(self)
+        self._server.connections.discard(self)
         self._cancel_timer()
         if self._ws is not None and self._ws.handshake_exc is None:
             self._push(LOST)
@@ -178,7 +178,7 @@ class CameraSocket(asyncio.Protocol):
         # as the connection lives; a fresh frame parser in the same state drops it.
         ws.parser = Protocol.parse(ws)
         next(ws.parser)
-        self._connections.add(self)
+        self._server.connections.add(self)  # type: ignore[arg-type]  # any with shutdown()
         if self._signaling.draining:
             self.close_now(1012, "server restarting")
             return
@@ -223,7 +223,11 @@ class CameraSocket(asyncio.Protocol):
             self._inbox = deque()
         self._inbox.append(item)
         if self._worker is None:
+            # Among uvicorn's tasks, so that shutdown waits for a camera's detach before the
+            # application (its database) stops.
             self._worker = asyncio.create_task(self._work(), name=f"camera {self._conn}")
+            self._server.tasks.add(self._worker)
+            self._worker.add_done_callback(self._server.tasks.discard)
         if len(self._inbox) >= INBOX_HIGH and self._reading:
             self._reading = False
             self._transport.pause_reading()
