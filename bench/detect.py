@@ -397,7 +397,6 @@ def start_relay(
 ) -> subprocess.Popen[bytes]:
     """``python -m relay`` with yolo11n at random weights; returns once it has registered."""
     env = {
-        **os.environ,
         "CLOUD_URL": url,
         "RELAY_ID": "relay-bench",
         "RELAY_SECRET": secret,
@@ -409,15 +408,10 @@ def start_relay(
         "ICE_HOST_ADDRESSES": "127.0.0.1",
     }
     log = tmp / "relay.log"
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "relay", "--log-level", "INFO"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=lambda: os.nice(args.relay_nice),
-        )
+    nice = args.relay_nice
+    process: subprocess.Popen[bytes] = servers.relay_process(
+        env, log, preexec_fn=lambda: os.nice(nice)
+    )
     stack.callback(servers.stop, process)
     deadline = time.monotonic() + 180  # imports torch, builds the model, one inference
     while "registered as" not in log.read_text():

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 from pymongo import MongoClient
@@ -69,6 +70,22 @@ def secantus_server(storage: Path) -> Iterator[str]:
         yield url
     finally:
         stop(process)
+
+
+def relay_process(env: dict[str, str], log_path: Path, **popen: Any) -> subprocess.Popen[bytes]:
+    """``python -m relay`` with ``env`` over this environment, logging to ``log_path``.
+
+    Returns at once (registration is the caller's to wait for); the caller stops it.
+    """
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "relay", "--log-level", "INFO"],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            **popen,
+        )
 
 
 @contextmanager

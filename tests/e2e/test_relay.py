@@ -2,11 +2,9 @@
 
 import asyncio
 import json
-import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +18,7 @@ from device_sim.network import use_host_addresses
 from device_sim.viewer import Viewer, WatchError
 from tests.conftest import PASSWORD, unique_email
 from tests.e2e.test_live_video import Owner, onboarded_camera, simulator
-from tests.servers import ROOT, cloud_process, redis_server, stop
+from tests.servers import cloud_process, redis_server, relay_process, stop
 
 RELAY_SECRET = "relay-" + secrets.token_hex(8)
 
@@ -35,7 +33,6 @@ class RelayStack:
 
     def start_relay(self, relay_id: str, yolo: bool = True) -> None:
         env = {
-            **os.environ,
             "CLOUD_URL": self.url,
             "RELAY_ID": relay_id,
             "RELAY_SECRET": RELAY_SECRET,
@@ -45,14 +42,7 @@ class RelayStack:
             "YOLO_CONFIG_DIR": str(self.tmp / "yolo"),
             "ANALYSIS_FPS": "5",
         }
-        with open(self.tmp / f"{relay_id}.log", "ab") as log:
-            self.relays[relay_id] = subprocess.Popen(
-                [sys.executable, "-m", "relay", "--log-level", "INFO"],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.relays[relay_id] = relay_process(env, self.tmp / f"{relay_id}.log")
 
     def relay_log(self, relay_id: str) -> str:
         return (self.tmp / f"{relay_id}.log").read_text()

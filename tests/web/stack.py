@@ -19,7 +19,7 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
-from tests.servers import ROOT, cloud_process, stop
+from tests.servers import ROOT, cloud_process, relay_process, stop
 
 
 def cloud_at(host: str, env: dict[str, str], log_path: Path) -> ContextManager[str]:
@@ -33,7 +33,6 @@ def relay_node(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``python -m relay`` with motion events only (no YOLO model: fast to start)."""
     env = {
-        **os.environ,
         "CLOUD_URL": cloud_url,
         "RELAY_ID": relay_id,
         "RELAY_SECRET": secret,
@@ -41,14 +40,7 @@ def relay_node(
         "YOLO_MODEL": "none",
         "ANALYSIS_FPS": "5",
     }
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "relay", "--log-level", "INFO"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process = relay_process(env, log_path)
     try:
         yield process
     finally:
