@@ -242,18 +242,18 @@ class CameraSocket(asyncio.Protocol):
                 if not self._reading and len(self._inbox) <= INBOX_LOW and self._is_live():
                     self._reading = True
                     self._transport.resume_reading()
-                if isinstance(item, _Lost):
-                    if self._conn is not None:
-                        await signaling.detach(self._conn, "device", self._principal)
-                        self._conn = None
-                    self._inbox.clear()
-                elif self._conn is None:
-                    await self._hello(signaling, item)
-                else:
-                    await signaling.frame(self._conn, "device", self._principal, item)
-        except Exception:
-            log.exception("camera connection %s failed", self._conn)
-            self.close_now(1011, "internal error")
+                try:
+                    if isinstance(item, _Lost):
+                        if self._conn is not None:
+                            conn, self._conn = self._conn, None
+                            await signaling.detach(conn, "device", self._principal)
+                    elif self._conn is None:
+                        await self._hello(signaling, item)
+                    else:
+                        await signaling.frame(self._conn, "device", self._principal, item)
+                except Exception:  # the next item (LOST at the latest) must still be handled
+                    log.exception("camera connection %s failed", self._conn)
+                    self.close_now(1011, "internal error")
         finally:
             self._worker = None
             if not self._inbox:

@@ -4,6 +4,7 @@ import asyncio
 import json
 import time
 
+import pytest
 import websockets
 from starlette.applications import Starlette
 from websockets.client import ClientProtocol
@@ -12,6 +13,7 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from cloud.signaling.camera_socket import CameraSocket
+from cloud.signaling.hub import Role
 from cloud.signaling.ws import AsgiSocket, Signaling
 from device_sim.identity import assertion
 from tests.conftest import ActivatedDevice, ActivateDevice, MakeAccount, serving
@@ -173,3 +175,38 @@ async def test_a_camera_that_stops_answering_pings_is_closed_and_goes_offline(
         mute.writer.close()
         await alive.socket.close()
         await view.socket.close()
+
+
+async def test_an_internal_error_on_a_frame_closes_with_1011_and_the_camera_still_leaves(
+    app: Starlette,
+    ws_base: str,
+    make_account: MakeAccount,
+    activate_device: ActivateDevice,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    owner = await make_account("owner")
+    view = await viewer(ws_base, owner)
+    hub = signaling(app)
+    served = hub.frame
+
+    async def frame(conn: str, role: Role, principal: str, text: str | None) -> None:
+        if text is not None and "boom" in text:
+            await asyncio.sleep(0.3)  # the camera's leaving queues up behind this frame
+            raise RuntimeError("a bug in the hub")  # what no real input can trigger
+        await served(conn, role, principal, text)
+
+    monkeypatch.setattr(hub, "frame", frame)
+    for leaves_first in (False, True):
+        device = await activate_device(owner)
+        cam = await camera(ws_base, device)
+        conn = conn_of(cam)
+        await cam.send({"type": "ping", "id": "boom"})
+        if leaves_first:
+            await cam.socket.close()
+        else:
+            assert await cam.closed_with() == 1011
+        offline = await view.expect("device.presence")
+        while offline["online"] or offline["device_id"] != device.id:
+            offline = await view.expect("device.presence")
+        assert conn not in hub.sockets
+        assert conn not in hub.hub.connections
