@@ -117,6 +117,17 @@ class ActivatedDevice:
 ActivateDevice = Callable[..., Awaitable[ActivatedDevice]]
 
 
+async def share(
+    client: httpx.AsyncClient, owner: Account, device: ActivatedDevice, friend: Account
+) -> httpx.Response:
+    """The owner shares ``device`` with ``friend`` as a viewer (the caller checks the answer)."""
+    return await client.post(
+        f"/api/v1/devices/{device.id}/shares",
+        json={"email": friend.email, "role": "viewer"},
+        headers=owner.headers,
+    )
+
+
 @pytest.fixture
 def activate_device(client: httpx.AsyncClient) -> ActivateDevice:
     """Onboard and activate a camera for ``account`` through the HTTP API."""

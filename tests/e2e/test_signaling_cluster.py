@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device_sim.identity import assertion, public_key_b64
-from tests.conftest import PASSWORD, Account, ActivatedDevice, unique_email
+from tests.conftest import PASSWORD, Account, ActivatedDevice, share, unique_email
 from tests.peers import Peer, connect
 from tests.servers import ROOT, free_port, stop
 
@@ -211,9 +211,7 @@ async def test_sessions_route_across_instances_and_strangers_hear_nothing(
     owner, friend = await account(http, "owner"), await account(http, "friend")
     stranger = await account(http, "stranger")
     device = await device_of(http, owner)
-    await http.post(
-        f"/api/v1/devices/{device.id}/shares", json={"email": friend.email}, headers=owner.headers
-    )
+    assert (await share(http, owner, device, friend)).status_code == 201
     owner_ws, friend_ws = await viewer_on(cluster.a, owner), await viewer_on(cluster.b, friend)
     stranger_a, stranger_b = (
         await viewer_on(cluster.a, stranger),

@@ -5,7 +5,7 @@ import pytest
 from bson import ObjectId
 
 from cloud.devices.models import Share
-from tests.conftest import Account, ActivatedDevice, ActivateDevice, MakeAccount
+from tests.conftest import Account, ActivatedDevice, ActivateDevice, MakeAccount, share
 
 DEVICES = "/api/v1/devices"
 
@@ -19,16 +19,6 @@ async def listed(client: httpx.AsyncClient, account: Account) -> dict[str, str]:
     r = await client.get(DEVICES, headers=account.headers)
     assert r.status_code == 200, r.text
     return {d["id"]: d["role"] for d in r.json()["devices"]}
-
-
-async def share(
-    client: httpx.AsyncClient, owner: Account, device: ActivatedDevice, friend: Account
-) -> httpx.Response:
-    return await client.post(
-        f"{DEVICES}/{device.id}/shares",
-        json={"email": friend.email, "role": "viewer"},
-        headers=owner.headers,
-    )
 
 
 async def read_as_owner(

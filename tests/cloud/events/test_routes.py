@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cloud.events.models import EventThread
-from tests.conftest import RELAY_SECRET, Account, ActivateDevice, MakeAccount
+from tests.conftest import RELAY_SECRET, Account, ActivateDevice, MakeAccount, share
 from tests.peers import Peer, connect, viewer
 
 RELAY = {"Authorization": f"Bearer relay-ev:{RELAY_SECRET}"}
@@ -56,9 +56,7 @@ async def test_a_thread_is_stored_once_pushed_live_to_owner_and_sharer_and_never
         await make_account("stranger"),
     )
     device = await activate_device(owner)
-    await client.post(
-        f"/api/v1/devices/{device.id}/shares", json={"email": friend.email}, headers=owner.headers
-    )
+    assert (await share(client, owner, device, friend)).status_code == 201
     watchers = [await viewer(ws_base, a) for a in (owner, friend, stranger)]
     states = []
     for state, extra in [

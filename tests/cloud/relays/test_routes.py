@@ -1,6 +1,6 @@
 import httpx
 
-from tests.conftest import RELAY_SECRET, ActivateDevice, MakeAccount
+from tests.conftest import RELAY_SECRET, ActivateDevice, MakeAccount, share
 from tests.peers import connect
 
 RELAY = {"Authorization": f"Bearer relay-cfg:{RELAY_SECRET}"}
@@ -32,7 +32,7 @@ async def test_owners_set_motion_settings_and_the_serving_relay_reads_them(
     ):
         r = await client.patch(url, json=bad, headers=owner.headers)
         assert (r.status_code, r.json()["error"]["code"]) == (422, "invalid_request"), bad
-    await client.post(f"{url}/shares", json={"email": friend.email}, headers=owner.headers)
+    assert (await share(client, owner, device, friend)).status_code == 201
     assert (
         await client.patch(url, json={"motion": motion}, headers=friend.headers)
     ).status_code == 403

@@ -9,7 +9,7 @@ import websockets
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device_sim.identity import assertion
-from tests.conftest import Account, ActivatedDevice, ActivateDevice, MakeAccount
+from tests.conftest import Account, ActivatedDevice, ActivateDevice, MakeAccount, share
 from tests.peers import AUDIENCE, Peer, camera, connect, viewer
 
 
@@ -67,10 +67,7 @@ async def test_presence_and_activation_reach_the_owner_and_sharer_and_never_a_st
     device = await activate_device(owner)
     activated = await owner_ws.expect("device.activated")
     assert activated["device_id"] == device.id
-    r = await client.post(
-        f"/api/v1/devices/{device.id}/shares", json={"email": friend.email}, headers=owner.headers
-    )
-    assert r.status_code == 201
+    assert (await share(client, owner, device, friend)).status_code == 201
     friend_ws = await viewer(ws_base, friend)
     cam = await camera(ws_base, device)
     for peer in (owner_ws, friend_ws):
@@ -102,9 +99,7 @@ async def test_unsharing_and_deleting_end_live_sessions_at_once(
 ) -> None:
     owner, friend = await make_account("owner"), await make_account("friend")
     device = await activate_device(owner)
-    await client.post(
-        f"/api/v1/devices/{device.id}/shares", json={"email": friend.email}, headers=owner.headers
-    )
+    assert (await share(client, owner, device, friend)).status_code == 201
     cam, friend_ws, owner_ws = (
         await camera(ws_base, device),
         await viewer(ws_base, friend),
@@ -347,9 +342,7 @@ async def test_after_removal_and_onboarding_by_someone_else_the_old_owner_hears_
         await make_account("second"),
     )
     device = await activate_device(first)
-    await client.post(
-        f"/api/v1/devices/{device.id}/shares", json={"email": friend.email}, headers=first.headers
-    )
+    assert (await share(client, first, device, friend)).status_code == 201
     first_ws, friend_ws = await viewer(ws_base, first), await viewer(ws_base, friend)
     assert (
         await client.delete(f"/api/v1/devices/{device.id}", headers=first.headers)
