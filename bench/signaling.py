@@ -3,7 +3,7 @@
     .venv/bin/python bench/signaling.py [--cameras N] [--pairs K] [--rate R] [--seconds S]
                                         [--only connections|latency] [--presence-ttl T]
 
-(a) connections: for cameras served directly and through ASGI (``--camera-sockets``), a
+(a) connections: for sockets served directly and through ASGI (``--sockets``), a
 fresh ``python -m cloud`` process (fd limit raised) takes 200 warm-up camera connections,
 then N more from 4 client processes ramping at --connect-rate; RSS comes from /proc once
 the process is idle.
@@ -46,7 +46,7 @@ from tests.servers import ROOT, free_port, redis_server, secantus_server, stop
 
 PUBLIC = "http://bench.local"  # every instance's PUBLIC_URL: the audience of assertions
 PASSWORD = "Bench-horse-battery-42"
-CAMERA_SOCKETS = ("direct", "asgi")  # python -m cloud --camera-sockets
+SOCKETS = ("direct", "asgi")  # python -m cloud --sockets
 WARM, PER_OWNER, CLIENTS = 200, 500, 4  # warm-up connections, devices per owner, processes
 CONN_TARGET, KIB_TARGET = 10_000, 20.0
 P99_TARGET_MS = {"same": 5.0, "cross": 10.0}
@@ -86,15 +86,15 @@ def machine_cpu() -> tuple[float, float]:
 
 
 def start_cloud(
-    stack: ExitStack, env: dict[str, str], log: Path, ws: str, cameras: str = "direct"
+    stack: ExitStack, env: dict[str, str], log: Path, ws: str, sockets: str = "direct"
 ) -> tuple[Any, str]:
-    """``python -m cloud --ws WS --camera-sockets CAMERAS`` with the fd limit raised;
+    """``python -m cloud --ws WS --sockets SOCKETS`` with the fd limit raised;
     (process, base URL) once ready."""
     port = free_port()
     command = [sys.executable, "-m", "cloud", "--port", str(port), "--ws", ws]
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [*command, "--camera-sockets", cameras],
+            [*command, "--sockets", sockets],
             env={**os.environ, **env},
             cwd=ROOT,
             stdout=out,
@@ -426,7 +426,7 @@ def print_connections_head(args: argparse.Namespace) -> None:
         f"at_s = seconds from the cloud's start to the RSS reading (first refresh: {refresh:g} s)"
     )
     heads = "held fail conn/s msCPU start warm after peak KiB/conn at_s online list_s open verdict"
-    print(f"{'camera sockets':<18}" + "".join(f"{h:>10}" for h in heads.split()))
+    print(f"{'sockets':<18}" + "".join(f"{h:>10}" for h in heads.split()))
 
 
 def print_latency(r: dict, args: argparse.Namespace) -> None:
@@ -475,7 +475,7 @@ def main() -> None:
         with secantus_server(Path(tmp) / "db") as db:
             if args.only != "latency":
                 print_connections_head(args)
-                for kind in CAMERA_SOCKETS:
+                for kind in SOCKETS:
                     try:
                         with ExitStack() as stack:
                             cells, errors = bench_connections(stack, args, db, Path(tmp), kind)

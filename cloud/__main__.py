@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from cloud.app import create_app
 from cloud.logs import configure_logging
 from cloud.settings import Settings, SettingsError
-from cloud.signaling.camera_socket import websocket_protocol
+from cloud.signaling.direct_socket import websocket_protocol
 
 log = logging.getLogger("cloud")
 
@@ -51,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         help="WebSocket implementation except for cameras (default websockets-sansio)",
     )
     parser.add_argument(
-        "--camera-sockets",
+        "--sockets",
         default="direct",
         choices=["direct", "asgi"],
-        help="serve cameras straight from the transport (default) or through the ASGI app"
-        " like other WebSockets (~33 KiB more per idle camera; for comparison)",
+        help="serve signaling WebSockets straight from the transport (default) or through"
+        " the ASGI app (~22 KiB more per idle camera, more CPU per frame; for comparison)",
     )
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         forwarded_allow_ips=list(settings.trusted_proxies) or None,
         # Signaling: no per-message deflate (~30 KiB per idle connection, DESIGN.md),
         # 64 KiB frames at most (larger ones close with 1009), pings to find dead peers.
-        # Cameras are served by a leaner protocol; other WebSockets by uvicorn's --ws.
-        ws=websocket_protocol(app, args.ws) if args.camera_sockets == "direct" else args.ws,
+        # Signaling is served by a leaner protocol; other WebSockets by uvicorn's --ws.
+        ws=websocket_protocol(app, args.ws) if args.sockets == "direct" else args.ws,
         ws_per_message_deflate=False,
         ws_max_size=64 * 1024,
         ws_ping_interval=20.0,

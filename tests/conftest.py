@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 
 from cloud.app import create_app
 from cloud.settings import Settings
-from cloud.signaling.camera_socket import websocket_protocol
+from cloud.signaling.direct_socket import websocket_protocol
 from tests.servers import free_port, secantus_server
 
 PASSWORD = "Correct-Horse-42-battery"

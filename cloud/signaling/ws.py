@@ -332,7 +332,7 @@ class Signaling:
     #
     # A connection's life, whatever carries it: authenticate its hello, attach it, welcome
     # it, hand it each frame, detach it. serve() runs it over a Starlette WebSocket;
-    # cloud.signaling.camera_socket runs it for cameras straight from the transport.
+    # cloud.signaling.direct_socket runs it straight from the transport.
 
     async def serve(self, socket: WebSocket, role: Role) -> None:
         await socket.accept()

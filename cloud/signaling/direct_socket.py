@@ -1,16 +1,17 @@
-"""Camera connections served straight from the transport, without a task while idle.
+"""Signaling connections served straight from the transport, without a task while idle.
 
 A cloud instance holds one WebSocket per camera, and almost all of them are idle. Served as
 ASGI, each costs uvicorn's protocol with its receive queue and kept handshake headers, a task
-and its chain of middleware coroutines: ~33 KiB of RSS per idle camera
-(docs/benchmarks.md, "Signaling"). Here a camera is an :class:`asyncio.Protocol` over the
-sans-I/O ``websockets`` protocol (the parser uvicorn uses too), plus the hub's own state. A
-task runs only while the camera's frames are being handled.
+and its chain of middleware coroutines: ~33 KiB of RSS per idle camera, and every frame
+passes through that queue and chain (docs/benchmarks.md, "Signaling"). Here a connection is
+an :class:`asyncio.Protocol` over the sans-I/O ``websockets`` protocol (the parser uvicorn
+uses too), plus the hub's own state. A task runs only while its frames are being handled.
 
 uvicorn takes the class as its WebSocket implementation (``ws=``): it hands over every
-upgrade request. ``/ws/v1/device`` is served here; every other path goes on to uvicorn's own
-implementation, unchanged. Behaviour is that of :meth:`Signaling.serve`: the same hello
-within 5 s, the same close codes, the same 64 KiB limit and pings.
+upgrade request. The three signaling endpoints are served here; every other path goes on to
+uvicorn's own implementation, unchanged. Behaviour is that of :meth:`Signaling.serve`, which
+serves the same endpoints under any other ASGI server: the same hello within 5 s, the same
+close codes, the same 64 KiB limit and pings.
 """
 
 import asyncio
@@ -28,15 +29,19 @@ from websockets.protocol import OPEN, Protocol
 from websockets.server import ServerProtocol
 
 from cloud.errors import CloudError
-from cloud.signaling.hub import CLOSE_AUTH
+from cloud.signaling.hub import CLOSE_AUTH, Role
 from cloud.signaling.ws import HELLO_TIMEOUT_S, Signaling
 from protocol.errors import ErrorCode, ProtocolError
 
 log = logging.getLogger(__name__)
 
-PATH: Final = b"/ws/v1/device"
+ROLES: Final[dict[bytes, Role]] = {
+    b"/ws/v1/device": "device",
+    b"/ws/v1/client": "user",
+    b"/ws/v1/relay": "relay",
+}
 CLOSE_TIMEOUT_S = 5.0  # for the peer's answer to our close frame
-WRITE_LIMIT = 256 * 1024  # bytes a camera has not read yet: past this it is too slow
+WRITE_LIMIT = 256 * 1024  # bytes the peer has not read yet: past this it is too slow
 INBOX_HIGH, INBOX_LOW = 64, 16  # frames waiting: stop reading the socket, read again
 PING: Final = b"vc"
 
@@ -48,8 +53,9 @@ class _Lost:
 LOST: Final = _Lost()
 
 
-class CameraSocket(asyncio.Protocol):
-    """One upgrade request: a camera served here, or any other path passed to uvicorn's class.
+class DirectSocket(asyncio.Protocol):
+    """One upgrade request: a signaling endpoint served here, or another path passed on to
+    uvicorn's class.
 
     Subclassed by :func:`websocket_protocol`, which sets the application and that class.
     """
@@ -64,6 +70,7 @@ class CameraSocket(asyncio.Protocol):
         "_ping_timeout",
         "_principal",
         "_reading",
+        "_role",
         "_server",
         "_setup",
         "_signaling",
@@ -91,7 +98,8 @@ class CameraSocket(asyncio.Protocol):
         self._ws: ServerProtocol | None = None
         self._signaling: Signaling | None = None
         self._conn: str | None = None  # the hub's connection id, once welcomed
-        self._principal = ""  # the device id, once authenticated
+        self._role: Role = "device"
+        self._principal = ""  # the device, user or relay id, once authenticated
         self._inbox: deque[str | _Lost | None] | None = None  # only while frames wait
         self._worker: asyncio.Task[None] | None = None  # only while frames are handled
         self._timer: asyncio.TimerHandle | None = None  # hello, ping, pong or close deadline
@@ -151,9 +159,9 @@ class CameraSocket(asyncio.Protocol):
         assert self._setup is not None
         config, server_state, app_state = self._setup
         self._setup = None
-        target = request.split(b" ", 2)[1]
+        role = ROLES.get(request.split(b" ", 2)[1].partition(b"?")[0])
         context = getattr(self.app.state, "context", None)
-        if target.partition(b"?")[0] != PATH or context is None:
+        if role is None or context is None:
             inner = self.inner_class(  # type: ignore[call-arg]
                 config=config, server_state=server_state, app_state=app_state
             )
@@ -161,7 +169,7 @@ class CameraSocket(asyncio.Protocol):
             inner.connection_made(self._transport)
             inner.data_received(request)
             return
-        self._signaling = context.signaling
+        self._role, self._signaling = role, context.signaling
         self._ws = ServerProtocol(max_size=config.ws_max_size, logger=log)
         self._ws.receive_data(request)
         self._handle_events()
@@ -223,9 +231,9 @@ class CameraSocket(asyncio.Protocol):
             self._inbox = deque()
         self._inbox.append(item)
         if self._worker is None:
-            # Among uvicorn's tasks, so that shutdown waits for a camera's detach before the
+            # Among uvicorn's tasks, so that shutdown waits for a detach before the
             # application (its database) stops.
-            self._worker = asyncio.create_task(self._work(), name=f"camera {self._conn}")
+            self._worker = asyncio.create_task(self._work(), name=f"{self._role} {self._conn}")
             self._server.tasks.add(self._worker)
             self._worker.add_done_callback(self._server.tasks.discard)
         if len(self._inbox) >= INBOX_HIGH and self._reading:
@@ -246,13 +254,13 @@ class CameraSocket(asyncio.Protocol):
                     if isinstance(item, _Lost):
                         if self._conn is not None:
                             conn, self._conn = self._conn, None
-                            await signaling.detach(conn, "device", self._principal)
+                            await signaling.detach(conn, self._role, self._principal)
                     elif self._conn is None:
                         await self._hello(signaling, item)
                     else:
-                        await signaling.frame(self._conn, "device", self._principal, item)
+                        await signaling.frame(self._conn, self._role, self._principal, item)
                 except Exception:  # the next item (LOST at the latest) must still be handled
-                    log.exception("camera connection %s failed", self._conn)
+                    log.exception("%s connection %s failed", self._role, self._conn)
                     self.close_now(1011, "internal error")
         finally:
             self._worker = None
@@ -266,21 +274,21 @@ class CameraSocket(asyncio.Protocol):
         try:
             if text is None:
                 raise ProtocolError(ErrorCode.UNAUTHENTICATED, "the first message must be hello")
-            principal = await signaling.authenticate("device", text)
+            principal = await signaling.authenticate(self._role, text)
         except (CloudError, ProtocolError) as exc:
-            log.info("device connection refused: %s", exc.message)
+            log.info("%s connection refused: %s", self._role, exc.message)
             self.close_now(CLOSE_AUTH, "authentication failed")
             return
         if not self._is_live():
             return
         self._principal = principal
-        self._conn = signaling.attach(self, "device", principal)
+        self._conn = signaling.attach(self, self._role, principal)
         self._arm(self._ping_interval, self._send_ping)
-        await signaling.welcome(self._conn, "device", principal)
+        await signaling.welcome(self._conn, self._role, principal)
 
     def _hello_timeout(self) -> None:
         self._timer = None
-        log.info("device connection refused: no hello within %.0f s", HELLO_TIMEOUT_S)
+        log.info("%s connection refused: no hello within %.0f s", self._role, HELLO_TIMEOUT_S)
         self.close_now(CLOSE_AUTH, "authentication failed")
 
     # frames out (the hub's Socket) ---------------------------------------------------------
@@ -294,7 +302,7 @@ class CameraSocket(asyncio.Protocol):
             raise RuntimeError("the connection is closed")
         ws = self._require_ws()
         if self._transport.get_write_buffer_size() > WRITE_LIMIT:
-            raise OSError("the camera does not read its frames")
+            raise OSError("the peer does not read its frames")
         ws.send_text(text.encode())
         self._flush()
 
@@ -326,7 +334,7 @@ class CameraSocket(asyncio.Protocol):
         self._timer = None
         if self._is_live():
             assert self._ws is not None
-            log.info("camera connection %s missed its pong", self._conn)
+            log.info("%s connection %s missed its pong", self._role, self._conn)
             self._ws.fail(1011, "keepalive ping timeout")
             self._flush()
             self._abort()
@@ -339,7 +347,7 @@ class CameraSocket(asyncio.Protocol):
         return self._ws is not None and self._ws.state is OPEN and not self._transport.is_closing()
 
     def _require_ws(self) -> ServerProtocol:
-        assert self._ws is not None, "a camera connection"
+        assert self._ws is not None, "a signaling connection"
         return self._ws
 
     def _flush(self) -> None:
@@ -360,8 +368,8 @@ class CameraSocket(asyncio.Protocol):
             self._timer = None
 
 
-def websocket_protocol(app: Starlette, inner: str = "websockets-sansio") -> type[CameraSocket]:
-    """The class to give uvicorn as ``ws``: cameras here, the rest to ``inner``."""
+def websocket_protocol(app: Starlette, inner: str = "websockets-sansio") -> type[DirectSocket]:
+    """The class to give uvicorn as ``ws``: signaling here, the rest to ``inner``."""
     inner_class = import_from_string(WS_PROTOCOLS.get(inner) or inner)
     attributes = {"__slots__": (), "app": app, "inner_class": inner_class}
-    return type("SignalingWebSockets", (CameraSocket,), attributes)
+    return type("SignalingWebSockets", (DirectSocket,), attributes)

@@ -1,4 +1,4 @@
-"""Cameras served straight from the transport (cloud.signaling.camera_socket), on loopback."""
+"""Signaling served straight from the transport (cloud.signaling.direct_socket), on loopback."""
 
 import asyncio
 import json
@@ -12,11 +12,11 @@ from websockets.frames import Frame
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from cloud.signaling.camera_socket import CameraSocket
+from cloud.signaling.direct_socket import DirectSocket
 from cloud.signaling.hub import Role
 from cloud.signaling.ws import AsgiSocket, Signaling
 from device_sim.identity import assertion
-from tests.conftest import ActivatedDevice, ActivateDevice, MakeAccount, serving
+from tests.conftest import RELAY_SECRET, ActivatedDevice, ActivateDevice, MakeAccount, serving
 from tests.peers import AUDIENCE, Peer, camera, connect, viewer
 
 
@@ -32,26 +32,31 @@ def conn_of(peer: Peer) -> str:
     return conn
 
 
-async def test_cameras_are_served_by_camera_sockets_and_viewers_through_asgi(
+async def test_cameras_viewers_and_relays_are_served_directly_other_paths_by_uvicorn(
     app: Starlette, ws_base: str, make_account: MakeAccount, activate_device: ActivateDevice
 ) -> None:
     owner = await make_account("owner")
     device = await activate_device(owner)
     cam, view = await camera(ws_base, device), await viewer(ws_base, owner)
+    relay = await connect(ws_base, "/ws/v1/relay", f"relay-direct:{RELAY_SECRET}")
+    assert (await relay.recv())["type"] == "welcome"
     sockets = signaling(app).sockets
-    assert isinstance(sockets[conn_of(cam)], CameraSocket)
-    assert isinstance(sockets[conn_of(view)], AsgiSocket)
+    assert all(isinstance(sockets[conn_of(p)], DirectSocket) for p in (cam, view, relay))
+    with pytest.raises(websockets.InvalidStatus) as refused:  # uvicorn's own answer
+        await websockets.connect(ws_base + "/ws/v1/nowhere")
+    assert refused.value.response.status_code == 403
+    await relay.socket.close()
 
 
-async def test_under_plain_uvicorn_cameras_are_served_through_asgi_the_same_way(
+async def test_under_plain_uvicorn_signaling_is_served_through_asgi_the_same_way(
     app: Starlette, ws_base: str, make_account: MakeAccount, activate_device: ActivateDevice
 ) -> None:
     owner = await make_account("owner")
     device = await activate_device(owner)
     async with serving(app, ws="websockets-sansio") as plain:
-        cam = await camera(plain, device)
+        cam, view = await camera(plain, device), await viewer(plain, owner)
         assert isinstance(signaling(app).sockets[conn_of(cam)], AsgiSocket)
-        view = await viewer(ws_base, owner)
+        assert isinstance(signaling(app).sockets[conn_of(view)], AsgiSocket)
         await view.send({"type": "session.request", "id": "r", "device_id": device.id})
         sid = (await view.expect("session.created"))["session_id"]
         await view.send({"type": "session.offer", "session_id": sid, "sdp": "v=0 offer"})
