@@ -20,7 +20,7 @@ changes, on every instance, through the broadcast channel.
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 
 from protocol.errors import ErrorCode
 from protocol.messages import (
@@ -691,24 +691,12 @@ class Hub:
         return out
 
 
+_END_REASONS: frozenset[str] = frozenset(get_args(EndReason))
+
+
 def _reason(value: str) -> EndReason:
-    allowed: tuple[EndReason, ...] = (
-        "user_hangup",
-        "peer_hangup",
-        "ice_failed",
-        "timeout",
-        "device_offline",
-        "access_revoked",
-        "device_removed",
-        "resource_exhausted",
-        "invalid_offer",
-        "relay_failed",
-        "server_shutdown",
-    )
-    for reason in allowed:
-        if value == reason:
-            return reason
-    return "peer_hangup"
+    """A reason from the wire, or ``peer_hangup`` when it is not one of the contract's."""
+    return cast(EndReason, value) if value in _END_REASONS else "peer_hangup"
 
 
 def _ice(conn: str, session_id: str, envelope: Envelope) -> Send:
