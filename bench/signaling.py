@@ -21,7 +21,6 @@ import os
 import resource
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +41,8 @@ from pymongo import MongoClient
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from device_sim.identity import assertion, public_key_b64
-from tests.servers import ROOT, free_port, redis_server, secantus_server, stop
+from tests import servers
+from tests.servers import free_port, redis_server, secantus_server, stop
 
 PUBLIC = "http://bench.local"  # every instance's PUBLIC_URL: the audience of assertions
 PASSWORD = "Bench-horse-battery-42"
@@ -91,27 +91,11 @@ def start_cloud(
     """``python -m cloud --ws WS --sockets SOCKETS`` with the fd limit raised;
     (process, base URL) once ready."""
     port = free_port()
-    command = [sys.executable, "-m", "cloud", "--port", str(port), "--ws", ws]
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            [*command, "--sockets", sockets],
-            env={**os.environ, **env},
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=raise_fd_limit,
-        )
+    args = ["--ws", ws, "--sockets", sockets]
+    full = {**os.environ, **env}
+    process = servers.start_cloud(full, log, port, *args, preexec_fn=raise_fd_limit)
     stack.callback(stop, process)
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the cloud did not start; see {log}")
-        time.sleep(0.1)
+    return process, f"http://127.0.0.1:{port}"
 
 
 def cloud_env(db_url: str, tmp: Path, presence_ttl: int, redis: str | None = None) -> dict:

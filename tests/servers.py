@@ -88,30 +88,45 @@ def relay_process(env: dict[str, str], log_path: Path, **popen: Any) -> subproce
         )
 
 
+def start_cloud(
+    env: dict[str, str], log_path: Path, port: int, *args: str, **popen: Any
+) -> subprocess.Popen[bytes]:
+    """``python -m cloud --port PORT ARGS`` with exactly ``env``, logging to ``log_path``.
+
+    Returns once ``/readyz`` answers on 127.0.0.1 (or ``--host``); if the process exits or
+    takes over 60 s, it is stopped and RuntimeError carries the end of its log.
+    """
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cloud", "--port", str(port), *args],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            **popen,
+        )
+    host = args[args.index("--host") + 1] if "--host" in args else "127.0.0.1"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"http://{host}:{port}/readyz", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop(process)
+            raise RuntimeError(f"the cloud did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.1)
+
+
 @contextmanager
 def cloud_process(env: dict[str, str], log_path: Path, host: str = "127.0.0.1") -> Iterator[str]:
     """``python -m cloud`` on ``host`` and a free port; yields its base URL once /readyz answers."""
     port = free_port()
     url = f"http://{host}:{port}"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cloud", "--host", host, "--port", str(port)],
-            env={**os.environ, "PUBLIC_URL": url, **env},
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    full = {**os.environ, "PUBLIC_URL": url, **env}
+    process = start_cloud(full, log_path, port, "--host", host)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the cloud did not start; see {log_path}")
-            time.sleep(0.1)
         yield url
     finally:
         stop(process)

@@ -4,8 +4,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -13,31 +11,14 @@ import pytest
 
 from cloud.settings import Settings, SettingsError
 from tests.conftest import PASSWORD
-from tests.servers import ROOT, free_port
+from tests.servers import free_port, start_cloud
 
 
 def start(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {
         k: v for k, v in os.environ.items() if k not in ("MONGODB_URL", "PUBLIC_URL", "JWT_SECRET")
     }
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cloud", "--port", str(port)],
-            env={**env, "DATA_DIR": str(data_dir)},
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.2)
-        assert process.poll() is None, log.read_text()
-    process.kill()
-    raise AssertionError("the cloud did not become ready: " + log.read_text())
+    return start_cloud({**env, "DATA_DIR": str(data_dir)}, log, port)
 
 
 def interrupt(process: subprocess.Popen[bytes]) -> int:

@@ -6,7 +6,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from device_sim.identity import assertion, public_key_b64
 from tests.conftest import PASSWORD, Account, ActivatedDevice, share, unique_email
 from tests.peers import Peer, connect
-from tests.servers import ROOT, free_port, stop
+from tests.servers import free_port, start_cloud, stop
 
 PUBLIC = "http://cloud.test"  # both instances serve one public URL behind a balancer
 PRESENCE_TTL_S = 3
@@ -36,24 +35,7 @@ class Instance:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "cloud", "--port", str(self.port)],
-                env={**os.environ, **self.env},
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.http + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert self.process.poll() is None, self.log.read_text()[-3000:]
-            time.sleep(0.1)
-        raise AssertionError(f"instance {self.name} did not become ready")
+        self.process = start_cloud({**os.environ, **self.env}, self.log, self.port)
 
     def kill(self) -> None:
         assert self.process is not None
