@@ -15,7 +15,7 @@ from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient
 
 from cloud.auth.models import RefreshToken, User
-from cloud.devices.models import Device, Share
+from cloud.devices.models import AccessChange, Device, Share
 from cloud.events.models import EventSnapshot, EventThread
 from cloud.onboarding.models import OnboardingTicket
 from cloud.relays.models import RelayNode
@@ -32,6 +32,7 @@ DOCUMENTS: list[type[Document]] = [
     OnboardingTicket,
     Device,
     Share,
+    AccessChange,
     SessionRecord,
     RelayNode,
     EventThread,

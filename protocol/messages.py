@@ -93,6 +93,10 @@ class SessionIce(Message):
     session_id: SessionId
     candidate: IceCandidate | None  # None: end of candidates
 
+    def dump(self) -> dict[str, Any]:
+        """The end of candidates is ``"candidate": null`` on the wire, never a missing key."""
+        return {**super().dump(), "candidate": self.candidate and self.candidate.dump()}
+
 
 class SessionEnd(Message):
     type: Literal["session.end"] = "session.end"

@@ -1,6 +1,7 @@
 """Real servers for the suites: started as subprocesses on free loopback ports, stopped by PID."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +37,13 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 @contextmanager
 def secantus_server(storage: Path) -> Iterator[str]:
     """A SecantusDB server process; yields its MongoDB URL."""
+    with secantus_process(storage) as (url, _):
+        yield url
+
+
+@contextmanager
+def secantus_process(storage: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A SecantusDB server process; yields its MongoDB URL and the process (to pause it)."""
     port = free_port()
     binary = Path(sys.executable).parent / "secantusd-py"
     process = subprocess.Popen(
@@ -67,8 +75,10 @@ def secantus_server(storage: Path) -> Iterator[str]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("SecantusDB did not start") from None
                 time.sleep(0.1)
-        yield url
+        yield url, process
     finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)  # a test may have left it paused
         stop(process)
 
 

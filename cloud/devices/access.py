@@ -4,15 +4,23 @@ Every device route calls :func:`authorize`; it reads ownership and shares from t
 database at the moment of the request, never from a cache (DESIGN.md, security rules).
 A device the principal may not see is reported as unknown (404), so that ids reveal
 nothing; a viewer asking to control a device they can see gets 403.
+
+An access names the *grants* it rests on: the camera's binding (its activation with one
+key; removal and re-onboarding end it) and, for a viewer, the share. Ending access is
+:func:`record_change` first, then the change itself, so that a change the caller is told
+of is already on record for every instance to enforce (docs/protocol.md, "Revocation").
 """
 
+import hashlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Literal
 
 from beanie import PydanticObjectId
 
 from cloud.auth.tokens import UserPrincipal
-from cloud.devices.models import Device, Share
+from cloud.devices.models import AccessChange, Device, Share
 from cloud.errors import Forbidden, NotFound
 from protocol.api import Role
 from protocol.errors import ErrorCode
@@ -23,10 +31,37 @@ class Action(StrEnum):
     CONTROL = "control"  # rename, remove, share
 
 
+def binding(device: Device) -> str:
+    """The grant of a camera's activation with its current key."""
+    key = hashlib.sha256(device.public_key.encode()).hexdigest()[:16]
+    return f"bind:{device.id}:{key}"
+
+
+def share_grant(share: Share) -> str:
+    return f"share:{share.id}"
+
+
 @dataclass(frozen=True)
 class DeviceAccess:
     device: Device
     role: Role
+    share: Share | None = None
+
+    @property
+    def grants(self) -> tuple[str, ...]:
+        """What this access rests on: the camera's binding, and the share of a viewer."""
+        own = binding(self.device)
+        return (own,) if self.share is None else (own, share_grant(self.share))
+
+
+async def record_change(
+    device: Device, grants: list[str], reason: Literal["access_revoked", "device_removed"]
+) -> AccessChange:
+    """Put on record that ``grants`` end; call before making the change itself."""
+    assert device.id is not None
+    change = AccessChange(device_id=device.id, grants=grants, reason=reason, at=datetime.now(UTC))
+    await change.insert()
+    return change
 
 
 def parse_id(raw: str, what: str = "device") -> PydanticObjectId:
@@ -50,7 +85,7 @@ async def authorize(principal: UserPrincipal, device_id: str, action: Action) ->
         raise unknown
     if action is not Action.VIEW:
         raise Forbidden("only the camera's owner can do this")
-    return DeviceAccess(device, "viewer")
+    return DeviceAccess(device, "viewer", share)
 
 
 async def visible_devices(principal: UserPrincipal) -> list[DeviceAccess]:

@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 from beanie import Document, Indexed, PydanticObjectId
 from pymongo import ASCENDING, IndexModel
 
+ACCESS_CHANGE_KEPT_S = 86_400  # TTL: tidying only; instances read the last seconds of changes
+
 
 class Device(Document):
     device_uid: Annotated[str, Indexed(unique=True)]
@@ -18,6 +20,9 @@ class Device(Document):
     online: bool = False
     last_seen: datetime | None = None
     motion: dict[str, Any] | None = None  # protocol.api.MotionSettings; None: defaults
+    # Raised by each connection that brings the camera online; presence writes of an older
+    # connection match nothing (cloud.signaling.presence).
+    presence_epoch: int = 0
 
     class Settings:
         name = "devices"
@@ -34,3 +39,21 @@ class Share(Document):
         indexes = [
             IndexModel([("device_id", ASCENDING), ("user_id", ASCENDING)], unique=True),
         ]
+
+
+class AccessChange(Document):
+    """Grants that stopped holding (cloud.devices.access), recorded before the change is made.
+
+    Every cloud instance reads the recent ones every ``ACCESS_POLL_S`` and ends what rests
+    on them, whether or not the broadcast on the bus reached it (docs/protocol.md,
+    "Revocation").
+    """
+
+    device_id: PydanticObjectId
+    grants: list[str]
+    reason: Literal["access_revoked", "device_removed"]
+    at: datetime
+
+    class Settings:
+        name = "access_changes"
+        indexes = [IndexModel([("at", ASCENDING)], expireAfterSeconds=ACCESS_CHANGE_KEPT_S)]

@@ -11,7 +11,16 @@ from cloud.auth.models import User
 from cloud.auth.routes import normalise_email
 from cloud.auth.tokens import now
 from cloud.context import context, require_user, user
-from cloud.devices.access import Action, DeviceAccess, authorize, parse_id, visible_devices
+from cloud.devices.access import (
+    Action,
+    DeviceAccess,
+    authorize,
+    binding,
+    parse_id,
+    record_change,
+    share_grant,
+    visible_devices,
+)
 from cloud.devices.models import Device, Share
 from cloud.errors import Conflict, Invalid, NotFound
 from cloud.http import Endpoint, parse_body, reply
@@ -75,9 +84,10 @@ async def update_device(request: Request) -> Response:
 async def delete_device(request: Request) -> Response:
     access = await authorize(user(request), request.path_params["device_id"], Action.CONTROL)
     device = access.device
+    change = await record_change(device, [binding(device)], "device_removed")
     await Share.find(Share.device_id == device.id).delete()
     await device.delete()
-    await context(request).signaling.removed(str(device.id))
+    await context(request).signaling.enforce(change)
     log.info("device %s removed by its owner", device.id)
     return reply(None, 204)
 
@@ -134,12 +144,12 @@ async def list_shares(request: Request) -> Response:
 async def revoke_share(request: Request) -> Response:
     access = await authorize(user(request), request.path_params["device_id"], Action.CONTROL)
     friend_id = parse_id(request.path_params["user_id"], "share")
-    result = await Share.find(
-        Share.device_id == access.device.id, Share.user_id == friend_id
-    ).delete()
-    if result is None or result.deleted_count == 0:
+    share = await Share.find_one(Share.device_id == access.device.id, Share.user_id == friend_id)
+    if share is None:
         raise NotFound("the camera is not shared with this user", ErrorCode.SHARE_NOT_FOUND)
-    await context(request).signaling.revoke(str(access.device.id), str(friend_id))
+    change = await record_change(access.device, [share_grant(share)], "access_revoked")
+    await share.delete()
+    await context(request).signaling.enforce(change)
     log.info("device %s no longer shared with user %s", access.device.id, friend_id)
     return reply(None, 204)
 

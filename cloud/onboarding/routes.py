@@ -22,8 +22,8 @@ from starlette.responses import Response
 
 from cloud.auth.tokens import now, token_hash
 from cloud.context import client_address, context, require_user, user
-from cloud.devices.access import parse_id
-from cloud.devices.models import Device
+from cloud.devices.access import binding, parse_id, record_change
+from cloud.devices.models import AccessChange, Device
 from cloud.errors import CloudError, Conflict, Gone, Invalid, NotFound
 from cloud.http import Endpoint, parse_body, reply
 from cloud.onboarding import qr
@@ -135,8 +135,8 @@ async def activate(request: Request) -> Response:
     except (NotFound, Gone, Conflict, Invalid):
         await ctx.throttle.hit(failures, ACTIVATION_WINDOW_S)
         raise
-    if rebound:  # a re-onboarded camera: the old key's connection and sessions end now
-        await ctx.signaling.removed(str(device.id))
+    if rebound is not None:  # a re-onboarded camera: the old key's connection and sessions end
+        await ctx.signaling.enforce(rebound)
     activated = DeviceActivated(ticket_id=str(ticket.id), device_id=str(device.id))
     await ctx.signaling.push([ticket.user_id], activated)
     signaling = ctx.settings.public_url.replace("http", "ws", 1) + "/ws/v1/device"
@@ -148,8 +148,11 @@ async def activate(request: Request) -> Response:
     )
 
 
-async def _activate(body: ActivateRequest) -> tuple[Device, OnboardingTicket, bool]:
-    """Claim the ticket and bind the device; (device, ticket, whether it was re-bound)."""
+async def _activate(
+    body: ActivateRequest,
+) -> tuple[Device, OnboardingTicket, AccessChange | None]:
+    """Claim the ticket and bind the device; (device, ticket, the old binding's end if the
+    device was re-bound)."""
     tickets = OnboardingTicket.get_pymongo_collection()
     digest = token_hash(body.token)
     found = await OnboardingTicket.find_one(OnboardingTicket.token_hash == digest)
@@ -175,10 +178,13 @@ async def _activate(body: ActivateRequest) -> tuple[Device, OnboardingTicket, bo
                 "this onboarding code has expired; create a new one", ErrorCode.TICKET_EXPIRED
             )
         raise Conflict("this onboarding code has already been used", ErrorCode.TICKET_USED)
-    rebound = await Device.find_one(
+    previous = await Device.find_one(
         Device.device_uid == body.device_uid, Device.owner_id == found.user_id
     )
+    rebound: AccessChange | None = None
     try:
+        if previous is not None:  # on record before the new key can take its place
+            rebound = await record_change(previous, [binding(previous)], "device_removed")
         device = await _bind_device(body, found)
     except CloudError:
         await tickets.update_one(
@@ -189,7 +195,7 @@ async def _activate(body: ActivateRequest) -> tuple[Device, OnboardingTicket, bo
         {"_id": found.id}, {"$set": {"status": "activated", "device_id": device.id}}
     )
     log.info("device %s activated from ticket %s", device.id, found.id)
-    return device, found, rebound is not None
+    return device, found, rebound
 
 
 async def _check_not_bound_elsewhere(device_uid: str, owner_id: PydanticObjectId) -> None:

@@ -28,9 +28,9 @@ from websockets.http11 import Request
 from websockets.protocol import OPEN, Protocol
 from websockets.server import ServerProtocol
 
-from cloud.errors import CloudError
+from cloud.errors import CloudError, Unavailable
 from cloud.signaling.hub import CLOSE_AUTH, Role
-from cloud.signaling.ws import HELLO_TIMEOUT_S, Signaling
+from cloud.signaling.ws import HELLO_TIMEOUT_S, Signaling, refusal
 from protocol.errors import ErrorCode, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -274,17 +274,21 @@ class DirectSocket(asyncio.Protocol):
         try:
             if text is None:
                 raise ProtocolError(ErrorCode.UNAUTHENTICATED, "the first message must be hello")
-            principal = await signaling.authenticate(self._role, text)
+            principal, grant = await signaling.authenticate(self._role, text)
         except (CloudError, ProtocolError) as exc:
             log.info("%s connection refused: %s", self._role, exc.message)
-            self.close_now(CLOSE_AUTH, "authentication failed")
+            self.close_now(*refusal(exc))
             return
         if not self._is_live():
             return
         self._principal = principal
         self._conn = signaling.attach(self, self._role, principal)
         self._arm(self._ping_interval, self._send_ping)
-        await signaling.welcome(self._conn, self._role, principal)
+        try:
+            await signaling.welcome(self._conn, self._role, principal, grant)
+        except Unavailable as exc:  # the LOST item detaches it
+            log.info("%s connection %s refused: %s", self._role, self._conn, exc.message)
+            self.close_now(*refusal(exc))
 
     def _hello_timeout(self) -> None:
         self._timer = None

@@ -12,9 +12,15 @@ the camera's. The two sides talk only through envelopes ``{"kind": ..., "session
 so the behaviour is the same whether both connections are on one instance or not.
 
 Lifecycle (PROTOCOL.md): request -> created -> offer -> answer -> ice ... -> end. Access is
-decided by the caller (a database check) before :meth:`Hub.request_session`; afterwards
-:meth:`Hub.revoke` and :meth:`Hub.device_removed` end sessions when ownership or sharing
-changes, on every instance, through the broadcast channel.
+decided by the caller (a database check) before :meth:`Hub.request_session`, which is given
+the *grants* that check relied on: the camera's binding (``bind:<device>:<key>``, its
+activation with one key) and, for a viewer a camera is shared with, the share
+(``share:<id>``). A camera's connection carries its binding. Each instance learns of access
+changes (:meth:`Hub.access_changed`: a list of revoked grants) from the database record the
+REST route wrote and, sooner, from the broadcast channel; from then on every session and
+camera connection resting on a revoked grant ends, and the grant is refused for
+``REVOKED_MEMORY_S`` — long enough to cover a check that read the database just before the
+change was recorded (docs/protocol.md, "Revocation").
 """
 
 import secrets
@@ -44,12 +50,15 @@ from protocol.messages import (
 
 Role = Literal["user", "device", "relay"]
 Envelope = dict[str, Any]
+Grants = tuple[str, ...]
 BROADCAST = "all"
+REVOKED_MEMORY_S = 600.0
 
 CLOSE_AUTH = 4401
 CLOSE_POLICY = 1008
 CLOSE_REPLACED = 4409
 CLOSE_REMOVED = 4404
+CLOSE_TRY_AGAIN = 1013
 
 
 def device_channel(device_id: str) -> str:
@@ -151,6 +160,7 @@ class Connection:
     principal: str  # user id, device id or relay id
     sdp: Bucket
     ice: Bucket
+    grant: str | None = None  # a camera's binding
     strikes: int = 0
 
 
@@ -164,6 +174,7 @@ class ViewerSide:
     ice_servers: list[IceServer]
     created_at: float
     target: str  # the channel of the far side: the camera's, or the serving relay's connection
+    grants: Grants = ()
     route: Literal["p2p", "relay"] = "p2p"
     relay: str | None = None  # the serving relay's id
     accepted: bool = False
@@ -178,6 +189,7 @@ class CameraSide:
     camera: str  # local connection id: the camera's, or the relay's serving the viewer
     viewer_channel: str
     user_id: str
+    grants: Grants = ()
 
 
 @dataclass
@@ -190,15 +202,27 @@ class Hub:
     users: dict[str, set[str]] = field(default_factory=dict)  # user id -> local connections
     viewer_sides: dict[str, ViewerSide] = field(default_factory=dict)
     camera_sides: dict[str, CameraSide] = field(default_factory=dict)
+    revoked: dict[str, float] = field(default_factory=dict)  # grant -> forgotten at
+    changes: dict[str, float] = field(default_factory=dict)  # applied change id -> forgotten at
 
     # connections ------------------------------------------------------------------------
 
     def new_connection_id(self) -> str:
         return f"{self.instance}.{secrets.token_urlsafe(9)}"
 
-    def connect(self, conn: str, role: Role, principal: str) -> list[Delivery]:
+    def connect(
+        self, conn: str, role: Role, principal: str, grant: str | None = None
+    ) -> list[Delivery]:
+        """A connection authenticated; ``grant`` is a camera's binding."""
+        if grant is not None and grant in self.revoked:
+            return [Close(conn, CLOSE_REMOVED, "device removed")]
         self.connections[conn] = Connection(
-            conn, role, principal, Bucket(self.limits.sdp_per_s), Bucket(self.limits.ice_per_s)
+            conn,
+            role,
+            principal,
+            Bucket(self.limits.sdp_per_s),
+            Bucket(self.limits.ice_per_s),
+            grant,
         )
         # Only viewers are addressed by connection; a camera is addressed by its device.
         out: list[Delivery] = [] if role == "device" else [Subscribe(conn_channel(conn))]
@@ -331,8 +355,9 @@ class Hub:
         request: SessionRequest,
         now: float,
         relay: tuple[str, str] | None = None,
+        grants: Grants = (),
     ) -> list[Delivery]:
-        """A viewer asks to watch a device it has been authorised to see.
+        """A viewer asks to watch a device it has been authorised to see under ``grants``.
 
         ``relay`` is (relay id, relay connection id) when the session goes through a relay
         node, which then plays the camera's part towards the viewer.
@@ -340,6 +365,8 @@ class Hub:
         info = self.connections.get(conn)
         if info is None:
             return []
+        if self._is_revoked(grants):  # revoked after the caller's check read the database
+            return [Send(conn, _error(request.id, ErrorCode.DEVICE_NOT_FOUND, "no such device"))]
         mine = sum(1 for s in self.viewer_sides.values() if s.viewer == conn)
         if mine >= self.limits.sessions_per_viewer:
             return self.strike(conn, request.id, ErrorCode.RATE_LIMITED, "too many open sessions")
@@ -354,6 +381,7 @@ class Hub:
             target=device_channel(request.device_id) if relay is None else conn_channel(relay[1]),
             route="p2p" if relay is None else "relay",
             relay=None if relay is None else relay[0],
+            grants=grants,
         )
         self.viewer_sides[side.id] = side
         envelope = {
@@ -362,14 +390,17 @@ class Hub:
             "viewer": conn,
             "user": info.principal,
             "device": request.device_id,
+            "grants": list(grants),
         }
         return [Publish(side.target, envelope)]
 
-    def relay_serves(self, conn: str, device_id: str) -> bool:
-        """Whether relay connection ``conn`` serves a viewer of ``device_id`` right now."""
-        return any(
-            s.camera == conn and s.device_id == device_id for s in self.camera_sides.values()
-        )
+    def relay_serves(self, conn: str, device_id: str) -> Grants | None:
+        """The camera's binding if relay connection ``conn`` serves a viewer of ``device_id``
+        right now, else None: a relay watches a camera under that camera's binding only."""
+        for s in self.camera_sides.values():
+            if s.camera == conn and s.device_id == device_id:
+                return s.grants[:1]
+        return None
 
     def unrouted(self, publish: Publish) -> list[Delivery]:
         """Nobody holds the channel a publish went to: the peer is gone."""
@@ -451,10 +482,9 @@ class Hub:
     def deliver(self, channel: str, envelope: Envelope, now: float) -> list[Delivery]:
         kind = envelope.get("kind")
         if channel == BROADCAST:
-            if kind == "revoke":
-                return self.revoke(str(envelope["device"]), str(envelope["user"]))
-            if kind == "removed":
-                return self.device_removed(str(envelope["device"]))
+            if kind == "access":
+                grants = _grants(envelope)
+                return self.access_changed(str(envelope["id"]), grants, envelope["reason"], now)
             if kind == "gone":
                 return self.device_gone(str(envelope["device"]))
             return []
@@ -489,11 +519,12 @@ class Hub:
             return []
         if kind == "open":
             viewer_channel = conn_channel(str(envelope["viewer"]))
-            if camera is None:
+            grants = _grants(envelope)
+            if camera is None or self._is_revoked(grants):
+                reason = "device_offline" if camera is None else "access_revoked"
                 return [
                     Publish(
-                        viewer_channel,
-                        {"kind": "end", "session": session_id, "reason": "device_offline"},
+                        viewer_channel, {"kind": "end", "session": session_id, "reason": reason}
                     )
                 ]
             active = sum(1 for s in self.camera_sides.values() if s.camera == camera)
@@ -505,7 +536,7 @@ class Hub:
                     )
                 ]
             self.camera_sides[session_id] = CameraSide(
-                session_id, device_id, camera, viewer_channel, str(envelope["user"])
+                session_id, device_id, camera, viewer_channel, str(envelope["user"]), grants
             )
             return [Publish(viewer_channel, {"kind": "accepted", "session": session_id})]
         side = self.camera_sides.get(session_id)
@@ -518,12 +549,15 @@ class Hub:
         session_id = str(envelope.get("session", ""))
         viewer_channel = conn_channel(str(envelope["viewer"]))
         info = self.connections.get(relay_conn)
-        if info is None or info.role != "relay":
-            end = {"kind": "end", "session": session_id, "reason": "relay_failed"}
-            return [Publish(viewer_channel, end)]
+        grants = _grants(envelope)
+        if info is None or info.role != "relay" or self._is_revoked(grants):
+            reason = "access_revoked" if self._is_revoked(grants) else "relay_failed"
+            return [
+                Publish(viewer_channel, {"kind": "end", "session": session_id, "reason": reason})
+            ]
         device_id = str(envelope["device"])
         self.camera_sides[session_id] = CameraSide(
-            session_id, device_id, relay_conn, viewer_channel, str(envelope["user"])
+            session_id, device_id, relay_conn, viewer_channel, str(envelope["user"]), grants
         )
         return [
             Send(relay_conn, RelaySession(session_id=session_id, device_id=device_id)),
@@ -581,38 +615,40 @@ class Hub:
 
     # changes of access and liveness ---------------------------------------------------------
 
-    def revoke(self, device_id: str, user_id: str) -> list[Delivery]:
-        """``user_id`` may no longer see ``device_id``: their sessions end now, on both sides."""
+    def access_changed(
+        self, change_id: str, grants: Grants, reason: EndReason | str, now: float
+    ) -> list[Delivery]:
+        """``grants`` no longer hold: what rests on them ends now, and they are refused.
+
+        Idempotent per ``change_id``: an instance hears of a change from the route, the
+        broadcast and the database, in any order.
+        """
+        if change_id in self.changes:
+            return []
+        self.changes[change_id] = now + REVOKED_MEMORY_S
+        gone = set(grants)
+        for grant in gone:
+            self.revoked[grant] = now + REVOKED_MEMORY_S
         out: list[Delivery] = []
-        for side in [
-            s
-            for s in self.viewer_sides.values()
-            if s.device_id == device_id and s.user_id == user_id
-        ]:
-            out += self._end_viewer_side(side, "access_revoked")
-        for cam in [
-            s
-            for s in self.camera_sides.values()
-            if s.device_id == device_id and s.user_id == user_id
-        ]:
-            out += self._end_camera_side(cam, "access_revoked")
+        for side in [s for s in self.viewer_sides.values() if gone.intersection(s.grants)]:
+            out += self._end_viewer_side(side, reason)
+        for cam in [s for s in self.camera_sides.values() if gone.intersection(s.grants)]:
+            out += self._end_camera_side(cam, reason)
+        for device_id, camera in list(self.cameras.items()):
+            info = self.connections.get(camera)
+            if info is not None and info.grant in gone:
+                del self.cameras[device_id]
+                out += self._end_camera_sides(camera, "device_removed")
+                out += [
+                    Close(camera, CLOSE_REMOVED, "device removed"),
+                    Subscribe(device_channel(device_id), on=False),
+                    PresenceChanged(device_id, camera, False),
+                ]
+                self.connections.pop(camera, None)
         return out
 
-    def device_removed(self, device_id: str) -> list[Delivery]:
-        """The device was deleted or re-onboarded: all its sessions end; its connection closes."""
-        out: list[Delivery] = []
-        for side in [s for s in self.viewer_sides.values() if s.device_id == device_id]:
-            out += self._end_viewer_side(side, "device_removed")
-        camera = self.cameras.pop(device_id, None)
-        if camera is not None:
-            out += self._end_camera_sides(camera, "device_removed")
-            out += [
-                Close(camera, CLOSE_REMOVED, "device removed"),
-                Subscribe(device_channel(device_id), on=False),
-            ]
-            self.connections.pop(camera, None)
-            out.append(PresenceChanged(device_id, camera, False))
-        return out
+    def _is_revoked(self, grants: Grants) -> bool:
+        return any(g in self.revoked for g in grants)
 
     def device_gone(self, device_id: str) -> list[Delivery]:
         """A camera's (or ``relay:<id>``'s) instance died: end the sessions that used it here."""
@@ -629,6 +665,9 @@ class Hub:
 
     def tick(self, now: float) -> list[Delivery]:
         """Time passes: sessions the camera does not accept or answer in time end with timeout."""
+        for memory in (self.revoked, self.changes):
+            for key in [k for k, until in memory.items() if until <= now]:
+                del memory[key]
         out: list[Delivery] = []
         for side in list(self.viewer_sides.values()):
             waiting_accept = (
@@ -697,6 +736,10 @@ _END_REASONS: frozenset[str] = frozenset(get_args(EndReason))
 def _reason(value: str) -> EndReason:
     """A reason from the wire, or ``peer_hangup`` when it is not one of the contract's."""
     return cast(EndReason, value) if value in _END_REASONS else "peer_hangup"
+
+
+def _grants(envelope: Envelope) -> Grants:
+    return tuple(str(g) for g in envelope.get("grants") or ())
 
 
 def _ice(conn: str, session_id: str, envelope: Envelope) -> Send:

@@ -15,9 +15,10 @@ import jwt
 from beanie import PydanticObjectId
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from cloud.devices.access import binding
 from cloud.devices.models import Device
-from cloud.errors import Unauthenticated
-from cloud.signaling.bus import Bus
+from cloud.errors import Unauthenticated, Unavailable
+from cloud.signaling.bus import Bus, BusUnavailable
 from protocol.errors import ErrorCode
 
 MAX_LIFETIME_S = 300
@@ -28,6 +29,7 @@ LEEWAY_S = 10
 class DevicePrincipal:
     device_id: PydanticObjectId
     owner_id: PydanticObjectId
+    binding: str  # the grant its connection rests on (cloud.devices.access)
 
 
 def _refuse(why: str) -> Unauthenticated:
@@ -74,7 +76,11 @@ class DeviceAssertions:
         if not isinstance(jti, str) or not 8 <= len(jti) <= 128:
             raise _refuse("jti must be a unique string")
         ttl = max(1.0, claims["exp"] - now + LEEWAY_S)
-        if not await self.bus.claim_once(f"jti:{sub}:{jti}", ttl):
+        try:
+            fresh = await self.bus.claim_once(f"jti:{sub}:{jti}", ttl)
+        except BusUnavailable as exc:  # replay protection cannot be checked: refuse for now
+            raise Unavailable("signaling is unavailable; try again shortly", 5) from exc
+        if not fresh:
             raise _refuse("replayed")
         assert device.id is not None
-        return DevicePrincipal(device.id, device.owner_id)
+        return DevicePrincipal(device.id, device.owner_id, binding(device))

@@ -2,9 +2,15 @@
 
 ``/ws/v1/device``, ``/ws/v1/client`` and ``/ws/v1/relay``. The first frame must be
 ``hello`` within 5 s; a connection that fails to authenticate is closed with 4401 and
-never touches the hub, so it cannot disturb a camera's live connection. Everything the hub
-decides comes back as deliveries that :meth:`Signaling.execute` carries out: frames to
+never touches the hub, so it cannot disturb a camera's live connection; one that cannot be
+made reachable now (the bus is down) is closed with 1013, try again later. Everything the
+hub decides comes back as deliveries that :meth:`Signaling.execute` carries out: frames to
 local sockets, envelopes on the bus, presence and session records in the database.
+
+Access changes reach the hub from three sides, and the first one wins: the route that made
+the change (:meth:`Signaling.enforce`), the broadcast channel, and the database record that
+every instance reads every ``ACCESS_POLL_S`` — so a change is enforced everywhere within
+about a second even when the bus lost its broadcast.
 """
 
 import asyncio
@@ -13,23 +19,26 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from beanie import PydanticObjectId
+from pymongo.errors import PyMongoError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from cloud.auth.tokens import AccessTokens, UserPrincipal
 from cloud.devices.access import Action, audience, authorize
-from cloud.devices.models import Device
-from cloud.errors import CloudError
+from cloud.devices.models import AccessChange
+from cloud.errors import CloudError, Unavailable
 from cloud.ice import ice_servers
 from cloud.relays import registry
 from cloud.settings import Settings
+from cloud.signaling import presence
 from cloud.signaling.bus import Bus, BusUnavailable
 from cloud.signaling.hub import (
     BROADCAST,
     CLOSE_AUTH,
+    CLOSE_TRY_AGAIN,
     Close,
     Delivery,
     Hub,
@@ -65,6 +74,11 @@ HELLO_TIMEOUT_S = 5.0
 SEND_TIMEOUT_S = 5.0
 TICK_S = 1.0
 SWEEP_S = 2.0
+ACCESS_POLL_S = 0.5
+# How far before the last read access changes are read again: covers the clocks of
+# instances that differ and a record that became visible after a read had begun.
+ACCESS_LOOKBACK_S = 10.0
+REPAIR_BATCH = 500  # local cameras whose database presence each refresh checks
 
 
 def _now() -> datetime:
@@ -126,6 +140,9 @@ class Signaling:
         )
         self.hub = Hub(instance, lambda p: ice_servers(settings, p), limits)
         self.sockets: dict[str, Socket] = {}
+        self._epochs: dict[str, int] = {}  # local camera connection -> its presence epoch
+        self._repair_from = 0  # where the next presence repair starts among local cameras
+        self._access_read_at = _now()
         self._tasks: list[asyncio.Task[None]] = []
         # Presence lives presence_ttl_s unless refreshed (every quarter of it); clients are
         # asked to send an application ping every heartbeat_s.
@@ -145,6 +162,7 @@ class Signaling:
             asyncio.create_task(
                 self._every(self.refresh_s, self._refresh), name="presence-refresh"
             ),
+            asyncio.create_task(self._every(ACCESS_POLL_S, self._read_access), name="access"),
         ]
 
     async def drain(self) -> None:
@@ -170,6 +188,8 @@ class Signaling:
                 await step()
             except BusUnavailable:
                 log.warning("bus unavailable during %s", step.__name__)
+            except PyMongoError as exc:
+                log.warning("database unavailable during %s: %s", step.__name__, exc)
             except Exception:
                 log.exception("periodic %s failed", step.__name__)
 
@@ -194,14 +214,49 @@ class Signaling:
         ]
         for device_id, conn in cameras + relays:
             await self.bus.set_presence(device_id, conn, self.presence_ttl_s)
+        await self._repair_presence(cameras)
+
+    async def _repair_presence(self, cameras: list[tuple[str, str]]) -> None:
+        """Re-assert "online" in the database for local cameras it does not show online.
+
+        A batch per refresh, in turn, so that 10,000 cameras cost one small query each time.
+        """
+        if not cameras:
+            return
+        start = self._repair_from % len(cameras)
+        batch = dict((cameras[start:] + cameras[:start])[:REPAIR_BATCH])
+        self._repair_from = start + len(batch)
+        for device_id in await presence.not_online(list(batch)):
+            if self.hub.cameras.get(device_id) == batch[device_id]:
+                log.info("presence of %s repaired: online", device_id)
+                await self._online(device_id, batch[device_id])
 
     async def _sweep(self) -> None:
         """Presence that expired without a clear means the camera's instance died."""
         for device_id in await self.bus.claim_expired_presence():
             log.info("presence of %s expired", device_id)
             await self._publish(Publish(BROADCAST, {"kind": "gone", "device": device_id}))
-            if not device_id.startswith("relay:"):
-                await self._presence(device_id, online=False)
+            if device_id.startswith("relay:"):
+                continue
+            # The epoch read before the check: a connection coming meanwhile raises it.
+            epoch = await presence.epoch_of(device_id)
+            if epoch is not None and (await self.bus.presence([device_id]))[device_id] is None:
+                await self._offline(device_id, epoch)
+
+    async def _read_access(self) -> None:
+        """Apply the access changes recorded lately, whether or not the bus brought them."""
+        started = _now()
+        since = self._access_read_at - timedelta(seconds=ACCESS_LOOKBACK_S)
+        for change in await AccessChange.find(AccessChange.at >= since).to_list():
+            await self._apply_access(_access_envelope(change))
+        self._access_read_at = started
+
+    async def _apply_access(self, envelope: dict[str, Any]) -> None:
+        async with self._lock:
+            deliveries = self.hub.deliver(BROADCAST, envelope, time.monotonic())
+        if deliveries:
+            log.info("access change %s applied: %s", envelope["id"], envelope["grants"])
+        await self.execute(deliveries)
 
     # the bus --------------------------------------------------------------------------------
 
@@ -228,7 +283,9 @@ class Signaling:
 
     # carrying out deliveries ------------------------------------------------------------------
 
-    async def execute(self, deliveries: list[Delivery]) -> None:
+    async def execute(self, deliveries: list[Delivery], *, strict: bool = False) -> None:
+        """Carry out deliveries in order; an error is logged and the next one goes on, but
+        ``strict`` stops at an unavailable bus and raises :class:`BusUnavailable`."""
         for d in deliveries:
             try:
                 match d:
@@ -248,7 +305,11 @@ class Signaling:
                     case Record():
                         await self._record(d)
             except BusUnavailable:
+                if strict:
+                    raise
                 log.warning("bus unavailable while carrying out %s", type(d).__name__)
+            except PyMongoError as exc:
+                log.warning("database unavailable while carrying out %s: %s", d, exc)
             except Exception:
                 log.exception("failed to carry out %s", type(d).__name__)
 
@@ -278,19 +339,35 @@ class Signaling:
             return
         if change.online:
             await self.bus.set_presence(change.device_id, change.conn, self.presence_ttl_s)
-            await self._presence(change.device_id, online=True)
-        elif await self.bus.clear_presence(change.device_id, change.conn):
-            await self._presence(change.device_id, online=False)
+            await self._online(change.device_id, change.conn)
+            return
+        epoch = self._epochs.pop(change.conn, None)
+        try:
+            await self.bus.clear_presence(change.device_id, change.conn)
+        finally:  # the database's view does not wait for the bus
+            if epoch is not None:
+                await self._offline(change.device_id, epoch)
 
-    async def _presence(self, device_id: str, *, online: bool) -> None:
-        """Store presence and push it to the device's owner and viewers, and nobody else."""
-        oid = PydanticObjectId(device_id)
-        seen = _now()
-        await Device.get_pymongo_collection().update_one(
-            {"_id": oid}, {"$set": {"online": online, "last_seen": seen}}
-        )
+    async def _online(self, device_id: str, conn: str) -> None:
+        came = await presence.came_online(device_id)
+        if came is None:
+            return
+        epoch, seen = came
+        if self.hub.cameras.get(device_id) != conn:  # it left while the write was on its way
+            await self._offline(device_id, epoch)
+            return
+        self._epochs[conn] = epoch
+        await self._push_presence(device_id, True, seen)
+
+    async def _offline(self, device_id: str, epoch: int) -> None:
+        seen = await presence.went_offline(device_id, epoch)
+        if seen is not None:
+            await self._push_presence(device_id, False, seen)
+
+    async def _push_presence(self, device_id: str, online: bool, seen: datetime) -> None:
+        """Push presence to the device's owner and viewers, and nobody else."""
         message = DevicePresence(device_id=device_id, online=online, last_seen=seen)
-        await self.push(await audience(oid), message)
+        await self.push(await audience(PydanticObjectId(device_id)), message)
 
     async def push(self, users: list[PydanticObjectId], message: Message | EventPush) -> None:
         for user in users:
@@ -320,13 +397,20 @@ class Signaling:
 
     # changes of access, from the REST routes ----------------------------------------------------
 
-    async def revoke(self, device_id: str, user_id: str) -> None:
-        await self._publish(
-            Publish(BROADCAST, {"kind": "revoke", "device": device_id, "user": user_id})
-        )
+    async def enforce(self, change: AccessChange) -> None:
+        """Apply a recorded access change here now, and broadcast it to the other instances.
 
-    async def removed(self, device_id: str) -> None:
-        await self._publish(Publish(BROADCAST, {"kind": "removed", "device": device_id}))
+        The broadcast only makes it sooner: without it they read the record within
+        ``ACCESS_POLL_S``, so an unavailable bus is no error here.
+        """
+        envelope = _access_envelope(change)
+        await self._apply_access(envelope)
+        try:
+            await self.bus.publish(BROADCAST, envelope)
+        except BusUnavailable:
+            log.info(
+                "bus unavailable: instances read access change %s from the database", change.id
+            )
 
     # connections ----------------------------------------------------------------------------
     #
@@ -341,15 +425,20 @@ class Signaling:
             return
         try:
             text = await asyncio.wait_for(socket.receive_text(), HELLO_TIMEOUT_S)
-            principal = await self.authenticate(role, text)
+            principal, grant = await self.authenticate(role, text)
         except (TimeoutError, CloudError, ProtocolError, WebSocketDisconnect) as exc:
             log.info("%s connection refused: %s", role, getattr(exc, "message", type(exc).__name__))
             if socket.application_state == WebSocketState.CONNECTED:
-                await socket.close(CLOSE_AUTH, "authentication failed")
+                await socket.close(*refusal(exc))
             return
         conn = self.attach(AsgiSocket(socket), role, principal)
         try:
-            await self.welcome(conn, role, principal)
+            try:
+                await self.welcome(conn, role, principal, grant)
+            except Unavailable as exc:
+                log.info("%s connection %s refused: %s", role, conn, exc.message)
+                await socket.close(*refusal(exc))
+                return
             while True:
                 frame = await socket.receive()
                 if frame["type"] == "websocket.disconnect":
@@ -358,23 +447,25 @@ class Signaling:
         finally:
             await self.detach(conn, role, principal)
 
-    async def authenticate(self, role: Role, hello_text: str) -> str:
-        """The principal the first frame proves: a user, device or relay id.
+    async def authenticate(self, role: Role, hello_text: str) -> tuple[str, str | None]:
+        """The principal the first frame proves (a user, device or relay id), and for a
+        camera the binding its connection rests on.
 
-        Raises CloudError or ProtocolError: the connection is then closed with 4401 and
-        never reaches the hub, so it cannot disturb a camera's live connection.
+        Raises CloudError or ProtocolError: the connection is then closed (:func:`refusal`)
+        and never reaches the hub, so it cannot disturb a camera's live connection.
         """
         hello = decode(hello_text)
         if not isinstance(hello, Hello):
             raise ProtocolError(ErrorCode.UNAUTHENTICATED, "the first message must be hello")
         if role == "user":
-            return str(self.access_tokens.verify(hello.token).user_id)
+            return str(self.access_tokens.verify(hello.token).user_id), None
         if role == "device":
-            return str((await self.assertions.verify(hello.token)).device_id)
+            device = await self.assertions.verify(hello.token)
+            return str(device.device_id), device.binding
         relay_id = registry.check_credential(hello.token, self.settings.relay_secret)
         if relay_id is None:
             raise ProtocolError(ErrorCode.UNAUTHENTICATED, "bad relay credential")
-        return relay_id
+        return relay_id, None
 
     def attach(self, socket: Socket, role: Role, principal: str) -> str:
         """Give an authenticated socket its connection id; :meth:`detach` must follow."""
@@ -383,12 +474,19 @@ class Signaling:
         log.info("%s %s connected as %s", role, principal, conn)
         return conn
 
-    async def welcome(self, conn: str, role: Role, principal: str) -> None:
+    async def welcome(self, conn: str, role: Role, principal: str, grant: str | None) -> None:
+        """Make the connection reachable and welcome it. Raises Unavailable when the bus is
+        down: the caller closes the connection (1013) and :meth:`detach` follows."""
         if role == "relay":
             await registry.register(principal, conn)
         async with self._lock:
-            deliveries = self.hub.connect(conn, role, principal)
-        await self.execute(deliveries)
+            deliveries = self.hub.connect(conn, role, principal, grant)
+        try:
+            await self.execute(deliveries, strict=True)
+        except BusUnavailable as exc:
+            raise Unavailable("signaling is unavailable; try again shortly", 5) from exc
+        if conn not in self.hub.connections:
+            return  # refused by the hub (a revoked binding) and closed
         # Welcome once the connection's channels are held: reachable from then on.
         welcome = Welcome(
             role=role, principal_id=principal, connection_id=conn, heartbeat_s=self.heartbeat_s
@@ -434,8 +532,9 @@ class Signaling:
         if role == "relay":
             # A relay watches a camera only while it serves a viewer of that camera.
             async with self._lock:
-                if self.hub.relay_serves(conn, request.device_id):
-                    return self.hub.request_session(conn, request, time.monotonic())
+                grants = self.hub.relay_serves(conn, request.device_id)
+                if grants is not None:
+                    return self.hub.request_session(conn, request, time.monotonic(), None, grants)
                 return self.hub.strike(
                     conn, request.id, ErrorCode.FORBIDDEN, "this relay serves no viewer of it"
                 )
@@ -445,7 +544,7 @@ class Signaling:
                     conn, request.id, ErrorCode.FORBIDDEN, "only viewers request sessions"
                 )
         try:
-            await authorize(
+            access = await authorize(
                 UserPrincipal(PydanticObjectId(principal), ""), request.device_id, Action.VIEW
             )
         except CloudError as exc:
@@ -471,4 +570,20 @@ class Signaling:
         # Mode "auto" starts peer to peer; the client asks again with "relay" when ICE fails
         # or takes too long (it alone sees its network), as device_sim.viewer and web/ do.
         async with self._lock:
-            return self.hub.request_session(conn, request, time.monotonic(), relay)
+            return self.hub.request_session(conn, request, time.monotonic(), relay, access.grants)
+
+
+def _access_envelope(change: AccessChange) -> dict[str, Any]:
+    return {
+        "kind": "access",
+        "id": str(change.id),
+        "grants": change.grants,
+        "reason": change.reason,
+    }
+
+
+def refusal(exc: Exception) -> tuple[int, str]:
+    """The close code and reason for a connection refused before its welcome."""
+    if isinstance(exc, Unavailable):
+        return CLOSE_TRY_AGAIN, "try again later"
+    return CLOSE_AUTH, "authentication failed"

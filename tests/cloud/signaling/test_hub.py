@@ -5,6 +5,7 @@ from collections import defaultdict
 from cloud.signaling.hub import (
     BROADCAST,
     CLOSE_POLICY,
+    CLOSE_REMOVED,
     CLOSE_REPLACED,
     Close,
     Delivery,
@@ -52,14 +53,16 @@ class Cluster:
                     for r in receivers:
                         self.run(r, self.hubs[r].deliver(d.channel, d.envelope, self.now))
 
-    def connect(self, name: str, conn: str, role: str, principal: str) -> None:
-        self.run(name, self.hubs[name].connect(conn, role, principal))  # type: ignore[arg-type]
+    def connect(
+        self, name: str, conn: str, role: str, principal: str, grant: str | None = None
+    ) -> None:
+        self.run(name, self.hubs[name].connect(conn, role, principal, grant))  # type: ignore[arg-type]
 
-    def say(self, name: str, conn: str, frame: str) -> None:
+    def say(self, name: str, conn: str, frame: str, grants: tuple[str, ...] = ()) -> None:
         message = decode(frame)
         hub = self.hubs[name]
         if isinstance(message, SessionRequest):
-            self.run(name, hub.request_session(conn, message, self.now))
+            self.run(name, hub.request_session(conn, message, self.now, None, grants))
         else:
             self.run(name, hub.receive(conn, message, self.now))
 
@@ -70,8 +73,15 @@ class Cluster:
         return self.inbox[conn][-1].dump()
 
 
-def open_session(c: Cluster, viewer_hub: str = "A", viewer: str = "v1", device: str = "d1") -> str:
-    c.say(viewer_hub, viewer, f'{{"type":"session.request","id":"r1","device_id":"{device}"}}')
+def open_session(
+    c: Cluster,
+    viewer_hub: str = "A",
+    viewer: str = "v1",
+    device: str = "d1",
+    grants: tuple[str, ...] = (),
+) -> str:
+    request = f'{{"type":"session.request","id":"r1","device_id":"{device}"}}'
+    c.say(viewer_hub, viewer, request, grants)
     created = c.last(viewer)
     assert created["type"] == "session.created", created
     assert created["id"] == "r1"
@@ -96,7 +106,7 @@ def negotiate_across(c: Cluster, viewer_hub: str, camera_hub: str) -> None:
     c.say(viewer_hub, "v1", f'{{"type":"session.ice","session_id":"{sid}","candidate":{cand}}}')
     assert c.last("cam")["candidate"]["candidate"].startswith("candidate:1")  # type: ignore[index]
     c.say(camera_hub, "cam", f'{{"type":"session.ice","session_id":"{sid}","candidate":null}}')
-    assert c.last("v1") == {"type": "session.ice", "session_id": sid}
+    assert c.last("v1") == {"type": "session.ice", "session_id": sid, "candidate": None}
     c.say(viewer_hub, "v1", f'{{"type":"session.end","session_id":"{sid}"}}')
     assert c.last("cam") == {"type": "session.end", "session_id": sid, "reason": "peer_hangup"}
     assert not c.hubs[viewer_hub].viewer_sides
@@ -161,14 +171,22 @@ def test_an_unanswered_offer_times_out_on_both_sides() -> None:
     assert c.last("cam") == {"type": "session.end", "session_id": sid, "reason": "timeout"}
 
 
-def test_revoking_access_ends_only_that_users_sessions() -> None:
+BINDING, SHARE = "bind:d1:k1", "share:s1"
+
+
+def access_change(grants: list[str], reason: str, change_id: str = "c1") -> Publish:
+    envelope = {"kind": "access", "id": change_id, "grants": grants, "reason": reason}
+    return Publish(BROADCAST, envelope)
+
+
+def test_revoking_a_share_ends_only_the_sessions_resting_on_it() -> None:
     c = Cluster("A", "B")
-    c.connect("B", "cam", "device", "d1")
+    c.connect("B", "cam", "device", "d1", BINDING)
     c.connect("A", "friend", "user", "u-friend")
     c.connect("B", "owner", "user", "u-owner")
-    friend_sid = open_session(c, "A", "friend")
-    owner_sid = open_session(c, "B", "owner")
-    c.run("B", [Publish(BROADCAST, {"kind": "revoke", "device": "d1", "user": "u-friend"})])
+    friend_sid = open_session(c, "A", "friend", grants=(BINDING, SHARE))
+    owner_sid = open_session(c, "B", "owner", grants=(BINDING,))
+    c.run("B", [access_change([SHARE], "access_revoked")])
     assert c.last("friend") == {
         "type": "session.end",
         "session_id": friend_sid,
@@ -189,15 +207,61 @@ def test_revoking_access_ends_only_that_users_sessions() -> None:
     assert c.last("friend")["error"]["code"] == "unknown_session"  # type: ignore[index]
 
 
+def test_a_revoked_grant_is_refused_even_when_the_check_read_the_database_before_it() -> None:
+    c = Cluster("A", "B")
+    c.connect("B", "cam", "device", "d1", BINDING)
+    c.connect("A", "friend", "user", "u-friend")
+    c.run("A", [access_change([SHARE], "access_revoked")])
+    # A request authorised under the share just before the change was recorded.
+    c.say("A", "friend", '{"type":"session.request","id":"r","device_id":"d1"}', (BINDING, SHARE))
+    assert c.last("friend")["error"]["code"] == "device_not_found"  # type: ignore[index]
+    assert not c.hubs["A"].viewer_sides
+    # Shared again: a new share is a new grant.
+    open_session(c, "A", "friend", grants=(BINDING, "share:s2"))
+
+
+def test_a_session_opened_on_one_instance_is_refused_by_a_camera_instance_that_knows() -> None:
+    c = Cluster("A", "B")
+    c.connect("B", "cam", "device", "d1", BINDING)
+    c.connect("A", "friend", "user", "u-friend")
+    c.run("B", c.hubs["B"].access_changed("c1", (SHARE,), "access_revoked", c.now))
+    c.say("A", "friend", '{"type":"session.request","id":"r","device_id":"d1"}', (BINDING, SHARE))
+    assert c.last("friend")["reason"] == "access_revoked"
+    assert not c.hubs["B"].camera_sides
+
+
+def test_an_access_change_heard_twice_is_applied_once() -> None:
+    c = Cluster("A")
+    c.connect("A", "cam", "device", "d1", BINDING)
+    c.connect("A", "friend", "user", "u-friend")
+    c.run("A", [access_change([SHARE], "access_revoked")])
+    sid = open_session(c, "A", "friend", grants=(BINDING, "share:s2"))
+    c.run("A", [access_change([SHARE], "access_revoked")])  # the database record, later
+    assert sid in c.hubs["A"].viewer_sides
+    # Revoked grants are forgotten after a while, with the changes that revoked them.
+    c.now += 601
+    c.run("A", c.hubs["A"].tick(c.now))
+    assert not c.hubs["A"].revoked
+    assert not c.hubs["A"].changes
+
+
 def test_removing_a_device_ends_every_session_and_closes_the_camera() -> None:
     c = Cluster("A", "B")
-    c.connect("B", "cam", "device", "d1")
+    c.connect("B", "cam", "device", "d1", BINDING)
     c.connect("A", "v1", "user", "u1")
-    sid = open_session(c)
-    c.run("A", [Publish(BROADCAST, {"kind": "removed", "device": "d1"})])
+    sid = open_session(c, grants=(BINDING,))
+    c.run("A", [access_change([BINDING], "device_removed")])
     assert c.last("v1") == {"type": "session.end", "session_id": sid, "reason": "device_removed"}
-    assert "cam" in c.closed
+    assert c.closed["cam"] == CLOSE_REMOVED
     assert "d1" not in c.hubs["B"].cameras
+    assert c.presence[-1] == ("d1", False)
+    # The removed key cannot come back, even before the device is gone from the database;
+    # the camera re-onboarded with a new key can.
+    c.connect("A", "cam-again", "device", "d1", BINDING)
+    assert c.closed["cam-again"] == CLOSE_REMOVED
+    assert "cam-again" not in c.hubs["A"].connections
+    c.connect("A", "cam-new-key", "device", "d1", "bind:d1:k2")
+    assert c.hubs["A"].cameras["d1"] == "cam-new-key"
 
 
 def test_a_reconnecting_camera_replaces_its_old_connection_on_another_instance() -> None:
@@ -294,20 +358,22 @@ def test_pushes_reach_every_connection_of_the_addressed_user_only() -> None:
 
 def relayed(c: Cluster) -> tuple[str, str]:
     """Viewer v1 on A watches d1 (camera on B) through relay r1 (connected on B)."""
-    c.connect("B", "cam", "device", "d1")
+    c.connect("B", "cam", "device", "d1", BINDING)
     c.connect("B", "relay", "relay", "r1")
     c.connect("A", "v1", "user", "u1")
     request = decode('{"type":"session.request","id":"r","device_id":"d1","mode":"relay"}')
     assert isinstance(request, SessionRequest)
-    c.run("A", c.hubs["A"].request_session("v1", request, c.now, relay=("r1", "relay")))
+    hub = c.hubs["A"]
+    c.run("A", hub.request_session("v1", request, c.now, ("r1", "relay"), (BINDING, SHARE)))
     created = c.last("v1")
     assert (created["type"], created["route"]) == ("session.created", "relay")
     down = str(created["session_id"])
     assert c.last("relay") == {"type": "relay.session", "session_id": down, "device_id": "d1"}
     # The relay watches the camera itself, allowed because it serves a viewer of d1.
-    assert c.hubs["B"].relay_serves("relay", "d1")
-    assert not c.hubs["B"].relay_serves("relay", "d2")
-    c.say("B", "relay", '{"type":"session.request","id":"up","device_id":"d1"}')
+    # It watches under the camera's binding only, never under the viewer's share.
+    assert c.hubs["B"].relay_serves("relay", "d1") == (BINDING,)
+    assert c.hubs["B"].relay_serves("relay", "d2") is None
+    c.say("B", "relay", '{"type":"session.request","id":"up","device_id":"d1"}', (BINDING,))
     up = str(c.last("relay")["session_id"])
     c.say("B", "relay", f'{{"type":"session.offer","session_id":"{up}","sdp":"v=0 relay"}}')
     assert c.last("cam")["sdp"] == "v=0 relay"
@@ -326,7 +392,7 @@ def test_a_relayed_session_reaches_the_relay_which_watches_the_camera_itself() -
     c = Cluster("A", "B")
     down, up = relayed(c)
     c.say("A", "v1", f'{{"type":"session.ice","session_id":"{down}","candidate":null}}')
-    assert c.last("relay") == {"type": "session.ice", "session_id": down}
+    assert c.last("relay") == {"type": "session.ice", "session_id": down, "candidate": None}
     # The camera only ever hears of the relay's own session, never of the viewer's.
     assert {m.dump().get("session_id") for m in c.inbox["cam"] if isinstance(m, Message)} == {up}
 
@@ -350,7 +416,7 @@ def test_a_relays_instance_dying_ends_relayed_sessions_elsewhere() -> None:
 def test_revoking_access_ends_a_relayed_session_at_the_relay_too() -> None:
     c = Cluster("A", "B")
     down, _ = relayed(c)
-    c.run("A", [Publish(BROADCAST, {"kind": "revoke", "device": "d1", "user": "u1"})])
+    c.run("A", [access_change([SHARE], "access_revoked")])
     assert c.last("v1")["reason"] == "access_revoked"
     assert c.last("relay") == {
         "type": "session.end",
@@ -358,6 +424,17 @@ def test_revoking_access_ends_a_relayed_session_at_the_relay_too() -> None:
         "reason": "access_revoked",
     }
     assert not c.hubs["B"].relay_serves("relay", "d1")
+
+
+def test_removing_a_relayed_device_ends_the_relays_own_session_with_the_camera() -> None:
+    c = Cluster("A", "B")
+    down, up = relayed(c)
+    c.run("A", [access_change([BINDING], "device_removed")])
+    assert c.last("v1") == {"type": "session.end", "session_id": down, "reason": "device_removed"}
+    assert {"type": "session.end", "session_id": up, "reason": "device_removed"} in [
+        m.dump() for m in c.inbox["relay"] if isinstance(m, Message)
+    ]
+    assert c.closed["cam"] == CLOSE_REMOVED
 
 
 def test_a_relay_that_is_gone_before_the_session_opens_means_relay_failed() -> None:
