@@ -264,7 +264,7 @@ def camera_process(pipe: Connection, state: dict[str, str], size: str) -> None:
     from device_sim.network import use_host_addresses
     from device_sim.state import CameraState
 
-    use_host_addresses(["127.0.0.1"])  # DESIGN.md, "Hermetic network"
+    use_host_addresses(["127.0.0.1"])  # docs/design.md, "Hermetic network"
 
     async def run() -> None:
         width, height = (int(v) for v in size.split("x"))

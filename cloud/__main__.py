@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=list(settings.trusted_proxies) or None,
-        # Signaling: no per-message deflate (~30 KiB per idle connection, DESIGN.md),
+        # Signaling: no per-message deflate (~30 KiB per idle connection, docs/design.md),
         # 64 KiB frames at most (larger ones close with 1009), pings to find dead peers.
         # Signaling is served by a leaner protocol; other WebSockets by uvicorn's --ws.
         ws=websocket_protocol(app, args.ws) if args.sockets == "direct" else args.ws,

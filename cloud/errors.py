@@ -1,6 +1,6 @@
 """The cloud's error tree. ``cloud.http`` is the one place that maps it to responses.
 
-CloudError                    status  body code (PROTOCOL.md error body)
+CloudError                    status  body code (docs/protocol.md error body)
 ├── Malformed                 400     malformed_request
 ├── Unauthenticated           401     unauthenticated | invalid_credentials | invalid_token
 ├── Forbidden                 403     forbidden

@@ -1,6 +1,6 @@
 """One Settings object, read from the environment (and a ``.env`` file when present).
 
-Names are DESIGN.md's. Development defaults let ``make run`` work with nothing installed;
+Names are docs/design.md's. Development defaults let ``make run`` work with nothing installed;
 production (``ENVIRONMENT=production``) refuses to start on a default or missing secret.
 """
 
@@ -63,7 +63,7 @@ class Settings:
     # without clearing it is noticed when it expires.
     presence_ttl_s: int = 60
     event_retention_days: int = 7
-    # Signaling limits (PROTOCOL.md, "Limits").
+    # Signaling limits (docs/protocol.md, "Limits").
     sdp_per_s: int = 5
     ice_per_s: int = 20
     viewers_per_camera: int = 10

@@ -1,6 +1,6 @@
 """The simulated camera's signaling client: hold the WebSocket, answer viewers' offers.
 
-It is a real client of PROTOCOL.md and the reference for firmware engineers:
+It is a real client of docs/protocol.md and the reference for firmware engineers:
 
 - connect to ``signaling_url``, send ``hello`` with a fresh EdDSA assertion (single use, so
   one per attempt), wait for ``welcome``, then send an application ``ping`` every

@@ -1,4 +1,4 @@
-"""The camera's side of "Camera identity" (PROTOCOL.md): an Ed25519 key and its assertions."""
+"""The camera's side of "Camera identity" (docs/protocol.md): an Ed25519 key and its assertions."""
 
 import base64
 import secrets

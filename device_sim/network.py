@@ -1,4 +1,4 @@
-"""Which local addresses WebRTC peers offer as ICE host candidates (DESIGN.md, "Hermetic network").
+"""Which local addresses WebRTC peers offer as ICE host candidates (docs/design.md).
 
 aioice (under aiortc) has no option to choose them: ``Connection.gather_candidates`` binds one
 socket per address returned by its module function ``aioice.ice.get_host_addresses``, which

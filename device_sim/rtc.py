@@ -63,7 +63,7 @@ IceServerJson = Mapping[str, Any]
 
 @dataclass(frozen=True)
 class PeerEnd:
-    """Why a peer ended by itself: a PROTOCOL.md end reason and a message for people."""
+    """Why a peer ended by itself: a docs/protocol.md end reason and a message for people."""
 
     reason: EndReason
     message: str

@@ -5,7 +5,7 @@
         print(watch.ttff_s, watch.selected_pair())
         await watch.end()
 
-Flow (PROTOCOL.md): ``session.request`` -> ``session.created`` (with ``ice_servers``) ->
+Flow (docs/protocol.md): ``session.request`` -> ``session.created`` (with ``ice_servers``) ->
 a receive-only offer -> ``session.answer`` -> trickled ``session.ice`` -> decoded frames.
 Pushes (``device.presence``, ``device.activated``, ``event``) arrive on :attr:`Viewer.pushes`.
 """

@@ -1,7 +1,7 @@
 """The VisionConnect wire contract shared by the cloud, relays, cameras and apps.
 
 Pure: imports pydantic and the standard library, nothing of the project's other packages.
-PROTOCOL.md is the human-readable summary; these models are its executable form.
+docs/protocol.md is the human-readable summary; these models are its executable form.
 """
 
 PROTOCOL_VERSION = 1

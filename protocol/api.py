@@ -1,4 +1,4 @@
-"""Bodies of the HTTP API (PROTOCOL.md, "HTTP API"). Requests forbid unknown fields."""
+"""Bodies of the HTTP API (docs/protocol.md, "HTTP API"). Requests forbid unknown fields."""
 
 import re
 from datetime import datetime

@@ -1,4 +1,4 @@
-"""Events (PROTOCOL.md, "Events"): one thread per continuous activity, new -> update -> end."""
+"""Events (docs/protocol.md, "Events"): one thread per continuous activity, new -> update -> end."""
 
 from datetime import datetime
 from typing import Annotated, Literal

@@ -1,4 +1,4 @@
-"""WebSocket signaling messages (PROTOCOL.md, "WebSocket signaling") and their codec.
+"""WebSocket signaling messages (docs/protocol.md, "WebSocket signaling") and their codec.
 
 One JSON object per text frame, dispatched on ``type``. :func:`decode` turns text into a
 typed message or raises :class:`~protocol.errors.ProtocolError` with a code that the

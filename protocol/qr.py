@@ -1,4 +1,4 @@
-"""The onboarding QR payload: compact, versioned JSON (PROTOCOL.md, "QR payload").
+"""The onboarding QR payload: compact, versioned JSON (docs/protocol.md, "QR payload").
 
 ``{"v":1,"u":"<cloud base URL>","t":"<token>","s":"<ssid>","p":"<password>","m":"<model>"}``
 

@@ -1,6 +1,6 @@
 """Event threads of one camera: analysed frames in, ``new``/``update``/``end`` records out.
 
-PROTOCOL.md ("Events"): one thread per continuous activity, so that an app updates one
+docs/protocol.md ("Events"): one thread per continuous activity, so that an app updates one
 notification instead of posting many. Each kind of activity has its own thread: ``motion``
 from the motion detector, and one per detection kind (a COCO label, with car, truck, bus
 and motorcycle reported as ``vehicle``), so a person thread may open while a motion

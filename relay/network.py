@@ -3,7 +3,7 @@
 aioice (under aiortc) has no option for it: ``Connection.gather_candidates`` binds one socket
 per address returned by its module function ``aioice.ice.get_host_addresses``, which lists
 every interface and always drops ``127.0.0.1``. With ``ICE_HOST_ADDRESSES`` set (loopback in
-tests and local runs, DESIGN.md "Hermetic network"), :func:`use_host_addresses` replaces that
+tests and local runs, docs/design.md "Hermetic network"), :func:`use_host_addresses` replaces that
 function for the whole process; the relay's composition root calls it once at start.
 (``device_sim.network`` does the same for the simulator: the packages never import each other.)
 """

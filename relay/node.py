@@ -1,6 +1,6 @@
 """The relay node: the camera's viewer upstream, the viewers' camera downstream, and analytics.
 
-Signaling (PROTOCOL.md and docs/protocol.md): the node holds ``/ws/v1/relay`` with its
+Signaling (docs/protocol.md): the node holds ``/ws/v1/relay`` with its
 credential, reports ``relay.load`` every few seconds, and for each ``relay.session`` (a viewer
 routed through it) makes sure it watches that camera: one upstream aiortc connection per camera
 (its own ``session.request``, allowed while it serves a viewer of it), fanned out to every

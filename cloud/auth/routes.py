@@ -1,4 +1,4 @@
-"""Account routes: register, login, refresh, logout, me (PROTOCOL.md, auth rows)."""
+"""Account routes: register, login, refresh, logout, me (docs/protocol.md, auth rows)."""
 
 import logging
 import unicodedata

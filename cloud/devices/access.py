@@ -1,7 +1,7 @@
 """The one place that answers "may this principal see or control this device?".
 
 Every device route calls :func:`authorize`; it reads ownership and shares from the
-database at the moment of the request, never from a cache (DESIGN.md, security rules).
+database at the moment of the request, never from a cache (docs/design.md, security rules).
 A device the principal may not see is reported as unknown (404), so that ids reveal
 nothing; a viewer asking to control a device they can see gets 403.
 

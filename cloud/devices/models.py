@@ -1,4 +1,4 @@
-"""Device registry and sharing. Ids are stored plainly (no beanie ``Link``: DESIGN.md)."""
+"""Device registry and sharing. Ids are stored plainly (no beanie ``Link``: docs/design.md)."""
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -15,7 +15,7 @@ class Device(Document):
     name: str
     camera_model: str
     firmware_version: str
-    public_key: str  # raw Ed25519 key, URL-safe base64 (PROTOCOL.md, "Camera identity")
+    public_key: str  # raw Ed25519 key, URL-safe base64 (docs/protocol.md, "Camera identity")
     activated_at: datetime
     online: bool = False
     last_seen: datetime | None = None

@@ -1,4 +1,4 @@
-"""Device routes: list, get, rename, remove; sharing by email (PROTOCOL.md)."""
+"""Device routes: list, get, rename, remove; sharing by email (docs/protocol.md)."""
 
 import logging
 from typing import Any

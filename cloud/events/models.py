@@ -1,7 +1,7 @@
 """Event threads and their snapshots, kept for EVENT_RETENTION_DAYS.
 
 One document per thread (its latest state), so a list shows one line per activity. The
-TTL index tidies up; queries also check ``expires_at`` (DESIGN.md: never rely on the sweep).
+TTL index tidies up; queries also check ``expires_at`` (docs/design.md: never rely on the sweep).
 """
 
 from datetime import datetime

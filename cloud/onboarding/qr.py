@@ -1,4 +1,4 @@
-"""QR rendering (error correction M, DESIGN.md). PNG work runs off the event loop."""
+"""QR rendering (error correction M, docs/design.md). PNG work runs off the event loop."""
 
 import asyncio
 import base64

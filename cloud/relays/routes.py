@@ -1,4 +1,4 @@
-"""Routes for relay nodes beside their WebSocket (PROTOCOL.md, "POST /relays/…")."""
+"""Routes for relay nodes beside their WebSocket (docs/protocol.md, "POST /relays/…")."""
 
 from starlette.requests import Request
 from starlette.responses import Response

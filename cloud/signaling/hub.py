@@ -11,7 +11,7 @@ is known on both sides: :class:`ViewerSide` on the viewer's instance, :class:`Ca
 the camera's. The two sides talk only through envelopes ``{"kind": ..., "session": ...}``,
 so the behaviour is the same whether both connections are on one instance or not.
 
-Lifecycle (PROTOCOL.md): request -> created -> offer -> answer -> ice ... -> end. Access is
+Lifecycle (docs/protocol.md): request -> created -> offer -> answer -> ice ... -> end. Access is
 decided by the caller (a database check) before :meth:`Hub.request_session`, which is given
 the *grants* that check relied on: the camera's binding (``bind:<device>:<key>``, its
 activation with one key) and, for a viewer a camera is shared with, the share

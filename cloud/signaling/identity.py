@@ -1,6 +1,6 @@
 """Camera identity: a short-lived EdDSA assertion signed with the key registered at activation.
 
-PROTOCOL.md, "Camera identity": ``alg: EdDSA``, ``sub`` = device id, ``aud`` = the cloud's
+docs/protocol.md, "Camera identity": ``alg: EdDSA``, ``sub`` = device id, ``aud`` = the cloud's
 base URL, ``iat``, ``exp`` at most 5 minutes ahead, a unique ``jti``. Knowing a device id
 grants nothing (CVE-2021-28372): only a signature by the registered key does, and each
 ``jti`` is accepted once across all instances (the bus claims it).

@@ -1,4 +1,4 @@
-// The HTTP API client (PROTOCOL.md, "HTTP API"): JSON in and out, every failure an ApiError
+// The HTTP API client (docs/protocol.md, "HTTP API"): JSON in and out, every failure an ApiError
 // carrying the API's own sentence, and the access token kept fresh without the user noticing.
 //
 // Tokens live in sessionStorage, not localStorage: they survive a reload of the tab but not

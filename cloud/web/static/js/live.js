@@ -1,4 +1,4 @@
-// Live view over WebRTC (PROTOCOL.md, "WebSocket signaling"), receive-only.
+// Live view over WebRTC (docs/protocol.md, "WebSocket signaling"), receive-only.
 //
 // One attempt is one session: session.request -> session.created {route, ice_servers} ->
 // RTCPeerConnection with a recvonly video transceiver -> session.offer -> session.answer,
@@ -298,7 +298,7 @@ const sleep = (ms) => new Promise((resolve) => {
   setTimeout(resolve, ms);
 });
 
-/** The contract's end reason for why this side ended a session (PROTOCOL.md list). */
+/** The contract's end reason for why this side ended a session (docs/protocol.md list). */
 function wireReason(reason) {
   if (["user_hangup", "ice_failed", "timeout", "invalid_offer"].includes(reason)) return reason;
   return reason === "no_picture" ? "timeout" : "ice_failed";

@@ -1,4 +1,4 @@
-// The signaling WebSocket /ws/v1/client (PROTOCOL.md, "WebSocket signaling").
+// The signaling WebSocket /ws/v1/client (docs/protocol.md, "WebSocket signaling").
 //
 // Held open while signed in: `hello` with a fresh access token, `welcome`, an application
 // `ping` every `heartbeat_s`. A connection that drops is reopened with exponential backoff
