@@ -151,10 +151,14 @@ async def device_of(http: httpx.AsyncClient, owner: Account) -> ActivatedDevice:
     return ActivatedDevice(activated.json()["device_id"], uid, "Porch", key)
 
 
+async def camera_hello(instance: Instance, device: ActivatedDevice) -> Peer:
+    """The camera's connection with its hello sent (a fresh assertion), nothing read yet."""
+    token = assertion(device.private_key, device.id, PUBLIC)
+    return await connect(instance.ws, "/ws/v1/device", token)
+
+
 async def camera_on(instance: Instance, device: ActivatedDevice) -> Peer:
-    peer = await connect(
-        instance.ws, "/ws/v1/device", assertion(device.private_key, device.id, PUBLIC)
-    )
+    peer = await camera_hello(instance, device)
     assert (await peer.recv())["type"] == "welcome"
     return peer
 

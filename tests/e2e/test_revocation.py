@@ -2,6 +2,7 @@
 cloud instances, one redis-server, one database server."""
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import time
@@ -10,17 +11,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websockets
 from bson import ObjectId
 from pymongo import MongoClient
 
-from device_sim.identity import assertion
 from tests.conftest import Account, ActivatedDevice, share
 from tests.e2e.cluster import (
     PRESENCE_TTL_S,
-    PUBLIC,
     Cluster,
     Instance,
     account,
+    camera_hello,
     camera_on,
     device_of,
     negotiate,
@@ -118,10 +119,7 @@ async def test_a_share_revoked_and_a_camera_removed_while_redis_is_down_end_acce
     listed = await http.get("/api/v1/devices", headers=friend.headers)
     assert listed.json()["devices"] == []
     # The removed camera cannot come back with its old key.
-    again = await connect(
-        cluster.b.ws, "/ws/v1/device", assertion(garage.private_key, garage.id, PUBLIC)
-    )
-    assert await again.closed_with() == 4401
+    assert await (await camera_hello(cluster.b, garage)).closed_with() == 4401
 
 
 @pytest.mark.timeout(120)
@@ -131,20 +129,15 @@ async def test_a_hello_while_redis_is_down_is_refused_with_1013_and_no_traceback
     owner = await account(http, "owner")
     device = await device_of(http, owner)
     stop(cluster.redis)
-    token = assertion(device.private_key, device.id, PUBLIC)
-    camera = await connect(cluster.a.ws, "/ws/v1/device", token)
-    assert await camera.closed_with() == 1013
+    assert await (await camera_hello(cluster.a, device)).closed_with() == 1013
     viewer = await connect(cluster.b.ws, "/ws/v1/client", owner.tokens["access_token"])
     assert await viewer.closed_with() == 1013
     cluster.redis = await asyncio.to_thread(start_redis, cluster.redis_port)
     deadline = time.monotonic() + 20
     while True:  # the instances' subscribers reconnect with backoff
-        camera = await connect(
-            cluster.a.ws, "/ws/v1/device", assertion(device.private_key, device.id, PUBLIC)
-        )
-        first = await camera.recv()
-        if first["type"] == "welcome":
-            break
+        with contextlib.suppress(websockets.ConnectionClosed):
+            if (await (await camera_hello(cluster.a, device)).recv())["type"] == "welcome":
+                break
         assert time.monotonic() < deadline
         await asyncio.sleep(0.5)
     # The running_cluster fixture checks both logs for tracebacks on the way out.
@@ -191,11 +184,7 @@ async def test_cameras_that_drop_during_a_database_pause_and_reconnect_end_onlin
         # Each reconnects at once, half to the other instance, half to the same one; their
         # hellos wait for the database like the old connections' leaving does.
         again = [
-            await connect(
-                (cluster.b if i % 3 else home).ws,
-                "/ws/v1/device",
-                assertion(d.private_key, d.id, PUBLIC),
-            )
+            await camera_hello(cluster.b if i % 3 else home, d)
             for i, (home, d) in enumerate(zip(homes, devices, strict=True))
         ]
         await asyncio.sleep(3)
