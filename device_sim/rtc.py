@@ -507,6 +507,7 @@ class ViewerPeer(_Peer):
         connect_timeout_s: float = 10.0,
         session_id: str | None = None,
         on_end: Callable[[PeerEnd], None] | None = None,
+        codecs: Sequence[str] = (),
     ) -> None:
         super().__init__(
             session_id or secrets.token_hex(4),
@@ -515,6 +516,7 @@ class ViewerPeer(_Peer):
             connect_timeout_s=connect_timeout_s,
             on_end=on_end,
         )
+        self.codecs = codecs
         self._frames = 0
         self._first: VideoFrame | None = None
         self._last: VideoFrame | None = None
@@ -543,7 +545,16 @@ class ViewerPeer(_Peer):
             raise RuntimeError("offer() was already called")
         self._offered = True
         self._raise_if_closed()
-        self._pc.addTransceiver("video", direction="recvonly")
+        transceiver = self._pc.addTransceiver("video", direction="recvonly")
+        if self.codecs:
+            available = RTCRtpSender.getCapabilities("video").codecs
+            wanted = [m.lower() for m in self.codecs]
+            transceiver.setCodecPreferences(
+                sorted(
+                    (c for c in available if c.mimeType.lower() in wanted),
+                    key=lambda c: wanted.index(c.mimeType.lower()),
+                )
+            )
         try:
             await self._pc.setLocalDescription(await self._pc.createOffer())
         except Exception as exc:

@@ -65,6 +65,11 @@ class Watch:
 
 
 class Viewer:
+    """A viewer's signaling connection and its sessions; ``codecs`` are the video codecs it
+    offers (mime types in order of preference; empty: every codec aiortc has)."""
+
+    codecs: tuple[str, ...] = ()
+
     def __init__(self, cloud_url: str, access_token: str, refresh_token: str) -> None:
         self.cloud_url = cloud_url.rstrip("/")
         self.access_token = access_token
@@ -224,7 +229,10 @@ class Viewer:
         if reply["type"] == "session.end":
             raise WatchError(str(reply.get("reason")), "the session ended before it started")
         peer = ViewerPeer(
-            reply["ice_servers"], relay_only=relay_only, connect_timeout_s=connect_timeout_s
+            reply["ice_servers"],
+            relay_only=relay_only,
+            connect_timeout_s=connect_timeout_s,
+            codecs=self.codecs,
         )
         watch = Watch(self, reply["session_id"], device_id, peer)
         watch.route = reply.get("route", "p2p")
@@ -243,8 +251,9 @@ class Viewer:
             frame: asyncio.Future[Any] = asyncio.ensure_future(peer.first_frame(remaining))
             ended: asyncio.Future[Any] = watch.ended
             done, _ = await asyncio.wait({frame, ended}, return_when=asyncio.FIRST_COMPLETED)
-            if frame not in done:
-                frame.cancel()
+            if ended in done:  # the cloud's reason, even when the peer's end came with it
+                if not frame.cancel():
+                    frame.exception()  # retrieved: the peer's end says less than the cloud
                 raise WatchError(ended.result(), "the session ended before the first frame")
             try:
                 frame.result()
