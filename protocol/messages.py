@@ -29,6 +29,7 @@ EndReason = Literal[
     "invalid_offer",
     "relay_failed",
     "server_shutdown",
+    "codec_mismatch",
 ]
 RequestId = Annotated[str, Field(min_length=1, max_length=64)]
 SessionId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]

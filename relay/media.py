@@ -38,8 +38,12 @@ still wait (a lost PLI). :func:`forward_keyframe_requests` makes a viewer's own 
 the camera. A late joiner's first frame came ~200 ms after its offer on loopback (ICE, DTLS
 and one PLI round trip), whatever the camera's keyframe interval.
 
-Codec: VP8 end to end. The upstream and every viewer must negotiate VP8 (the signaling glue
-sets codec preferences); frames of another codec are not forwarded (logged once).
+Codec: whichever the upstream negotiated, VP8 or H.264 (:mod:`relay.codecs`); every viewer
+must negotiate the same (the signaling glue answers a viewer that cannot with
+``codec_mismatch``). Keyframes are found from the bitstream (VP8's P bit, H.264's IDR NAL
+units) and an H.264 keyframe leaves with the stream's SPS/PPS ahead of it, so a viewer
+starting there can decode it whatever the camera repeats. Frames of another codec are not
+forwarded (logged once).
 
 Threads and loop: everything here runs on the event loop; aiortc's decoder thread is the only
 other thread and is fed, not touched.
@@ -61,6 +65,8 @@ from aiortc.mediastreams import VIDEO_CLOCK_RATE, MediaStreamError, MediaStreamT
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av import Packet, VideoFrame
 
+from relay.codecs import H264, VP8, ParameterSets, is_h264_keyframe, is_vp8_keyframe
+
 logger = logging.getLogger(__name__)
 
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
@@ -75,18 +81,14 @@ UPSTREAM_GAP_PTS = VIDEO_CLOCK_RATE // 30  # between the last frame of an upstre
 _DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
 
 
-def is_vp8_keyframe(frame: bytes) -> bool:
-    """Whether a depacketized VP8 frame is a keyframe (RFC 6386 section 9.1: P bit clear)."""
-    return bool(frame) and not frame[0] & 1
-
-
 class FanoutTrack(MediaStreamTrack):
     """One viewer's video track: the camera's encoded frames as ``av.Packet`` objects.
 
     Add it to the viewer's ``RTCPeerConnection``; aiortc's sender sends the packets as they
-    are (the viewer must have negotiated VP8). It starts at the first keyframe after its sender
-    first asks for a packet (once the viewer's connection is up), and that first ask requests
-    one from the camera: nothing queues up, stale, while the viewer connects. The packets are
+    are (the viewer must have negotiated the upstream's codec). It starts at the first
+    keyframe after its sender first asks for a packet (once the viewer's connection is up),
+    and that first ask requests one from the camera: nothing queues up, stale, while the
+    viewer connects. The packets are
     shared with every other viewer: treat them as read-only. Stopping the track (aiortc stops
     it when the viewer's connection closes) unsubscribes it. :attr:`packets` counts the packets
     handed to the sender, :attr:`restarts` the times it fell behind and restarted.
@@ -192,6 +194,7 @@ class Fanout:
         self._last_pts = -UPSTREAM_GAP_PTS
         self._asked_at: float | None = None
         self._other_codec_logged = False
+        self._parameter_sets = ParameterSets()
         self._decoded = 0
         self._latest: VideoFrame | None = None
         self._new_frame = asyncio.Event()
@@ -246,6 +249,7 @@ class Fanout:
         self._receiver = receiver
         self._pts_offset = None
         self._asked_at = None
+        self._parameter_sets = ParameterSets()
         self._drain_task = self._spawn(self._drain(track), "decoded frames")
         logger.info("Fanout(%s) attached to the upstream", self.device_id)
         if replacing:  # the new stream's delta frames mean nothing after the old one's
@@ -316,17 +320,20 @@ class Fanout:
     # the upstream
 
     def _on_encoded_frame(self, codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
-        if codec.mimeType.lower() != "video/vp8":
-            if not self._other_codec_logged:
-                self._other_codec_logged = True
-                logger.error(
-                    "Fanout(%s) upstream sends %s, not VP8", self.device_id, codec.mimeType
-                )
-            return
         data = frame.data
         if not data:
             return
-        keyframe = is_vp8_keyframe(data)
+        mime = codec.mimeType.lower()
+        if mime == VP8:
+            keyframe = is_vp8_keyframe(data)
+        elif mime == H264:
+            data = self._parameter_sets.complete(data)
+            keyframe = is_h264_keyframe(data)
+        else:
+            if not self._other_codec_logged:
+                self._other_codec_logged = True
+                logger.error("Fanout(%s) cannot forward %s", self.device_id, codec.mimeType)
+            return
         if self._pts_offset is None:  # aiortc counts each upstream's timestamps from 0
             self._pts_offset = self._last_pts + UPSTREAM_GAP_PTS - frame.timestamp
         pts = frame.timestamp + self._pts_offset

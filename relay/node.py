@@ -33,7 +33,6 @@ from aiortc import (
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
-    RTCRtpSender,
     RTCSessionDescription,
 )
 from aiortc.sdp import candidate_from_sdp
@@ -41,6 +40,7 @@ from av import VideoFrame
 from numpy.typing import NDArray
 from websockets.asyncio.client import ClientConnection
 
+from relay import codecs
 from relay.budget import DetectionBudget
 from relay.detector import Detector, DetectorError
 from relay.events import EventThreads, snapshot_jpeg
@@ -50,6 +50,7 @@ from relay.motion import MotionConfig, MotionDetector
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
+UPSTREAM_ANSWER_TIMEOUT_S = 10.0
 LOAD_EVERY_S = 5.0
 
 
@@ -94,13 +95,6 @@ def configuration(ice_servers: list[dict[str, Any]]) -> RTCConfiguration:
     )
 
 
-def prefer_vp8(pc: RTCPeerConnection) -> None:
-    """The fan-out forwards VP8 as the camera encoded it: every leg must negotiate VP8."""
-    vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/VP8"]
-    for transceiver in pc.getTransceivers():
-        transceiver.setCodecPreferences(vp8)
-
-
 async def add_candidate(pc: RTCPeerConnection, candidate: dict[str, Any] | None) -> None:
     if candidate is None or not candidate.get("candidate"):
         await pc.addIceCandidate(None)  # end of candidates
@@ -131,6 +125,8 @@ class Upstream:
     viewers: set[str] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     closing: asyncio.TimerHandle | None = None
+    codec: str | None = None  # what the camera answered with (relay.codecs), once it has
+    negotiated: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -279,6 +275,9 @@ class RelayNode:
                 await upstream.pc.setRemoteDescription(
                     RTCSessionDescription(message["sdp"], "answer")
                 )
+                upstream.codec = next(iter(codecs.video_codecs(message["sdp"])), None)
+                upstream.negotiated.set()
+                log.info("relay: camera %s sends %s", upstream.device_id, upstream.codec)
                 await self._flush_candidates(session_id, upstream.pc)
         elif kind == "session.ice":
             pc = self._pc_of(session_id)
@@ -351,7 +350,7 @@ class RelayNode:
         pc = RTCPeerConnection(configuration(ice_servers))
         upstream.pc = pc
         pc.addTransceiver("video", direction="recvonly")
-        prefer_vp8(pc)
+        codecs.prefer(pc, codecs.FORWARDED)
 
         @pc.on("track")
         def on_track(track: Any) -> None:
@@ -399,15 +398,28 @@ class RelayNode:
                 {"type": "session.end", "session_id": down.session_id, "reason": "device_offline"}
             )
             return
+        codec = await self._upstream_codec(upstream)
+        if codec is None or codec not in codecs.video_codecs(message["sdp"]):
+            # A viewer that cannot decode what the camera sends would get a black picture.
+            log.info("relay: session %s cannot take %s", down.session_id, codec)
+            self.downstreams.pop(down.session_id, None)
+            reason = "timeout" if codec is None else "codec_mismatch"
+            await self.send(
+                {"type": "session.end", "session_id": down.session_id, "reason": reason}
+            )
+            await self._close_downstream(down)
+            return
         pc = RTCPeerConnection(configuration(message.get("ice_servers") or []))
         down.pc = pc
         try:
+            track = upstream.fanout.subscribe()
+            sender = pc.addTransceiver(track, direction="sendonly").sender
+            forward_keyframe_requests(sender, track)
+            # Before the offer is set: aiortc picks an answer's codecs from the preferences
+            # of the transceiver the offer's video section lands on, there and then.
+            codecs.prefer(pc, (codec,))
             await pc.setRemoteDescription(RTCSessionDescription(message["sdp"], "offer"))
             await self._flush_candidates(down.session_id, pc)
-            track = upstream.fanout.subscribe()
-            sender = pc.addTrack(track)
-            forward_keyframe_requests(sender, track)
-            prefer_vp8(pc)
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
             log.warning("relay: cannot answer session %s: %s", down.session_id, exc)
@@ -426,6 +438,15 @@ class RelayNode:
             }
         )
         await self.send({"type": "session.ice", "session_id": down.session_id, "candidate": None})
+
+    async def _upstream_codec(self, upstream: Upstream) -> str | None:
+        """The camera's codec, once its answer came (None if it did not within the time)."""
+        try:
+            async with asyncio.timeout(UPSTREAM_ANSWER_TIMEOUT_S):
+                await upstream.negotiated.wait()
+        except TimeoutError:
+            return None
+        return upstream.codec
 
     async def _close_downstream(self, down: Downstream, *, keep_upstream: bool = False) -> None:
         self._pending.pop(down.session_id, None)

@@ -246,6 +246,33 @@ async def test_killing_a_relay_ends_its_sessions_and_a_new_request_plays_through
         stop(camera)
 
 
+@pytest.mark.timeout(120)
+async def test_the_relay_forwards_the_cameras_h264_and_a_vp8_only_viewer_gets_codec_mismatch(
+    relay_stack: RelayStack,
+) -> None:
+    stack = relay_stack
+    owner = await Owner.register(stack.url)
+    state = await onboarded_camera(stack, owner, "yard")  # type: ignore[arg-type]
+    device_id = json.loads(state.read_text())["device_id"]
+    camera = simulator(
+        "run", "--state", str(state), "--size", "320x240", log=stack.tmp / "yard.log"
+    )
+    try:
+        await owner.online()
+        async with await Viewer.login(stack.url, owner.email, PASSWORD) as viewer:
+            watch = await viewer.watch(device_id, mode="relay", timeout_s=30)
+            assert watch.frames >= 1
+            viewer.codecs = ("video/VP8",)
+            with pytest.raises(WatchError) as refused:
+                await viewer.watch(device_id, mode="relay", timeout_s=30)
+            assert refused.value.reason == "codec_mismatch"
+            await watch.end()
+        serving = "\n".join(stack.relay_log(r) for r in stack.relays)
+        assert f"camera {device_id} sends video/h264" in serving
+    finally:
+        stop(camera)
+
+
 @pytest.mark.timeout(180)
 async def test_auto_mode_goes_direct_and_falls_back_to_a_relay_when_direct_does_not_play(
     relay_stack: RelayStack,

@@ -21,13 +21,9 @@ from av import VideoFrame
 
 from device_sim.media import SyntheticVideo
 from device_sim.rtc import CameraPeer, ViewerPeer
-from relay.media import (
-    KEYFRAME_RETRY_S,
-    Fanout,
-    FanoutTrack,
-    forward_keyframe_requests,
-    is_vp8_keyframe,
-)
+from relay import codecs
+from relay.codecs import H264, NAL_IDR, NAL_PPS, NAL_SPS, is_vp8_keyframe, nal_units
+from relay.media import KEYFRAME_RETRY_S, Fanout, FanoutTrack, forward_keyframe_requests
 from relay.network import use_host_addresses
 
 WIDTH, HEIGHT, FPS = 320, 240, 15
@@ -70,10 +66,13 @@ def camera(closing: Closing, keyframe_interval: int | None = None) -> CameraPeer
     return peer
 
 
-async def upstream(closing: Closing, cam: CameraPeer) -> RTCRtpReceiver:
-    """The relay's connection to the camera (the relay offers to receive); its receiver."""
+async def upstream(closing: Closing, cam: CameraPeer, codec: str | None = None) -> RTCRtpReceiver:
+    """The relay's connection to the camera (the relay offers to receive, ``codec`` only if
+    given); its receiver."""
     pc = closing.add(RTCPeerConnection(RTCConfiguration(iceServers=[])))
     transceiver = pc.addTransceiver("video", direction="recvonly")
+    if codec is not None:
+        codecs.prefer(pc, (codec,))
     await pc.setLocalDescription(await pc.createOffer())
     answer = await cam.answer(pc.localDescription.sdp)
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
@@ -83,15 +82,16 @@ async def upstream(closing: Closing, cam: CameraPeer) -> RTCRtpReceiver:
 
 
 async def serve(
-    closing: Closing, fanout: Fanout, viewer: ViewerPeer
+    closing: Closing, fanout: Fanout, viewer: ViewerPeer, codec: str | None = None
 ) -> tuple[FanoutTrack, RTCRtpSender]:
-    """The relay answers a viewer's offer with a fan-out track; the track and its sender."""
+    """The relay answers a viewer's offer with a fan-out track (in ``codec`` if given, as
+    the node answers in the camera's); the track and its sender."""
     pc = closing.add(RTCPeerConnection(RTCConfiguration(iceServers=[])))
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=await viewer.offer(), type="offer"))
     track = fanout.subscribe()
-    sender = pc.addTrack(track)
-    for transceiver in pc.getTransceivers():
-        transceiver.direction = "sendonly"
+    sender = pc.addTransceiver(track, direction="sendonly").sender
+    if codec is not None:  # before the offer: aiortc picks an answer's codecs when it is set
+        codecs.prefer(pc, (codec,))
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=await viewer.offer(), type="offer"))
     await pc.setLocalDescription(await pc.createAnswer())
     forward_keyframe_requests(sender, track)
     await viewer.accept(pc.localDescription.sdp)
@@ -183,6 +183,36 @@ async def test_a_late_viewer_gets_its_first_frame_within_a_second_despite_a_20_s
     early_frames = early.frames
     await frames_reach(late, 10)
     assert early.frames > early_frames
+
+
+async def test_an_h264_camera_reaches_viewers_as_its_own_nal_units_each_starting_decodable(
+    closing: Closing,
+) -> None:
+    cam = camera(closing)
+    fanout = closing.add(Fanout("cam"))
+    fanout.attach(await upstream(closing, cam, H264))
+    early = viewer(closing)
+    early_track, _ = await serve(closing, fanout, early, H264)
+    early_packets = record(early_track)
+    await frames_reach(early, FPS)
+    late = viewer(closing)
+    started = time.monotonic()
+    late_track, _ = await serve(closing, fanout, late, H264)
+    late_packets = record(late_track)
+    await late.first_frame(timeout=3)
+    assert time.monotonic() - started < 1.0
+    await frames_reach(late, 10)
+
+    frame = late.last_frame
+    assert frame is not None
+    assert (frame.width, frame.height) == (WIDTH, HEIGHT)
+    assert fanout.keyframes_received >= 2  # the first, and the one the late viewer asked for
+    for packets in (early_packets, late_packets):
+        first = {unit[0] & 0x1F for unit in nal_units(bytes(packets[0]))}
+        assert {NAL_SPS, NAL_PPS, NAL_IDR} <= first  # a decoder can start right there
+    # Forwarded, not re-encoded: the late viewer's packets are the early one's objects.
+    shared = {p.pts: p for p in early_packets}
+    assert all(shared.get(p.pts) is p for p in late_packets[1:10])
 
 
 async def test_unsubscribing_a_viewer_stops_its_delivery_and_not_the_others(
@@ -355,9 +385,3 @@ async def test_a_receiver_serves_one_fanout_and_the_tap_rate_must_be_positive(
         other.attach(receiver)
     with pytest.raises(ValueError, match="positive"):
         fanout.frames(0)
-
-
-def test_vp8_keyframes_are_told_apart_by_the_frame_tags_p_bit() -> None:
-    assert is_vp8_keyframe(b"\x10\x02\x00\x9d\x01\x2a")
-    assert not is_vp8_keyframe(b"\x31\x02\x00")
-    assert not is_vp8_keyframe(b"")

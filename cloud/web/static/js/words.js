@@ -12,6 +12,7 @@ const END_REASONS = {
   invalid_offer: "The camera could not accept this browser's video settings.",
   relay_failed: "The relay carrying the video stopped working.",
   server_shutdown: "The service is restarting. Try again in a moment.",
+  codec_mismatch: "This browser cannot play the video format this camera sends.",
   connection_lost: "Lost the connection to the service.",
   no_answer: "The service did not answer in time.",
   no_picture: "The connection opened but no picture arrived.",
