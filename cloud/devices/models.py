@@ -20,8 +20,8 @@ class Device(Document):
     online: bool = False
     last_seen: datetime | None = None
     motion: dict[str, Any] | None = None  # protocol.api.MotionSettings; None: defaults
-    # Raised by each connection that brings the camera online; presence writes of an older
-    # connection match nothing (cloud.signaling.presence).
+    # Raised by each connection that brings the camera online (its time in ns); presence
+    # writes of an older connection match nothing (cloud.signaling.presence).
     presence_epoch: int = 0
 
     class Settings:

@@ -14,7 +14,7 @@ async def test_a_stale_offline_never_overwrites_a_newer_online(
     new = await presence.came_online(device.id)
     assert old is not None
     assert new is not None
-    assert new[0] == old[0] + 1
+    assert new[0] > old[0]
     assert await presence.went_offline(device.id, old[0]) is None  # landed late: no effect
     assert await presence.not_online([device.id]) == []
     assert await presence.went_offline(device.id, new[0]) is not None
