@@ -29,7 +29,7 @@ from websockets.protocol import OPEN, Protocol
 from websockets.server import ServerProtocol
 
 from cloud.errors import CloudError, Unavailable
-from cloud.signaling.hub import CLOSE_AUTH, Role
+from cloud.signaling.deliveries import CLOSE_AUTH, Role
 from cloud.signaling.ws import HELLO_TIMEOUT_S, Signaling, refusal
 from protocol.errors import ErrorCode, ProtocolError
 

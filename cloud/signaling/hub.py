@@ -19,22 +19,47 @@ activation with one key) and, for a viewer a camera is shared with, the share
 changes (:meth:`Hub.access_changed`: a list of revoked grants) from the database record the
 REST route wrote and, sooner, from the broadcast channel; from then on every session and
 camera connection resting on a revoked grant ends, and the grant is refused for
-``REVOKED_MEMORY_S`` — long enough to cover a check that read the database just before the
-change was recorded (docs/protocol.md, "Revocation").
+a while (:class:`~cloud.signaling.sessions.Revocations`; docs/protocol.md, "Revocation").
 """
 
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast, get_args
+from typing import cast, get_args
 
+from cloud.signaling.deliveries import (
+    BROADCAST,
+    CLOSE_POLICY,
+    CLOSE_REMOVED,
+    CLOSE_REPLACED,
+    Close,
+    Delivery,
+    Envelope,
+    PresenceChanged,
+    Publish,
+    Record,
+    Role,
+    Send,
+    Subscribe,
+    conn_channel,
+    device_channel,
+    user_channel,
+)
+from cloud.signaling.sessions import (
+    Bucket,
+    CameraSide,
+    Connection,
+    Grants,
+    Limits,
+    Revocations,
+    ViewerSide,
+)
 from protocol.errors import ErrorCode
 from protocol.messages import (
     ClientMessage,
     EndReason,
     GoAway,
     IceServer,
-    Message,
     Ping,
     Pong,
     RelaySession,
@@ -48,149 +73,6 @@ from protocol.messages import (
     StatusError,
 )
 
-Role = Literal["user", "device", "relay"]
-Envelope = dict[str, Any]
-Grants = tuple[str, ...]
-BROADCAST = "all"
-REVOKED_MEMORY_S = 600.0
-
-CLOSE_AUTH = 4401
-CLOSE_POLICY = 1008
-CLOSE_REPLACED = 4409
-CLOSE_REMOVED = 4404
-CLOSE_TRY_AGAIN = 1013
-
-
-def device_channel(device_id: str) -> str:
-    return f"dev.{device_id}"
-
-
-def conn_channel(conn_id: str) -> str:
-    return f"conn.{conn_id}"
-
-
-def user_channel(user_id: str) -> str:
-    return f"user.{user_id}"
-
-
-@dataclass(frozen=True)
-class Send:
-    conn: str
-    message: Message | dict[str, Any]  # a dict: a push already in wire form
-
-
-@dataclass(frozen=True)
-class Publish:
-    channel: str
-    envelope: Envelope
-
-
-@dataclass(frozen=True)
-class Close:
-    conn: str
-    code: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class Subscribe:
-    channel: str
-    on: bool = True  # False: unsubscribe
-
-
-@dataclass(frozen=True)
-class PresenceChanged:
-    """A local camera came online or went offline: the edge updates presence and pushes it."""
-
-    device_id: str
-    conn: str
-    online: bool
-
-
-@dataclass(frozen=True)
-class Record:
-    """A viewer-side session changed state: the edge stores it (``sessions`` collection)."""
-
-    session_id: str
-    event: Literal["created", "answered", "ended"]
-    device_id: str
-    user_id: str
-    reason: str | None = None
-    route: str = "p2p"
-
-
-Delivery = Send | Publish | Close | Subscribe | PresenceChanged | Record
-
-
-@dataclass(frozen=True)
-class Limits:
-    sdp_per_s: float = 5.0
-    ice_per_s: float = 20.0
-    viewers_per_camera: int = 10
-    sessions_per_viewer: int = 20
-    accept_timeout_s: float = 5.0
-    answer_timeout_s: float = 15.0
-    strikes_before_close: int = 20
-
-
-class Bucket:
-    """Token bucket: ``rate`` per second, bursts up to one second's worth."""
-
-    __slots__ = ("rate", "stamp", "tokens")
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.tokens = rate
-        self.stamp: float | None = None
-
-    def allow(self, now: float) -> bool:
-        if self.stamp is not None:
-            self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
-@dataclass(slots=True)  # one per connection, 10,000s per instance: keep it small
-class Connection:
-    id: str
-    role: Role
-    principal: str  # user id, device id or relay id
-    sdp: Bucket
-    ice: Bucket
-    grant: str | None = None  # a camera's binding
-    strikes: int = 0
-
-
-@dataclass
-class ViewerSide:
-    id: str
-    device_id: str
-    viewer: str  # local connection id (a user's, or a relay's upstream)
-    user_id: str
-    request_id: str | None
-    ice_servers: list[IceServer]
-    created_at: float
-    target: str  # the channel of the far side: the camera's, or the serving relay's connection
-    grants: Grants = ()
-    route: Literal["p2p", "relay"] = "p2p"
-    relay: str | None = None  # the serving relay's id
-    accepted: bool = False
-    offered_at: float | None = None
-    answered: bool = False
-
-
-@dataclass
-class CameraSide:
-    id: str
-    device_id: str
-    camera: str  # local connection id: the camera's, or the relay's serving the viewer
-    viewer_channel: str
-    user_id: str
-    grants: Grants = ()
-
 
 @dataclass
 class Hub:
@@ -202,8 +84,7 @@ class Hub:
     users: dict[str, set[str]] = field(default_factory=dict)  # user id -> local connections
     viewer_sides: dict[str, ViewerSide] = field(default_factory=dict)
     camera_sides: dict[str, CameraSide] = field(default_factory=dict)
-    revoked: dict[str, float] = field(default_factory=dict)  # grant -> forgotten at
-    changes: dict[str, float] = field(default_factory=dict)  # applied change id -> forgotten at
+    revocations: Revocations = field(default_factory=Revocations)
 
     # connections ------------------------------------------------------------------------
 
@@ -214,7 +95,7 @@ class Hub:
         self, conn: str, role: Role, principal: str, grant: str | None = None
     ) -> list[Delivery]:
         """A connection authenticated; ``grant`` is a camera's binding."""
-        if grant is not None and grant in self.revoked:
+        if grant is not None and self.revocations.any((grant,)):
             return [Close(conn, CLOSE_REMOVED, "device removed")]
         self.connections[conn] = Connection(
             conn,
@@ -265,13 +146,17 @@ class Hub:
             out += self._end_camera_sides(conn, "relay_failed")
             out.append(PresenceChanged(f"relay:{info.principal}", conn, False))
         if info.role == "device" and self.cameras.get(info.principal) == conn:
-            del self.cameras[info.principal]
-            out += self._end_camera_sides(conn, "device_offline")
-            out += [
-                Subscribe(device_channel(info.principal), on=False),
-                PresenceChanged(info.principal, conn, False),
-            ]
+            out += self._release_camera(info.principal, "device_offline")
         return out
+
+    def _release_camera(self, device_id: str, reason: EndReason) -> list[Delivery]:
+        """The camera's local connection no longer holds it: its sessions end, it is offline."""
+        conn = self.cameras.pop(device_id)
+        return [
+            *self._end_camera_sides(conn, reason),
+            Subscribe(device_channel(device_id), on=False),
+            PresenceChanged(device_id, conn, False),
+        ]
 
     def _user_conns(self, user_id: str) -> list[str]:
         return sorted(self.users.get(user_id, ()))
@@ -365,7 +250,7 @@ class Hub:
         info = self.connections.get(conn)
         if info is None:
             return []
-        if self._is_revoked(grants):  # revoked after the caller's check read the database
+        if self.revocations.any(grants):  # revoked after the caller's check read the database
             return [Send(conn, _error(request.id, ErrorCode.DEVICE_NOT_FOUND, "no such device"))]
         mine = sum(1 for s in self.viewer_sides.values() if s.viewer == conn)
         if mine >= self.limits.sessions_per_viewer:
@@ -484,7 +369,8 @@ class Hub:
         if channel == BROADCAST:
             if kind == "access":
                 grants = _grants(envelope)
-                return self.access_changed(str(envelope["id"]), grants, envelope["reason"], now)
+                change, device = str(envelope["id"]), str(envelope["device"])
+                return self.access_changed(change, device, grants, envelope["reason"], now)
             if kind == "gone":
                 return self.device_gone(str(envelope["device"]))
             return []
@@ -520,7 +406,7 @@ class Hub:
         if kind == "open":
             viewer_channel = conn_channel(str(envelope["viewer"]))
             grants = _grants(envelope)
-            if camera is None or self._is_revoked(grants):
+            if camera is None or self.revocations.any(grants):
                 reason = "device_offline" if camera is None else "access_revoked"
                 return [
                     Publish(
@@ -550,8 +436,9 @@ class Hub:
         viewer_channel = conn_channel(str(envelope["viewer"]))
         info = self.connections.get(relay_conn)
         grants = _grants(envelope)
-        if info is None or info.role != "relay" or self._is_revoked(grants):
-            reason = "access_revoked" if self._is_revoked(grants) else "relay_failed"
+        revoked = self.revocations.any(grants)
+        if revoked or info is None or info.role != "relay":
+            reason = "access_revoked" if revoked else "relay_failed"
             return [
                 Publish(viewer_channel, {"kind": "end", "session": session_id, "reason": reason})
             ]
@@ -616,39 +503,28 @@ class Hub:
     # changes of access and liveness ---------------------------------------------------------
 
     def access_changed(
-        self, change_id: str, grants: Grants, reason: EndReason | str, now: float
+        self, change_id: str, device_id: str, grants: Grants, reason: EndReason | str, now: float
     ) -> list[Delivery]:
         """``grants`` no longer hold: what rests on them ends now, and they are refused.
 
         Idempotent per ``change_id``: an instance hears of a change from the route, the
         broadcast and the database, in any order.
         """
-        if change_id in self.changes:
+        if not self.revocations.add(change_id, grants, now):
             return []
-        self.changes[change_id] = now + REVOKED_MEMORY_S
         gone = set(grants)
-        for grant in gone:
-            self.revoked[grant] = now + REVOKED_MEMORY_S
         out: list[Delivery] = []
         for side in [s for s in self.viewer_sides.values() if gone.intersection(s.grants)]:
             out += self._end_viewer_side(side, reason)
         for cam in [s for s in self.camera_sides.values() if gone.intersection(s.grants)]:
             out += self._end_camera_side(cam, reason)
-        for device_id, camera in list(self.cameras.items()):
-            info = self.connections.get(camera)
-            if info is not None and info.grant in gone:
-                del self.cameras[device_id]
-                out += self._end_camera_sides(camera, "device_removed")
-                out += [
-                    Close(camera, CLOSE_REMOVED, "device removed"),
-                    Subscribe(device_channel(device_id), on=False),
-                    PresenceChanged(device_id, camera, False),
-                ]
-                self.connections.pop(camera, None)
+        camera = self.cameras.get(device_id)
+        info = None if camera is None else self.connections.get(camera)
+        if camera is not None and info is not None and info.grant in gone:
+            out += self._release_camera(device_id, "device_removed")
+            out.append(Close(camera, CLOSE_REMOVED, "device removed"))
+            self.connections.pop(camera, None)
         return out
-
-    def _is_revoked(self, grants: Grants) -> bool:
-        return any(g in self.revoked for g in grants)
 
     def device_gone(self, device_id: str) -> list[Delivery]:
         """A camera's (or ``relay:<id>``'s) instance died: end the sessions that used it here."""
@@ -665,9 +541,7 @@ class Hub:
 
     def tick(self, now: float) -> list[Delivery]:
         """Time passes: sessions the camera does not accept or answer in time end with timeout."""
-        for memory in (self.revoked, self.changes):
-            for key in [k for k, until in memory.items() if until <= now]:
-                del memory[key]
+        self.revocations.forget(now)
         out: list[Delivery] = []
         for side in list(self.viewer_sides.values()):
             waiting_accept = (

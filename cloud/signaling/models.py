@@ -1,9 +1,11 @@
 """Session records, as stored in MongoDB."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from beanie import Document, Indexed, PydanticObjectId
+
+from cloud.signaling.deliveries import Record
 
 
 class SessionRecord(Document):
@@ -20,3 +22,27 @@ class SessionRecord(Document):
 
     class Settings:
         name = "sessions"
+
+
+async def keep_record(record: Record) -> None:
+    """Store a viewer-side session's change of state (a hub :class:`Record`)."""
+    now = datetime.now(UTC)
+    if record.event == "created":
+        await SessionRecord(
+            session_id=record.session_id,
+            device_id=PydanticObjectId(record.device_id),
+            viewer_id=record.user_id,
+            route=record.route,
+            created_at=now,
+        ).insert()
+        return
+    collection = SessionRecord.get_pymongo_collection()
+    if record.event == "answered":
+        await collection.update_one(
+            {"session_id": record.session_id}, {"$set": {"answered_at": now}}
+        )
+    else:
+        await collection.update_one(
+            {"session_id": record.session_id},
+            {"$set": {"ended_at": now, "end_reason": record.reason}},
+        )

@@ -10,13 +10,20 @@ instance holding a camera also checks now and then that the database shows it on
 or lost a race.
 """
 
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from beanie import PydanticObjectId
 
 from cloud.devices.models import Device
+from cloud.signaling.bus import Bus
+
+log = logging.getLogger(__name__)
+
+REPAIR_BATCH = 500  # local cameras whose database presence each refresh checks
+Push = Callable[[str, bool, datetime], Awaitable[None]]  # device, online, last seen
 
 
 def _now() -> datetime:
@@ -69,3 +76,61 @@ async def not_online(device_ids: Sequence[str]) -> list[str]:
         projection={"_id": 1},
     )
     return [str(doc["_id"]) async for doc in cursor]
+
+
+class CameraPresence:
+    """The database's view of the cameras this instance holds, written in epoch order.
+
+    ``cameras`` is the hub's live map of device id -> local connection; ``push`` tells a
+    device's audience when its presence changed.
+    """
+
+    def __init__(self, cameras: Mapping[str, str], bus: Bus, push: Push) -> None:
+        self._cameras = cameras
+        self._bus = bus
+        self._push = push
+        self._epochs: dict[str, int] = {}  # local camera connection -> its presence epoch
+        self._repair_from = 0  # where the next repair starts among local cameras
+
+    async def online(self, device_id: str, conn: str) -> None:
+        came = await came_online(device_id)
+        if came is None:
+            return
+        epoch, seen = came
+        if self._cameras.get(device_id) != conn:  # it left while the write was on its way
+            await self._offline(device_id, epoch)
+            return
+        self._epochs[conn] = epoch
+        await self._push(device_id, True, seen)
+
+    async def offline(self, device_id: str, conn: str) -> None:
+        epoch = self._epochs.pop(conn, None)
+        if epoch is not None:  # else its "online" was never written
+            await self._offline(device_id, epoch)
+
+    async def expired(self, device_id: str) -> None:
+        """The camera's presence on the bus expired: its instance died."""
+        # The epoch read before the check: a connection coming meanwhile raises it.
+        epoch = await epoch_of(device_id)
+        if epoch is not None and (await self._bus.presence([device_id]))[device_id] is None:
+            await self._offline(device_id, epoch)
+
+    async def repair(self, cameras: list[tuple[str, str]]) -> None:
+        """Write "online" again for local cameras the database does not show online.
+
+        A batch per refresh, in turn, so that 10,000 cameras cost one small query each time.
+        """
+        if not cameras:
+            return
+        start = self._repair_from % len(cameras)
+        batch = dict((cameras[start:] + cameras[:start])[:REPAIR_BATCH])
+        self._repair_from = start + len(batch)
+        for device_id in await not_online(list(batch)):
+            if self._cameras.get(device_id) == batch[device_id]:
+                log.info("presence of %s repaired: online", device_id)
+                await self.online(device_id, batch[device_id])
+
+    async def _offline(self, device_id: str, epoch: int) -> None:
+        seen = await went_offline(device_id, epoch)
+        if seen is not None:
+            await self._push(device_id, False, seen)

@@ -11,6 +11,7 @@ from cloud.context import bearer_token, context
 from cloud.errors import CloudError, Unauthenticated
 from cloud.http import Endpoint, reply
 from cloud.ice import ice_servers
+from cloud.signaling import asgi_socket
 from cloud.signaling.ws import Signaling
 from protocol.api import IceServersOut
 from protocol.errors import ErrorCode
@@ -52,15 +53,15 @@ def _signaling(socket: WebSocket) -> Signaling:
 
 
 async def device_socket(socket: WebSocket) -> None:
-    await _signaling(socket).serve(socket, "device")
+    await asgi_socket.serve(_signaling(socket), socket, "device")
 
 
 async def client_socket(socket: WebSocket) -> None:
-    await _signaling(socket).serve(socket, "user")
+    await asgi_socket.serve(_signaling(socket), socket, "user")
 
 
 async def relay_socket(socket: WebSocket) -> None:
-    await _signaling(socket).serve(socket, "relay")
+    await asgi_socket.serve(_signaling(socket), socket, "relay")
 
 
 SOCKETS = [

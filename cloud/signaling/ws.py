@@ -14,7 +14,6 @@ about a second even when the bus lost its broadcast.
 """
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -24,7 +23,7 @@ from typing import Any, Protocol
 
 from beanie import PydanticObjectId
 from pymongo.errors import PyMongoError
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocketDisconnect
 
 from cloud.auth.tokens import AccessTokens, UserPrincipal
 from cloud.devices.access import Action, audience, authorize
@@ -33,16 +32,13 @@ from cloud.errors import CloudError, Unavailable
 from cloud.ice import ice_servers
 from cloud.relays import registry
 from cloud.settings import Settings
-from cloud.signaling import presence
 from cloud.signaling.bus import Bus, BusUnavailable
-from cloud.signaling.hub import (
+from cloud.signaling.deliveries import (
     BROADCAST,
     CLOSE_AUTH,
     CLOSE_TRY_AGAIN,
     Close,
     Delivery,
-    Hub,
-    Limits,
     PresenceChanged,
     Publish,
     Record,
@@ -51,8 +47,11 @@ from cloud.signaling.hub import (
     Subscribe,
     user_channel,
 )
+from cloud.signaling.hub import Hub
 from cloud.signaling.identity import DeviceAssertions
-from cloud.signaling.models import SessionRecord
+from cloud.signaling.models import keep_record
+from cloud.signaling.presence import CameraPresence
+from cloud.signaling.sessions import Limits
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (
     DevicePresence,
@@ -78,7 +77,6 @@ ACCESS_POLL_S = 0.5
 # How far before the last read access changes are read again: covers the clocks of
 # instances that differ and a record that became visible after a read had begun.
 ACCESS_LOOKBACK_S = 10.0
-REPAIR_BATCH = 500  # local cameras whose database presence each refresh checks
 
 
 def _now() -> datetime:
@@ -100,29 +98,6 @@ class Socket(Protocol):
         """Close with ``code``; never raises, also when the peer is gone already."""
 
 
-class AsgiSocket:
-    """A Starlette WebSocket as a :class:`Socket`."""
-
-    __slots__ = ("socket",)
-
-    def __init__(self, socket: WebSocket) -> None:
-        self.socket = socket
-
-    @property
-    def is_open(self) -> bool:
-        return self.socket.application_state == WebSocketState.CONNECTED
-
-    async def send_text(self, text: str) -> None:
-        await asyncio.wait_for(self.socket.send_text(text), SEND_TIMEOUT_S)
-
-    async def close(self, code: int, reason: str) -> None:
-        if self.socket.application_state == WebSocketState.DISCONNECTED:
-            return
-        # The peer may have gone meanwhile: closing a closed socket is not an error.
-        with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
-            await self.socket.close(code, reason)
-
-
 class Signaling:
     """Owns the hub, its bus subscriptions, the local sockets and the periodic tasks."""
 
@@ -140,8 +115,7 @@ class Signaling:
         )
         self.hub = Hub(instance, lambda p: ice_servers(settings, p), limits)
         self.sockets: dict[str, Socket] = {}
-        self._epochs: dict[str, int] = {}  # local camera connection -> its presence epoch
-        self._repair_from = 0  # where the next presence repair starts among local cameras
+        self.presence = CameraPresence(self.hub.cameras, bus, self._push_presence)
         self._access_read_at = _now()
         self._tasks: list[asyncio.Task[None]] = []
         # Presence lives presence_ttl_s unless refreshed (every quarter of it); clients are
@@ -214,41 +188,23 @@ class Signaling:
         ]
         for device_id, conn in cameras + relays:
             await self.bus.set_presence(device_id, conn, self.presence_ttl_s)
-        await self._repair_presence(cameras)
-
-    async def _repair_presence(self, cameras: list[tuple[str, str]]) -> None:
-        """Re-assert "online" in the database for local cameras it does not show online.
-
-        A batch per refresh, in turn, so that 10,000 cameras cost one small query each time.
-        """
-        if not cameras:
-            return
-        start = self._repair_from % len(cameras)
-        batch = dict((cameras[start:] + cameras[:start])[:REPAIR_BATCH])
-        self._repair_from = start + len(batch)
-        for device_id in await presence.not_online(list(batch)):
-            if self.hub.cameras.get(device_id) == batch[device_id]:
-                log.info("presence of %s repaired: online", device_id)
-                await self._online(device_id, batch[device_id])
+        await self.presence.repair(cameras)
 
     async def _sweep(self) -> None:
         """Presence that expired without a clear means the camera's instance died."""
         for device_id in await self.bus.claim_expired_presence():
             log.info("presence of %s expired", device_id)
             await self._publish(Publish(BROADCAST, {"kind": "gone", "device": device_id}))
-            if device_id.startswith("relay:"):
-                continue
-            # The epoch read before the check: a connection coming meanwhile raises it.
-            epoch = await presence.epoch_of(device_id)
-            if epoch is not None and (await self.bus.presence([device_id]))[device_id] is None:
-                await self._offline(device_id, epoch)
+            if not device_id.startswith("relay:"):
+                await self.presence.expired(device_id)
 
     async def _read_access(self) -> None:
         """Apply the access changes recorded lately, whether or not the bus brought them."""
         started = _now()
         since = self._access_read_at - timedelta(seconds=ACCESS_LOOKBACK_S)
         for change in await AccessChange.find(AccessChange.at >= since).to_list():
-            await self._apply_access(_access_envelope(change))
+            if str(change.id) not in self.hub.revocations.changes:  # read again: known
+                await self._apply_access(_access_envelope(change))
         self._access_read_at = started
 
     async def _apply_access(self, envelope: dict[str, Any]) -> None:
@@ -303,7 +259,7 @@ class Signaling:
                     case PresenceChanged():
                         await self._camera_presence(d)
                     case Record():
-                        await self._record(d)
+                        await keep_record(d)
             except BusUnavailable:
                 if strict:
                     raise
@@ -339,30 +295,12 @@ class Signaling:
             return
         if change.online:
             await self.bus.set_presence(change.device_id, change.conn, self.presence_ttl_s)
-            await self._online(change.device_id, change.conn)
+            await self.presence.online(change.device_id, change.conn)
             return
-        epoch = self._epochs.pop(change.conn, None)
         try:
             await self.bus.clear_presence(change.device_id, change.conn)
         finally:  # the database's view does not wait for the bus
-            if epoch is not None:
-                await self._offline(change.device_id, epoch)
-
-    async def _online(self, device_id: str, conn: str) -> None:
-        came = await presence.came_online(device_id)
-        if came is None:
-            return
-        epoch, seen = came
-        if self.hub.cameras.get(device_id) != conn:  # it left while the write was on its way
-            await self._offline(device_id, epoch)
-            return
-        self._epochs[conn] = epoch
-        await self._push_presence(device_id, True, seen)
-
-    async def _offline(self, device_id: str, epoch: int) -> None:
-        seen = await presence.went_offline(device_id, epoch)
-        if seen is not None:
-            await self._push_presence(device_id, False, seen)
+            await self.presence.offline(change.device_id, change.conn)
 
     async def _push_presence(self, device_id: str, online: bool, seen: datetime) -> None:
         """Push presence to the device's owner and viewers, and nobody else."""
@@ -373,26 +311,6 @@ class Signaling:
         for user in users:
             await self._publish(
                 Publish(user_channel(str(user)), {"kind": "push", "message": message.dump()})
-            )
-
-    async def _record(self, record: Record) -> None:
-        collection = SessionRecord.get_pymongo_collection()
-        if record.event == "created":
-            await SessionRecord(
-                session_id=record.session_id,
-                device_id=PydanticObjectId(record.device_id),
-                viewer_id=record.user_id,
-                route=record.route,
-                created_at=_now(),
-            ).insert()
-        elif record.event == "answered":
-            await collection.update_one(
-                {"session_id": record.session_id}, {"$set": {"answered_at": _now()}}
-            )
-        else:
-            await collection.update_one(
-                {"session_id": record.session_id},
-                {"$set": {"ended_at": _now(), "end_reason": record.reason}},
             )
 
     # changes of access, from the REST routes ----------------------------------------------------
@@ -415,37 +333,8 @@ class Signaling:
     # connections ----------------------------------------------------------------------------
     #
     # A connection's life, whatever carries it: authenticate its hello, attach it, welcome
-    # it, hand it each frame, detach it. serve() runs it over a Starlette WebSocket;
-    # cloud.signaling.direct_socket runs it straight from the transport.
-
-    async def serve(self, socket: WebSocket, role: Role) -> None:
-        await socket.accept()
-        if self.draining:
-            await socket.close(1012, "server restarting")
-            return
-        try:
-            text = await asyncio.wait_for(socket.receive_text(), HELLO_TIMEOUT_S)
-            principal, grant = await self.authenticate(role, text)
-        except (TimeoutError, CloudError, ProtocolError, WebSocketDisconnect) as exc:
-            log.info("%s connection refused: %s", role, getattr(exc, "message", type(exc).__name__))
-            if socket.application_state == WebSocketState.CONNECTED:
-                await socket.close(*refusal(exc))
-            return
-        conn = self.attach(AsgiSocket(socket), role, principal)
-        try:
-            try:
-                await self.welcome(conn, role, principal, grant)
-            except Unavailable as exc:
-                log.info("%s connection %s refused: %s", role, conn, exc.message)
-                await socket.close(*refusal(exc))
-                return
-            while True:
-                frame = await socket.receive()
-                if frame["type"] == "websocket.disconnect":
-                    return
-                await self.frame(conn, role, principal, frame.get("text"))
-        finally:
-            await self.detach(conn, role, principal)
+    # it, hand it each frame, detach it. cloud.signaling.asgi_socket runs it over a Starlette
+    # WebSocket; cloud.signaling.direct_socket runs it straight from the transport.
 
     async def authenticate(self, role: Role, hello_text: str) -> tuple[str, str | None]:
         """The principal the first frame proves (a user, device or relay id), and for a
@@ -577,6 +466,7 @@ def _access_envelope(change: AccessChange) -> dict[str, Any]:
     return {
         "kind": "access",
         "id": str(change.id),
+        "device": str(change.device_id),
         "grants": change.grants,
         "reason": change.reason,
     }

@@ -12,9 +12,10 @@ from websockets.frames import Frame
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
+from cloud.signaling.asgi_socket import AsgiSocket
+from cloud.signaling.deliveries import Role
 from cloud.signaling.direct_socket import DirectSocket
-from cloud.signaling.hub import Role
-from cloud.signaling.ws import AsgiSocket, Signaling
+from cloud.signaling.ws import Signaling
 from device_sim.identity import assertion
 from tests.conftest import RELAY_SECRET, ActivatedDevice, ActivateDevice, MakeAccount, serving
 from tests.peers import AUDIENCE, Peer, camera, connect, viewer

@@ -2,19 +2,19 @@
 
 from collections import defaultdict
 
-from cloud.signaling.hub import (
+from cloud.signaling.deliveries import (
     BROADCAST,
     CLOSE_POLICY,
     CLOSE_REMOVED,
     CLOSE_REPLACED,
     Close,
     Delivery,
-    Hub,
     PresenceChanged,
     Publish,
     Send,
     Subscribe,
 )
+from cloud.signaling.hub import Hub
 from protocol.messages import IceServer, Message, SessionRequest, decode
 
 ICE = [IceServer(urls=["stun:127.0.0.1:3478"])]
@@ -175,7 +175,13 @@ BINDING, SHARE = "bind:d1:k1", "share:s1"
 
 
 def access_change(grants: list[str], reason: str, change_id: str = "c1") -> Publish:
-    envelope = {"kind": "access", "id": change_id, "grants": grants, "reason": reason}
+    envelope = {
+        "kind": "access",
+        "id": change_id,
+        "device": "d1",
+        "grants": grants,
+        "reason": reason,
+    }
     return Publish(BROADCAST, envelope)
 
 
@@ -224,7 +230,7 @@ def test_a_session_opened_on_one_instance_is_refused_by_a_camera_instance_that_k
     c = Cluster("A", "B")
     c.connect("B", "cam", "device", "d1", BINDING)
     c.connect("A", "friend", "user", "u-friend")
-    c.run("B", c.hubs["B"].access_changed("c1", (SHARE,), "access_revoked", c.now))
+    c.run("B", c.hubs["B"].access_changed("c1", "d1", (SHARE,), "access_revoked", c.now))
     c.say("A", "friend", '{"type":"session.request","id":"r","device_id":"d1"}', (BINDING, SHARE))
     assert c.last("friend")["reason"] == "access_revoked"
     assert not c.hubs["B"].camera_sides
@@ -241,8 +247,8 @@ def test_an_access_change_heard_twice_is_applied_once() -> None:
     # Revoked grants are forgotten after a while, with the changes that revoked them.
     c.now += 601
     c.run("A", c.hubs["A"].tick(c.now))
-    assert not c.hubs["A"].revoked
-    assert not c.hubs["A"].changes
+    assert not c.hubs["A"].revocations.grants
+    assert not c.hubs["A"].revocations.changes
 
 
 def test_removing_a_device_ends_every_session_and_closes_the_camera() -> None:
