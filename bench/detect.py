@@ -261,8 +261,8 @@ def camera_process(pipe: Connection, state: dict[str, str], size: str) -> None:
     every process here) that the bench sends; "stop" or a closed pipe stops the camera.
     """
     from device_sim.camera import Camera
-    from device_sim.network import use_host_addresses
     from device_sim.state import CameraState
+    from peer.network import use_host_addresses
 
     use_host_addresses(["127.0.0.1"])  # docs/design.md, "Hermetic network"
 
@@ -303,8 +303,8 @@ def viewer_process(pipe: Connection, url: str, token: str, device_id: str) -> No
     events are the live ``event`` pushes, as (arrival time.monotonic(), kind, state,
     started_at, ended_at), the last two as time.time() (ended_at: the thread's last hit).
     """
-    from device_sim.network import use_host_addresses
     from device_sim.viewer import Viewer
+    from peer.network import use_host_addresses
 
     use_host_addresses(["127.0.0.1"])
 

@@ -54,10 +54,9 @@ from aiortc.contrib.media import MediaRelay  # noqa: E402
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack  # noqa: E402
 
 from device_sim.media import SyntheticVideo  # noqa: E402
-from device_sim.network import use_host_addresses as camera_host_addresses  # noqa: E402
 from device_sim.rtc import CameraPeer, ViewerPeer  # noqa: E402
+from peer.network import use_host_addresses  # noqa: E402
 from relay.media import Fanout  # noqa: E402
-from relay.network import use_host_addresses  # noqa: E402
 
 WIDTH, HEIGHT, FPS = 640, 480, 15
 MODES = ("fanout", "mediarelay", "encode-once")
@@ -87,7 +86,7 @@ def serve(main: Callable[[Connection, Any], Any], conn: Connection, argument: An
 
 
 async def camera_main(conn: Connection, _: Any) -> None:
-    camera_host_addresses(["127.0.0.1"])
+    use_host_addresses(["127.0.0.1"])
     video = SyntheticVideo(WIDTH, HEIGHT, fps=FPS)
     peers: list[CameraPeer] = []
     while True:
@@ -236,7 +235,7 @@ async def relay_main(conn: Connection, mode: str) -> None:
 
 
 async def viewers_main(conn: Connection, _: Any) -> None:
-    camera_host_addresses(["127.0.0.1"])
+    use_host_addresses(["127.0.0.1"])
     peers: list[ViewerPeer] = []
     while True:
         command, argument = await receive(conn)

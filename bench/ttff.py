@@ -28,8 +28,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from device_sim.network import use_host_addresses  # noqa: E402
 from device_sim.viewer import Viewer  # noqa: E402
+from peer.network import use_host_addresses  # noqa: E402
 from tests.servers import cloud_process, coturn_server, secantus_server, stop  # noqa: E402
 
 PASSWORD = "Bench-password-42"

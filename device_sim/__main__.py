@@ -38,7 +38,7 @@ def _stop_event() -> asyncio.Event:
 
 
 def _network() -> None:
-    from device_sim.network import host_addresses_from_env, use_host_addresses
+    from peer.network import host_addresses_from_env, use_host_addresses
 
     addresses = host_addresses_from_env(os.environ)
     if addresses:

@@ -29,36 +29,27 @@ import asyncio
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aioice import Candidate
 from aiortc import (
-    RTCConfiguration,
-    RTCIceCandidate,
-    RTCIceServer,
     RTCIceTransport,
     RTCPeerConnection,
     RTCRtpSender,
-    RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.rtcconfiguration import RTCIceTransportPolicy
-from aiortc.sdp import SessionDescription, candidate_from_sdp
+from aiortc.sdp import SessionDescription
 from av import VideoFrame
 
 from device_sim.media import CameraTrack, Vp8KeyframeEncoder
+from peer.ice import CandidateJson, IceServerJson, RemoteCandidates, rtc_configuration
 from protocol.messages import EndReason
 
 logger = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 5.0
-MAX_PENDING_CANDIDATES = 100  # held before the remote description; more are dropped
-ICE_URL_SCHEMES = ("stun", "stuns", "turn", "turns")
-
-CandidateJson = Mapping[str, Any]
-IceServerJson = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -82,68 +73,6 @@ class PeerEndedError(ConnectionError):
     def __init__(self, end: PeerEnd | None) -> None:
         super().__init__(str(end) if end else "the peer was closed")
         self.end = end
-
-
-def rtc_configuration(
-    ice_servers: Sequence[IceServerJson], relay_only: bool = False
-) -> RTCConfiguration:
-    """aiortc's configuration for the cloud's ``ice_servers`` list.
-
-    ``ice_servers`` entries are ``{"urls": [...] | "...", "username"?, "credential"?}``.
-    The list is always passed explicitly: aiortc replaces ``iceServers=None`` (never ``[]``)
-    by a public Google STUN server, so an empty list here means no server at all. aiortc
-    uses only the first STUN and the first TURN URL (``turn:`` over UDP or TCP, ``turns:``
-    over TCP). ``relay_only`` sets the ``relay`` transport policy (relay candidates only).
-    Raises :class:`ValueError` for an entry without URLs or a URL that is not STUN/TURN.
-    """
-    servers: list[RTCIceServer] = []
-    for entry in ice_servers:
-        urls = entry.get("urls")
-        if isinstance(urls, str):
-            urls = [urls]
-        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
-            raise ValueError("an ICE server needs a non-empty list of URLs")
-        for url in urls:
-            if url.split(":", 1)[0] not in ICE_URL_SCHEMES:
-                raise ValueError(f"not a STUN or TURN URL: {url!r}")
-        servers.append(
-            RTCIceServer(
-                urls=list(urls), username=entry.get("username"), credential=entry.get("credential")
-            )
-        )
-    policy = RTCIceTransportPolicy.RELAY if relay_only else RTCIceTransportPolicy.ALL
-    return RTCConfiguration(iceServers=servers, iceTransportPolicy=policy)
-
-
-def candidate_from_json(candidate: CandidateJson | None) -> RTCIceCandidate | None:
-    """aiortc's candidate for the browser's JSON form; ``None`` means end of candidates.
-
-    An empty ``candidate`` string (what browsers send at the end of a generation) is also
-    end of candidates. Raises :class:`ValueError` for anything else that does not parse.
-    """
-    if candidate is None:
-        return None
-    text = candidate.get("candidate")
-    if not isinstance(text, str):
-        raise ValueError("a candidate needs a 'candidate' string")
-    text = text.strip()
-    if not text:
-        return None
-    text = text.removeprefix("a=").removeprefix("candidate:")
-    bits = text.split()
-    if len(bits) < 8 or bits[6] != "typ":
-        raise ValueError(f"malformed candidate: {text[:100]!r}")
-    try:
-        parsed = candidate_from_sdp(text)
-    except (ValueError, IndexError) as exc:
-        raise ValueError(f"malformed candidate: {text[:100]!r}") from exc
-    mid = candidate.get("sdpMid")
-    index = candidate.get("sdpMLineIndex")
-    if mid is None and index is None:
-        raise ValueError("a candidate needs sdpMid or sdpMLineIndex")
-    parsed.sdpMid = None if mid is None else str(mid)
-    parsed.sdpMLineIndex = None if index is None else int(index)
-    return parsed
 
 
 def _describe(candidate: Candidate, address: str, port: int) -> dict[str, str | int]:
@@ -193,7 +122,7 @@ class _Peer:
         self._end: PeerEnd | None = None
         self._closed = False
         self._remote_set = False
-        self._pending: list[RTCIceCandidate | None] = []
+        self._remote = RemoteCandidates(f"{self._name}({session_id})")
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -219,20 +148,12 @@ class _Peer:
     async def add_candidate(self, candidate: CandidateJson | None) -> None:
         """Add a remote candidate in the browser's JSON form; ``None``: end of candidates.
 
-        Candidates that arrive before the remote description are applied once it is set (up
-        to :data:`MAX_PENDING_CANDIDATES`); after :meth:`close` they are ignored. Raises
-        :class:`ValueError` when malformed.
+        Candidates that arrive before the remote description are applied once it is set;
+        those behind mDNS names wait for the peer's checks (:mod:`peer.ice`); after
+        :meth:`close` they are ignored. Raises :class:`ValueError` when malformed.
         """
-        parsed = candidate_from_json(candidate)
-        if self._closed:
-            return
-        if not self._remote_set:
-            if parsed is None or len(self._pending) < MAX_PENDING_CANDIDATES:
-                self._pending.append(parsed)
-            else:
-                self._log(logging.WARNING, "candidate dropped: too many before the offer")
-            return
-        await self._pc.addIceCandidate(parsed)
+        if not self._closed:
+            await self._remote.add(candidate)
 
     def selected_pair(self) -> dict[str, dict[str, str | int]] | None:
         """The candidate pair carrying media, or ``None`` before ICE nominated one.
@@ -293,11 +214,9 @@ class _Peer:
         if self._closed:
             raise PeerEndedError(self._end) from cause
 
-    async def _remote_description_set(self) -> None:
+    async def _set_remote(self, sdp: str, kind: str) -> None:
+        await self._remote.set_description(self._pc, sdp, kind)
         self._remote_set = True
-        pending, self._pending = self._pending, []
-        for candidate in pending:
-            await self._pc.addIceCandidate(candidate)
 
     def _ice_transports(self) -> list[RTCIceTransport]:
         return [t.receiver.transport.transport for t in self._pc.getTransceivers()]
@@ -347,7 +266,12 @@ class _Peer:
                 f"no relay candidate from {self._turn_url}: TURN credentials refused "
                 "(wrong or expired) or TURN server unreachable?"
             )
-        if not remote:
+        if not remote and self._remote.hidden:
+            hints.append(
+                f"the remote peer's {self._remote.hidden} candidates are behind mDNS names "
+                "and none of its checks arrived"
+            )
+        elif not remote:
             hints.append("the remote peer sent no candidate")
         if not local:
             # aioice also drops a component that end-of-candidates left without remote ones,
@@ -453,7 +377,7 @@ class CameraPeer(_Peer):
         self._answered = True
         self._raise_if_closed()
         try:
-            await self._pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            await self._set_remote(offer_sdp, "offer")
         except Exception as exc:  # untrusted SDP: aiortc raises assorted errors
             self._raise_if_closed(exc)
             raise InvalidDescription(f"the offer was rejected: {exc!r}") from exc
@@ -462,7 +386,6 @@ class CameraPeer(_Peer):
             raise InvalidDescription("the offer has no video section")
         sender = self._pc.addTrack(self._track)
         video.direction = "sendonly"
-        await self._remote_description_set()
         try:
             await self._pc.setLocalDescription(await self._pc.createAnswer())
         except Exception as exc:
@@ -574,14 +497,11 @@ class ViewerPeer(_Peer):
         if self._closed:
             return
         try:
-            await self._pc.setRemoteDescription(
-                RTCSessionDescription(sdp=answer_sdp, type="answer")
-            )
+            await self._set_remote(answer_sdp, "answer")
         except Exception as exc:  # untrusted SDP: aiortc raises assorted errors
             if self._closed:
                 return
             raise InvalidDescription(f"the answer was rejected: {exc!r}") from exc
-        await self._remote_description_set()
 
     async def first_frame(self, timeout: float) -> VideoFrame:  # noqa: ASYNC109 (the contract)
         """The first decoded frame, waiting up to ``timeout`` seconds for it.

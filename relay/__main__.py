@@ -13,16 +13,13 @@ import os
 import signal
 import sys
 
+from peer.network import host_addresses_from_env, use_host_addresses
 from relay.node import RelayNode, RelaySettings
 
 
 async def serve(settings: RelaySettings) -> int:
-    addresses = [
-        a.strip() for a in os.environ.get("ICE_HOST_ADDRESSES", "").split(",") if a.strip()
-    ]
+    addresses = host_addresses_from_env(os.environ)
     if addresses:
-        from relay.network import use_host_addresses
-
         use_host_addresses(addresses)
     detector = None
     if settings.yolo_model:

@@ -38,7 +38,7 @@ still wait (a lost PLI). :func:`forward_keyframe_requests` makes a viewer's own 
 the camera. A late joiner's first frame came ~200 ms after its offer on loopback (ICE, DTLS
 and one PLI round trip), whatever the camera's keyframe interval.
 
-Codec: whichever the upstream negotiated, VP8 or H.264 (:mod:`relay.codecs`); every viewer
+Codec: whichever the upstream negotiated, VP8 or H.264 (:mod:`peer.codecs`); every viewer
 must negotiate the same (the signaling glue answers a viewer that cannot with
 ``codec_mismatch``). Keyframes are found from the bitstream (VP8's P bit, H.264's IDR NAL
 units) and an H.264 keyframe leaves with the stream's SPS/PPS ahead of it, so a viewer
@@ -65,7 +65,7 @@ from aiortc.mediastreams import VIDEO_CLOCK_RATE, MediaStreamError, MediaStreamT
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av import Packet, VideoFrame
 
-from relay.codecs import H264, VP8, ParameterSets, is_h264_keyframe, is_vp8_keyframe
+from peer.codecs import H264, VP8, ParameterSets, is_h264_keyframe, is_vp8_keyframe
 
 logger = logging.getLogger(__name__)
 

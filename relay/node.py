@@ -29,18 +29,13 @@ from typing import Any
 import httpx
 import numpy as np
 import websockets
-from aiortc import (
-    RTCConfiguration,
-    RTCIceServer,
-    RTCPeerConnection,
-    RTCSessionDescription,
-)
-from aiortc.sdp import candidate_from_sdp
+from aiortc import RTCPeerConnection
 from av import VideoFrame
 from numpy.typing import NDArray
 from websockets.asyncio.client import ClientConnection
 
-from relay import codecs
+from peer import codecs
+from peer.ice import RemoteCandidates, rtc_configuration
 from relay.budget import DetectionBudget
 from relay.detector import Detector, DetectorError
 from relay.events import EventThreads, snapshot_jpeg
@@ -85,26 +80,6 @@ class RelaySettings:
         return f"{self.relay_id}:{self.relay_secret}"
 
 
-def configuration(ice_servers: list[dict[str, Any]]) -> RTCConfiguration:
-    """An explicit server list, never aiortc's default public STUN server (``[]``: none)."""
-    return RTCConfiguration(
-        iceServers=[
-            RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
-            for s in ice_servers
-        ]
-    )
-
-
-async def add_candidate(pc: RTCPeerConnection, candidate: dict[str, Any] | None) -> None:
-    if candidate is None or not candidate.get("candidate"):
-        await pc.addIceCandidate(None)  # end of candidates
-        return
-    parsed = candidate_from_sdp(str(candidate["candidate"]).removeprefix("candidate:"))
-    parsed.sdpMid = candidate.get("sdpMid")
-    parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
-    await pc.addIceCandidate(parsed)
-
-
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
@@ -125,8 +100,9 @@ class Upstream:
     viewers: set[str] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     closing: asyncio.TimerHandle | None = None
-    codec: str | None = None  # what the camera answered with (relay.codecs), once it has
+    codec: str | None = None  # what the camera answered with (peer.codecs), once it has
     negotiated: asyncio.Event = field(default_factory=asyncio.Event)
+    remote: RemoteCandidates = field(default_factory=lambda: RemoteCandidates("upstream"))
 
 
 @dataclass
@@ -134,6 +110,7 @@ class Downstream:
     session_id: str
     device_id: str
     pc: RTCPeerConnection | None = None
+    remote: RemoteCandidates = field(default_factory=lambda: RemoteCandidates("downstream"))
 
 
 class RelayNode:
@@ -147,7 +124,6 @@ class RelayNode:
         self.stats = {"events_sent": 0, "events_failed": 0, "frames_analysed": 0}
         # Candidates that arrive before their connection's remote description are held:
         # aiortc would otherwise drop them (and an early end-of-candidates kills its ICE).
-        self._pending: dict[str, list[dict[str, Any] | None]] = {}
         self._socket: ClientConnection | None = None
         self._http: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -272,19 +248,17 @@ class RelayNode:
         elif kind == "session.answer":
             upstream = self._upstream_of(session_id)
             if upstream is not None and upstream.pc is not None:
-                await upstream.pc.setRemoteDescription(
-                    RTCSessionDescription(message["sdp"], "answer")
-                )
+                await upstream.remote.set_description(upstream.pc, message["sdp"], "answer")
                 upstream.codec = next(iter(codecs.video_codecs(message["sdp"])), None)
                 upstream.negotiated.set()
                 log.info("relay: camera %s sends %s", upstream.device_id, upstream.codec)
-                await self._flush_candidates(session_id, upstream.pc)
         elif kind == "session.ice":
-            pc = self._pc_of(session_id)
-            if pc is not None and pc.remoteDescription is not None:
-                await add_candidate(pc, message.get("candidate"))
-            elif session_id in self.downstreams or self._upstream_of(session_id) is not None:
-                self._pending.setdefault(session_id, []).append(message.get("candidate"))
+            remote = self._remote_of(session_id)
+            if remote is not None:
+                try:
+                    await remote.add(message.get("candidate"))
+                except ValueError as exc:
+                    log.warning("relay: session %s: %s", session_id, exc)
         elif kind == "session.end":
             await self._ended(session_id, str(message.get("reason", "peer_hangup")))
         elif kind == "status" and not message.get("ok", True):
@@ -292,19 +266,15 @@ class RelayNode:
         elif kind == "go_away" and self._socket is not None:
             await self._socket.close()
 
-    async def _flush_candidates(self, session_id: str, pc: RTCPeerConnection) -> None:
-        for candidate in self._pending.pop(session_id, []):
-            await add_candidate(pc, candidate)
-
     def _upstream_of(self, session_id: str) -> Upstream | None:
         return next((u for u in self.upstreams.values() if u.session_id == session_id), None)
 
-    def _pc_of(self, session_id: str) -> RTCPeerConnection | None:
+    def _remote_of(self, session_id: str) -> RemoteCandidates | None:
         down = self.downstreams.get(session_id)
         if down is not None:
-            return down.pc
+            return down.remote
         up = self._upstream_of(session_id)
-        return up.pc if up is not None else None
+        return up.remote if up is not None else None
 
     async def _refused(self, message: dict[str, Any]) -> None:
         upstream = next(
@@ -347,7 +317,7 @@ class RelayNode:
         upstream.viewers.add(session_id)
 
     async def _offer_upstream(self, upstream: Upstream, ice_servers: list[dict[str, Any]]) -> None:
-        pc = RTCPeerConnection(configuration(ice_servers))
+        pc = RTCPeerConnection(rtc_configuration(ice_servers))
         upstream.pc = pc
         pc.addTransceiver("video", direction="recvonly")
         codecs.prefer(pc, codecs.FORWARDED)
@@ -409,7 +379,7 @@ class RelayNode:
             )
             await self._close_downstream(down)
             return
-        pc = RTCPeerConnection(configuration(message.get("ice_servers") or []))
+        pc = RTCPeerConnection(rtc_configuration(message.get("ice_servers") or []))
         down.pc = pc
         try:
             track = upstream.fanout.subscribe()
@@ -418,8 +388,7 @@ class RelayNode:
             # Before the offer is set: aiortc picks an answer's codecs from the preferences
             # of the transceiver the offer's video section lands on, there and then.
             codecs.prefer(pc, (codec,))
-            await pc.setRemoteDescription(RTCSessionDescription(message["sdp"], "offer"))
-            await self._flush_candidates(down.session_id, pc)
+            await down.remote.set_description(pc, message["sdp"], "offer")
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
             log.warning("relay: cannot answer session %s: %s", down.session_id, exc)
@@ -449,7 +418,6 @@ class RelayNode:
         return upstream.codec
 
     async def _close_downstream(self, down: Downstream, *, keep_upstream: bool = False) -> None:
-        self._pending.pop(down.session_id, None)
         if down.pc is not None:
             for sender in down.pc.getSenders():
                 if sender.track is not None:

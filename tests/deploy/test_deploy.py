@@ -137,8 +137,14 @@ def test_the_images_run_as_non_root_with_health_checks_on_the_right_port() -> No
         assert re.search(r"^USER (?!root)\w+", text, re.M), name
         assert "HEALTHCHECK" in text
         assert f'"python", "-m", "{command}"' in text
-        for source in re.findall(r"^COPY (?!--from)(\S+)", text, re.M):
+        copied = re.findall(r"^COPY (?!--from)(\S+)", text, re.M)
+        for source in copied:
             assert (ROOT / source).exists(), source
+        # pip installs the project: every package it lists must be in the image
+        listed = re.search(r"^include = \[(.*)\]", (ROOT / "pyproject.toml").read_text(), re.M)
+        assert listed is not None
+        for package in re.findall(r'"(\w+)\*"', listed.group(1)):
+            assert package in copied, (name, package)
     cloud = (DEPLOY / "Dockerfile.cloud").read_text()
     assert "EXPOSE 8000" in cloud
     assert '"--port", "8000"' in cloud

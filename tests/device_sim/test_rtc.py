@@ -2,25 +2,19 @@
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aioice.ice
 import pytest
-from aiortc import RTCIceGatherer, RTCPeerConnection
-from aiortc.rtcconfiguration import RTCIceTransportPolicy
+from aiortc import RTCPeerConnection
 
 from cloud.ice import turn_credential
 from device_sim.media import SyntheticVideo
-from device_sim.network import host_addresses_from_env, use_host_addresses
-from device_sim.rtc import (
-    CameraPeer,
-    InvalidDescription,
-    PeerEndedError,
-    ViewerPeer,
-    candidate_from_json,
-    rtc_configuration,
-)
+from device_sim.rtc import CameraPeer, InvalidDescription, PeerEndedError, ViewerPeer
+from peer.ice import rtc_configuration
+from peer.network import use_host_addresses
 from tests.servers import coturn_server
 
 TURN_SECRET = "device-sim-turn-secret-0123456789"
@@ -119,6 +113,51 @@ async def test_viewer_decodes_camera_frames_over_loopback_host_candidates(
     assert camera_pair["local"]["port"] == viewer_pair["remote"]["port"]
     assert viewer.ended is None
     assert camera.ended is None
+
+
+def hide_behind_mdns(sdp: str) -> str:
+    """The SDP as a stock browser writes it: host addresses replaced by mDNS names."""
+    lines = []
+    for line in sdp.split("\r\n"):
+        bits = line.split(" ")
+        if line.startswith("a=candidate:") and len(bits) > 7 and bits[7] == "host":
+            bits[4] = f"{uuid.uuid4()}.local"
+        lines.append(" ".join(bits))
+    return "\r\n".join(lines)
+
+
+async def test_a_camera_connects_to_a_stock_browser_whose_candidates_are_all_mdns_names(
+    video: SyntheticVideo, closing: list[CameraPeer | ViewerPeer]
+) -> None:
+    viewer = ViewerPeer([])
+    camera = CameraPeer(viewer.session_id, video.track(), [])
+    closing += [camera, viewer]
+    offer = hide_behind_mdns(await viewer.offer())
+    assert ".local" in offer
+    assert "127.0.0.1" not in offer.split("a=candidate", 1)[1]
+    answer = await camera.answer(offer)
+    await camera.add_candidate(None)  # what the browser sends: the end, nothing usable
+    await viewer.accept(answer)
+
+    await viewer.first_frame(timeout=10)
+    pair = camera.selected_pair()
+    assert pair is not None
+    assert pair["remote"]["type"] == "prflx"  # learned from the viewer's checks
+    assert camera.ended is None
+
+
+async def test_with_mdns_candidates_only_and_no_check_the_camera_fails_at_its_timeout(
+    video: SyntheticVideo, closing: list[CameraPeer | ViewerPeer]
+) -> None:
+    viewer = ViewerPeer([])
+    camera = CameraPeer(viewer.session_id, video.track(), [], connect_timeout_s=1.5)
+    closing += [camera, viewer]
+    await camera.answer(hide_behind_mdns(await viewer.offer()))
+    await camera.add_candidate(None)  # and the viewer never gets the answer: no check comes
+    end = await asyncio.wait_for(camera.wait_failed(), 5)
+    assert end is not None
+    assert end.reason == "ice_failed"
+    assert "behind mDNS names" in end.message
 
 
 async def test_camera_accepts_candidates_trickled_in_the_browser_format(
@@ -277,92 +316,6 @@ async def test_the_camera_rejects_offers_it_cannot_answer(
                 await camera.answer(offer)
     finally:
         await audio_only.close()
-
-
-def test_an_empty_server_list_configures_no_ice_server_not_aiortcs_public_default() -> None:
-    configuration = rtc_configuration([])
-
-    assert configuration.iceServers == []
-    connection = RTCIceGatherer(iceServers=configuration.iceServers)._connection
-    assert connection.stun_server is None
-    assert connection.turn_server is None
-    defaulted = RTCIceGatherer(iceServers=None)._connection  # what rtc_configuration avoids
-    assert defaulted.stun_server == ("stun.l.google.com", 19302)
-
-
-def test_the_cloud_server_list_becomes_aiortc_servers_and_policy() -> None:
-    configuration = rtc_configuration(
-        [
-            {"urls": ["stun:127.0.0.1:3478"]},
-            {"urls": "turn:127.0.0.1:3478", "username": "1:user", "credential": "c2VjcmV0"},
-        ],
-        relay_only=True,
-    )
-
-    assert configuration.iceTransportPolicy == RTCIceTransportPolicy.RELAY
-    assert configuration.iceServers is not None
-    turn = configuration.iceServers[1]
-    assert (turn.urls, turn.username, turn.credential) == (
-        ["turn:127.0.0.1:3478"],
-        "1:user",
-        "c2VjcmV0",
-    )
-    with pytest.raises(ValueError, match="not a STUN or TURN URL"):
-        rtc_configuration([{"urls": ["http://example.com"]}])
-    with pytest.raises(ValueError, match="non-empty list of URLs"):
-        rtc_configuration([{"urls": []}])
-
-
-def test_browser_candidates_parse_and_an_empty_one_ends_candidates() -> None:
-    parsed = candidate_from_json(
-        {
-            "candidate": "candidate:842163049 1 udp 1677729535 192.0.2.7 61665 typ srflx "
-            "raddr 10.0.0.2 rport 61665 generation 0 ufrag sXk3 network-cost 999",
-            "sdpMid": "0",
-            "sdpMLineIndex": 0,
-        }
-    )
-
-    assert parsed is not None
-    assert (parsed.type, parsed.ip, parsed.port, parsed.protocol) == (
-        "srflx",
-        "192.0.2.7",
-        61665,
-        "udp",
-    )
-    assert (parsed.sdpMid, parsed.sdpMLineIndex, parsed.relatedAddress) == ("0", 0, "10.0.0.2")
-    assert candidate_from_json(None) is None
-    assert candidate_from_json({"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0}) is None
-    for bad, problem in (
-        ({"candidate": "candidate:1 1 udp", "sdpMid": "0"}, "malformed"),
-        ({"sdpMid": "0"}, "needs a 'candidate' string"),
-        ({"candidate": "x " * 9, "sdpMid": "0"}, "malformed"),
-        ({"candidate": "candidate:1 1 udp 1 192.0.2.7 9 typ host"}, "sdpMid or sdpMLineIndex"),
-    ):
-        with pytest.raises(ValueError, match=problem):
-            candidate_from_json(bad)
-
-
-def test_ice_host_addresses_come_from_a_comma_list_and_unset_means_all_interfaces() -> None:
-    assert host_addresses_from_env({"ICE_HOST_ADDRESSES": " 127.0.0.1, ::1 ,"}) == [
-        "127.0.0.1",
-        "::1",
-    ]
-    assert host_addresses_from_env({"ICE_HOST_ADDRESSES": ""}) == []
-    assert host_addresses_from_env({}) == []
-    with pytest.raises(ValueError, match="does not appear to be an IP"):
-        use_host_addresses(["localhost"])
-    with pytest.raises(ValueError, match="no host address"):
-        use_host_addresses([])
-
-
-def test_the_host_address_list_replaces_aioices_interface_scan_for_the_process() -> None:
-    use_host_addresses(["127.0.0.1", "::1"])
-    try:
-        assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True) == ["127.0.0.1", "::1"]
-        assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False) == ["127.0.0.1"]
-    finally:
-        use_host_addresses(["127.0.0.1"])
 
 
 async def test_a_closed_viewer_ignores_late_signaling_and_reports_no_end(

@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from device_sim.network import use_host_addresses
 from device_sim.viewer import Viewer, WatchError
+from peer.network import use_host_addresses
 from tests.conftest import PASSWORD, unique_email
 from tests.servers import ROOT, cloud_process, coturn_server, redis_server, stop
 

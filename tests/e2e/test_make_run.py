@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from device_sim.network import use_host_addresses
 from device_sim.viewer import Viewer
+from peer.network import use_host_addresses
 from tests.servers import ROOT, free_port
 
 

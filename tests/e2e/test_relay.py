@@ -14,8 +14,8 @@ import httpx
 import pytest
 from pymongo import MongoClient
 
-from device_sim.network import use_host_addresses
 from device_sim.viewer import Viewer, WatchError
+from peer.network import use_host_addresses
 from tests.conftest import PASSWORD, unique_email
 from tests.e2e.test_live_video import Owner, onboarded_camera, simulator
 from tests.servers import cloud_process, redis_server, relay_process, stop

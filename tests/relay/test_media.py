@@ -21,10 +21,10 @@ from av import VideoFrame
 
 from device_sim.media import SyntheticVideo
 from device_sim.rtc import CameraPeer, ViewerPeer
-from relay import codecs
-from relay.codecs import H264, NAL_IDR, NAL_PPS, NAL_SPS, is_vp8_keyframe, nal_units
+from peer import codecs
+from peer.codecs import H264, NAL_IDR, NAL_PPS, NAL_SPS, is_vp8_keyframe, nal_units
+from peer.network import use_host_addresses
 from relay.media import KEYFRAME_RETRY_S, Fanout, FanoutTrack, forward_keyframe_requests
-from relay.network import use_host_addresses
 
 WIDTH, HEIGHT, FPS = 320, 240, 15
 

@@ -44,8 +44,6 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--allow-loopback-in-peer-connection",
-    # real addresses in host candidates: aiortc peers cannot resolve mDNS names here
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
 ]
 PHONE_SCREEN = {
     "viewport": {"width": 390, "height": 844},

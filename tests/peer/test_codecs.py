@@ -2,7 +2,7 @@
 
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from relay.codecs import (
+from peer.codecs import (
     H264,
     VP8,
     ParameterSets,
