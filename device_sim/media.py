@@ -1,4 +1,4 @@
-"""The camera's pictures: a synthetic scene or a video file, and the VP8 encoder that sends them.
+"""The camera's pictures: a synthetic scene or a video file.
 
 A source is shared by every viewer session of the camera; ``track()`` hands each session
 its own :class:`CameraTrack`, so that each RTP sender (and its encoder) owns its frames:
@@ -7,15 +7,7 @@ into another viewer's stream. Like a real camera's video settings page, a source
 the stream's ``keyframe_interval`` next to its size and rate; its tracks carry it to
 :class:`~device_sim.rtc.CameraPeer`, which configures the encoder.
 
-Keyframes (aiortc 1.16, ``aiortc/codecs/vpx.py``): every RTP sender creates its own
-``Vp8Encoder`` on its first frame, and a fresh libvpx context always starts with a keyframe,
-so each session starts with one. Afterwards aiortc sends a keyframe on PLI/FIR from the
-receiver, when it re-creates the context (resolution change, or a REMB bitrate change of
-more than 10 %), and otherwise only every 3000 frames: ``gop_size = 3000`` is hard-coded in
-``Vp8Encoder.encode``, which also creates the libvpx context lazily inside that same call, so
-no option or attribute can change it. :class:`Vp8KeyframeEncoder` adds the interval by
-asking for a keyframe (aiortc's own ``force_keyframe`` path, i.e. libvpx's
-``VPX_EFLAG_FORCE_KF``) once ``keyframe_interval - 1`` frames have followed the last one.
+The VP8 encoder that honours the interval is :class:`device_sim.keyframes.Vp8KeyframeEncoder`.
 """
 
 import asyncio
@@ -29,11 +21,9 @@ from typing import Protocol
 
 import cv2
 import numpy as np
-from aiortc.codecs.vpx import Vp8Encoder, VpxPayloadDescriptor
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import VIDEO_CLOCK_RATE, MediaStreamError, MediaStreamTrack
 from av import VideoFrame
-from av.frame import Frame
 from numpy.typing import NDArray
 
 logger = logging.getLogger(__name__)
@@ -69,50 +59,10 @@ class CameraTrack(MediaStreamTrack):
         """The next frame (``yuv420p``); raises ``MediaStreamError`` once the track ended."""
 
 
-def _check_keyframe_interval(keyframe_interval: int | None) -> int | None:
+def check_keyframe_interval(keyframe_interval: int | None) -> int | None:
     if keyframe_interval is not None and keyframe_interval < 1:
         raise ValueError("keyframe_interval must be at least 1 frame")
     return keyframe_interval
-
-
-def is_vp8_keyframe(payload: bytes) -> bool:
-    """Whether the first RTP payload of a VP8 frame starts a keyframe (RFC 7741 section 4.3)."""
-    descriptor, data = VpxPayloadDescriptor.parse(payload)
-    return bool(
-        descriptor.partition_start and descriptor.partition_id == 0 and data and not data[0] & 1
-    )
-
-
-class Vp8KeyframeEncoder(Vp8Encoder):
-    """aiortc's VP8 encoder with a maximum keyframe interval, in frames.
-
-    ``keyframe_interval=None`` keeps aiortc's behaviour (a keyframe every 3000 frames). With
-    ``N``, frame ``k`` after a keyframe is forced to be one when ``k == N``; keyframes from
-    elsewhere (the first frame, PLI/FIR, a re-created context) restart the count. Counts what
-    it produced in :attr:`frames` and :attr:`keyframes` (read them from any thread).
-    """
-
-    def __init__(self, keyframe_interval: int | None = None) -> None:
-        super().__init__()
-        self.keyframe_interval = _check_keyframe_interval(keyframe_interval)
-        self.frames = 0
-        self.keyframes = 0
-        self._since_keyframe = 0
-
-    def encode(self, frame: Frame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
-        due = (
-            self.keyframe_interval is not None
-            and self._since_keyframe >= self.keyframe_interval - 1
-        )
-        payloads, timestamp = super().encode(frame, force_keyframe or due)
-        if payloads:
-            self.frames += 1
-            if is_vp8_keyframe(payloads[0]):
-                self.keyframes += 1
-                self._since_keyframe = 0
-            else:
-                self._since_keyframe += 1
-        return payloads, timestamp
 
 
 def _video_frame(yuv: Picture, pts: int) -> VideoFrame:
@@ -158,7 +108,7 @@ class SyntheticVideo:
         self.width = width
         self.height = height
         self.fps = fps
-        self.keyframe_interval = _check_keyframe_interval(keyframe_interval)
+        self.keyframe_interval = check_keyframe_interval(keyframe_interval)
         self._episodes: list[tuple[float, float]] = []
         for episode in motion:
             if len(episode) != 2:
@@ -352,7 +302,7 @@ class FileVideo:
     ) -> None:
         self.path = os.fspath(path)
         self.loop = loop
-        self.keyframe_interval = _check_keyframe_interval(keyframe_interval)
+        self.keyframe_interval = check_keyframe_interval(keyframe_interval)
         self._player: MediaPlayer | None = self._open()  # a bad file fails here, not later
         self._pump_task: asyncio.Task[None] | None = None
         self._published = asyncio.Event()

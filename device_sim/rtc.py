@@ -27,7 +27,6 @@ The owner still calls :meth:`close` (idempotent; it never reports an end).
 
 import asyncio
 import logging
-import secrets
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -39,11 +38,11 @@ from aiortc import (
     RTCPeerConnection,
     RTCRtpSender,
 )
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import SessionDescription
-from av import VideoFrame
 
-from device_sim.media import CameraTrack, Vp8KeyframeEncoder
+from device_sim.keyframes import Vp8KeyframeEncoder
+from device_sim.media import CameraTrack
 from peer.ice import CandidateJson, IceServerJson, RemoteCandidates, rtc_configuration
 from protocol.messages import EndReason
 
@@ -84,7 +83,7 @@ def _describe(candidate: Candidate, address: str, port: int) -> dict[str, str | 
     }
 
 
-class _Peer:
+class Peer:
     """What camera and viewer peers share: configuration, candidates, watchdog, close."""
 
     _name = "Peer"
@@ -312,7 +311,7 @@ class _Peer:
             self._finish("peer_hangup", "the remote peer closed the connection")
 
 
-class CameraPeer(_Peer):
+class CameraPeer(Peer):
     """The camera's side of one viewer session: sends ``track``, receives nothing.
 
     ``keyframe_interval`` (frames) caps the distance between VP8 keyframes, e.g. 250 for the
@@ -320,7 +319,7 @@ class CameraPeer(_Peer):
     the source), and ``None`` there too keeps aiortc's 3000. Every session still starts with
     a keyframe and answers PLI/FIR with one (see :mod:`device_sim.media`). aiortc has no API
     to choose the encoder, so :meth:`answer` gives the negotiated sender a
-    :class:`~device_sim.media.Vp8KeyframeEncoder` through its private
+    :class:`~device_sim.keyframes.Vp8KeyframeEncoder` through its private
     ``_RTCRtpSender__encoder`` slot, which aiortc fills lazily only when empty; it does so
     for VP8 only (H.264 keeps aiortc's encoder, with a warning when an
     interval was asked for). ``on_end`` is called once, on the event loop, when the peer
@@ -409,140 +408,3 @@ class CameraPeer(_Peer):
             raise RuntimeError("aiortc's RTCRtpSender no longer has an empty __encoder slot")
         self._encoder = Vp8KeyframeEncoder(self.keyframe_interval)
         setattr(sender, "_RTCRtpSender__encoder", self._encoder)  # noqa: B010 (name-mangled)
-
-
-class ViewerPeer(_Peer):
-    """A receive-only video viewer (the Python client, tests and benchmarks).
-
-    Decoded frames are consumed as they arrive by a task the peer owns (aiortc queues them
-    without bound otherwise); :attr:`frames` counts them and :attr:`last_frame` keeps the
-    latest. ``relay_only`` restricts ICE to relay candidates. ``session_id`` only names the
-    peer in logs (a random one when omitted). ``on_end`` as for :class:`CameraPeer`.
-    """
-
-    _name = "ViewerPeer"
-
-    def __init__(
-        self,
-        ice_servers: Sequence[IceServerJson],
-        *,
-        relay_only: bool = False,
-        connect_timeout_s: float = 10.0,
-        session_id: str | None = None,
-        on_end: Callable[[PeerEnd], None] | None = None,
-        codecs: Sequence[str] = (),
-    ) -> None:
-        super().__init__(
-            session_id or secrets.token_hex(4),
-            ice_servers,
-            relay_only=relay_only,
-            connect_timeout_s=connect_timeout_s,
-            on_end=on_end,
-        )
-        self.codecs = codecs
-        self._frames = 0
-        self._first: VideoFrame | None = None
-        self._last: VideoFrame | None = None
-        self._first_or_end = asyncio.Event()
-        self._offered = False
-        self._pc.on("track", self._on_track)
-
-    @property
-    def frames(self) -> int:
-        """Decoded frames received so far."""
-        return self._frames
-
-    @property
-    def last_frame(self) -> VideoFrame | None:
-        """The latest decoded frame, or ``None`` before the first."""
-        return self._last
-
-    async def offer(self) -> str:
-        """Create the offer (one receive-only video section); returns its SDP with candidates.
-
-        The connect timeout starts when this returns: the answer and ICE must both complete
-        within it. Raises :class:`PeerEndedError` when the peer is closed meanwhile and
-        :class:`RuntimeError` when called twice.
-        """
-        if self._offered:
-            raise RuntimeError("offer() was already called")
-        self._offered = True
-        self._raise_if_closed()
-        transceiver = self._pc.addTransceiver("video", direction="recvonly")
-        if self.codecs:
-            available = RTCRtpSender.getCapabilities("video").codecs
-            wanted = [m.lower() for m in self.codecs]
-            transceiver.setCodecPreferences(
-                sorted(
-                    (c for c in available if c.mimeType.lower() in wanted),
-                    key=lambda c: wanted.index(c.mimeType.lower()),
-                )
-            )
-        try:
-            await self._pc.setLocalDescription(await self._pc.createOffer())
-        except Exception as exc:
-            self._raise_if_closed(exc)
-            raise
-        self._start_watch()
-        return self._pc.localDescription.sdp
-
-    async def accept(self, answer_sdp: str) -> None:
-        """Apply the camera's (or relay's) answer; ignored once the peer is closed.
-
-        Raises :class:`InvalidDescription` when the answer is rejected and
-        :class:`RuntimeError` unless called once after :meth:`offer`.
-        """
-        if not self._offered or self._remote_set:
-            raise RuntimeError("accept() needs a single call after offer()")
-        if self._closed:
-            return
-        try:
-            await self._set_remote(answer_sdp, "answer")
-        except Exception as exc:  # untrusted SDP: aiortc raises assorted errors
-            if self._closed:
-                return
-            raise InvalidDescription(f"the answer was rejected: {exc!r}") from exc
-
-    async def first_frame(self, timeout: float) -> VideoFrame:  # noqa: ASYNC109 (the contract)
-        """The first decoded frame, waiting up to ``timeout`` seconds for it.
-
-        Raises :class:`TimeoutError`, or :class:`PeerEndedError` as soon as the peer ends or
-        is closed without one.
-        """
-        if self._first is None:
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._first_or_end.wait()
-            except TimeoutError:
-                raise TimeoutError(f"no video frame within {timeout:g} s") from None
-        if self._first is None:
-            raise PeerEndedError(self._end)
-        return self._first
-
-    def _finish(self, reason: EndReason, message: str) -> None:
-        super()._finish(reason, message)
-        self._first_or_end.set()
-
-    async def close(self) -> None:
-        self._first_or_end.set()
-        await super().close()
-
-    def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "video":
-            self._spawn(self._consume(track), "frames")
-
-    async def _consume(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                self._log(logging.INFO, "the video track ended after %d frames", self._frames)
-                return
-            if not isinstance(frame, VideoFrame):
-                continue
-            self._frames += 1
-            self._last = frame
-            if self._first is None:
-                self._first = frame
-                self._first_or_end.set()
-                self._log(logging.INFO, "first frame %dx%d", frame.width, frame.height)

@@ -206,7 +206,8 @@ class Viewer:
         connect_timeout_s: float,
         frame_timeout_s: float | None = None,
     ) -> Watch:
-        from device_sim.rtc import PeerEndedError, ViewerPeer  # aiortc: only when watching
+        from device_sim.rtc import PeerEndedError  # aiortc: only when watching
+        from device_sim.viewer_peer import ViewerPeer
 
         started = time.monotonic()
         request_id = secrets.token_hex(6)

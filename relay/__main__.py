@@ -14,7 +14,8 @@ import signal
 import sys
 
 from peer.network import host_addresses_from_env, use_host_addresses
-from relay.node import RelayNode, RelaySettings
+from relay.node import RelayNode
+from relay.settings import RelaySettings
 
 
 async def serve(settings: RelaySettings) -> int:

@@ -8,9 +8,8 @@ viewer by :class:`relay.media.Fanout` without re-encoding. The upstream closes
 ``upstream_grace_s`` after its last viewer leaves; when the camera goes away, its viewers'
 sessions end with ``device_offline``.
 
-Analytics: each upstream's decoded picture is sampled at ``analysis_fps``; motion is checked on
-every sample, YOLO runs (off the event loop) only while there is motion and the node's detection
-budget allows it, and the event threads' changes go to the cloud (``POST /relays/events``).
+Analytics: each upstream's decoded picture is sampled at ``analysis_fps`` and analysed by
+:class:`relay.analysis.Analysis` (motion, then YOLO within the node's budget, event threads).
 """
 
 import asyncio
@@ -19,28 +18,21 @@ import json
 import logging
 import random
 import secrets
-import socket
-import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import websockets
 from aiortc import RTCPeerConnection
-from av import VideoFrame
-from numpy.typing import NDArray
 from websockets.asyncio.client import ClientConnection
 
 from peer import codecs
 from peer.ice import RemoteCandidates, rtc_configuration
-from relay.budget import DetectionBudget
-from relay.detector import Detector, DetectorError
-from relay.events import EventThreads, snapshot_jpeg
+from relay.analysis import Analysis
+from relay.detector import Detector
 from relay.media import Fanout, forward_keyframe_requests
-from relay.motion import MotionConfig, MotionDetector
+from relay.settings import RelaySettings
 
 log = logging.getLogger(__name__)
 
@@ -49,43 +41,8 @@ UPSTREAM_ANSWER_TIMEOUT_S = 10.0
 LOAD_EVERY_S = 5.0
 
 
-@dataclass(frozen=True)
-class RelaySettings:
-    cloud_url: str
-    relay_id: str
-    relay_secret: str = field(repr=False)
-    yolo_model: str = ""  # "" or "none": motion events only
-    analysis_fps: float = 5.0
-    detections_per_s: float = 4.0
-    max_sessions: int = 50
-    upstream_grace_s: float = 5.0
-    health_file: str = ""  # touched at every load report, for container health checks
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "RelaySettings":
-        cloud = env.get("CLOUD_URL", "http://127.0.0.1:8000").rstrip("/")
-        model = env.get("YOLO_MODEL", "")
-        return cls(
-            cloud_url=cloud,
-            relay_id=env.get("RELAY_ID") or f"relay-{socket.gethostname()}",
-            relay_secret=env.get("RELAY_SECRET", ""),
-            yolo_model="" if model.lower() == "none" else model,
-            analysis_fps=float(env.get("ANALYSIS_FPS", "5")),
-            detections_per_s=float(env.get("DETECTIONS_PER_S", "4")),
-            health_file=env.get("HEALTH_FILE", ""),
-        )
-
-    @property
-    def credential(self) -> str:
-        return f"{self.relay_id}:{self.relay_secret}"
-
-
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
-
-
-def bgr(frame: VideoFrame) -> NDArray[np.uint8]:
-    return np.asarray(frame.to_ndarray(format="bgr24"), dtype=np.uint8)
 
 
 @dataclass
@@ -117,22 +74,19 @@ class RelayNode:
     def __init__(self, settings: RelaySettings, detector: Detector | None = None) -> None:
         self.settings = settings
         self.detector = detector
-        self.budget = DetectionBudget(settings.detections_per_s)
         self.upstreams: dict[str, Upstream] = {}
         self.downstreams: dict[str, Downstream] = {}
         self.online = asyncio.Event()
         self.stats = {"events_sent": 0, "events_failed": 0, "frames_analysed": 0}
-        # Candidates that arrive before their connection's remote description are held:
-        # aiortc would otherwise drop them (and an early end-of-candidates kills its ICE).
+        self.analysis = Analysis(settings, detector, self.stats, self._spawn)
         self._socket: ClientConnection | None = None
-        self._http: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # the connection to the cloud ---------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stay connected (reconnecting with backoff and jitter) until ``stop`` is set."""
-        self._http = httpx.AsyncClient(
+        http = self.analysis.http = httpx.AsyncClient(
             base_url=self.settings.cloud_url,
             timeout=10,
             headers={"Authorization": f"Bearer {self.settings.credential}"},
@@ -155,7 +109,7 @@ class RelayNode:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
         finally:
-            await self._http.aclose()
+            await http.aclose()
             if self.detector is not None:
                 await self.detector.close()
 
@@ -310,7 +264,7 @@ class RelayNode:
                     "mode": "p2p",
                 }
             )
-            self._spawn(self._analyse(upstream), upstream.tasks)
+            self._spawn(self.analysis.watch(device_id, upstream.fanout), upstream.tasks)
         if upstream.closing is not None:
             upstream.closing.cancel()
             upstream.closing = None
@@ -357,7 +311,7 @@ class RelayNode:
         await upstream.fanout.close()
         if upstream.pc is not None:
             await upstream.pc.close()
-        self.budget.forget(upstream.device_id)
+        self.analysis.budget.forget(upstream.device_id)
 
     # downstream: the relay answers a viewer -----------------------------------------------------
 
@@ -468,79 +422,6 @@ class RelayNode:
                 await fail()
 
         self._spawn(deadline(), upstream.tasks if upstream is not None else None)
-
-    # analytics ------------------------------------------------------------------------------------
-
-    async def _motion_config(self, device_id: str) -> MotionConfig:
-        """The camera's motion settings from the cloud (defaults if they cannot be read)."""
-        assert self._http is not None
-        try:
-            response = await self._http.get(f"/api/v1/relays/devices/{device_id}")
-            response.raise_for_status()
-            settings = response.json()["motion"]
-            return MotionConfig(
-                sensitivity=settings["sensitivity"],
-                min_area=settings["min_area"],
-                zones=[[(x, y) for x, y in polygon] for polygon in settings["zones"]],
-                masks=[[(x, y) for x, y in polygon] for polygon in settings["masks"]],
-            )
-        except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
-            log.warning(
-                "relay: motion settings of %s unavailable (%s); using defaults", device_id, exc
-            )
-            return MotionConfig()
-
-    async def _analyse(self, upstream: Upstream) -> None:
-        motion = MotionDetector(await self._motion_config(upstream.device_id))
-        threads = EventThreads()
-        device = upstream.device_id
-        try:
-            async for frame in upstream.fanout.frames(self.settings.analysis_fps):
-                t = time.time()
-                picture: NDArray[np.uint8] = await asyncio.to_thread(bgr, frame)
-                moved = motion.update(picture, t)
-                self.stats["frames_analysed"] += 1
-                detections = None
-                if (
-                    moved.moving
-                    and self.detector is not None
-                    and self.budget.try_acquire(device, time.monotonic())
-                ):
-                    try:
-                        detections = await self.detector.detect(picture)
-                    except DetectorError:
-                        detections = None  # busy: the next frame will do
-                for record in threads.update(t, moved, detections):
-                    jpeg = (
-                        await asyncio.to_thread(snapshot_jpeg, picture) if record.snapshot else None
-                    )
-                    self._spawn(
-                        self._report(
-                            record.to_report(device, jpeg).model_dump(
-                                mode="json", exclude_none=True
-                            )
-                        )
-                    )
-        finally:
-            for record in threads.end_all(time.time()):
-                with contextlib.suppress(Exception):
-                    await self._report(
-                        record.to_report(device).model_dump(mode="json", exclude_none=True)
-                    )
-
-    async def _report(self, body: dict[str, Any]) -> None:
-        assert self._http is not None
-        try:
-            response = await self._http.post("/api/v1/relays/events", json=body)
-        except httpx.HTTPError as exc:
-            self.stats["events_failed"] += 1
-            log.warning("relay: event upload failed: %s", exc)
-            return
-        if response.status_code != 200:
-            self.stats["events_failed"] += 1
-            log.warning("relay: event refused (%s): %s", response.status_code, response.text[:200])
-        else:
-            self.stats["events_sent"] += 1
 
     async def _close_all(self) -> None:
         for down in list(self.downstreams.values()):

@@ -13,7 +13,8 @@ import pytest
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
-from device_sim.media import FileVideo, SyntheticVideo, Vp8KeyframeEncoder, is_vp8_keyframe
+from device_sim.keyframes import Vp8KeyframeEncoder, is_vp8_keyframe
+from device_sim.media import FileVideo, SyntheticVideo
 
 FPS = 15
 DIFF_THRESHOLD = 25  # grey levels: what a simple frame-differencing detector counts as change

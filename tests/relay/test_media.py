@@ -20,7 +20,8 @@ from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 from av import VideoFrame
 
 from device_sim.media import SyntheticVideo
-from device_sim.rtc import CameraPeer, ViewerPeer
+from device_sim.rtc import CameraPeer
+from device_sim.viewer_peer import ViewerPeer
 from peer import codecs
 from peer.codecs import H264, NAL_IDR, NAL_PPS, NAL_SPS, is_vp8_keyframe, nal_units
 from peer.network import use_host_addresses

@@ -1,0 +1,36 @@
+"""The relay node's settings, read from the environment by its composition root."""
+
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    cloud_url: str
+    relay_id: str
+    relay_secret: str = field(repr=False)
+    yolo_model: str = ""  # "" or "none": motion events only
+    analysis_fps: float = 5.0
+    detections_per_s: float = 4.0
+    max_sessions: int = 50
+    upstream_grace_s: float = 5.0
+    health_file: str = ""  # touched at every load report, for container health checks
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "RelaySettings":
+        cloud = env.get("CLOUD_URL", "http://127.0.0.1:8000").rstrip("/")
+        model = env.get("YOLO_MODEL", "")
+        return cls(
+            cloud_url=cloud,
+            relay_id=env.get("RELAY_ID") or f"relay-{socket.gethostname()}",
+            relay_secret=env.get("RELAY_SECRET", ""),
+            yolo_model="" if model.lower() == "none" else model,
+            analysis_fps=float(env.get("ANALYSIS_FPS", "5")),
+            detections_per_s=float(env.get("DETECTIONS_PER_S", "4")),
+            health_file=env.get("HEALTH_FILE", ""),
+        )
+
+    @property
+    def credential(self) -> str:
+        return f"{self.relay_id}:{self.relay_secret}"
