@@ -1,12 +1,13 @@
 """Relay nodes end to end: cloud, redis-server, two relay processes, a simulated camera."""
 
 import asyncio
+import contextlib
 import json
 import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,6 +118,21 @@ async def account(url: str, prefix: str) -> str:
     return email
 
 
+@contextlib.asynccontextmanager
+async def new_owners_camera(stack: RelayStack, name: str) -> AsyncIterator[tuple[Owner, str]]:
+    """A new account's camera simulator, online: (the owner, the device id)."""
+    owner = await Owner.register(stack.url)
+    state = await onboarded_camera(stack, owner, name)  # type: ignore[arg-type]
+    camera = simulator(
+        "run", "--state", str(state), "--size", "320x240", log=stack.tmp / f"{name}.log"
+    )
+    try:
+        await owner.online()
+        yield owner, json.loads(state.read_text())["device_id"]
+    finally:
+        stop(camera)
+
+
 @pytest.mark.timeout(240)
 async def test_relayed_viewers_share_one_upstream_and_a_motion_episode_makes_one_event_thread(
     relay_stack: RelayStack,
@@ -217,14 +233,7 @@ async def test_killing_a_relay_ends_its_sessions_and_a_new_request_plays_through
     relay_stack: RelayStack,
 ) -> None:
     stack = relay_stack
-    owner = await Owner.register(stack.url)
-    state = await onboarded_camera(stack, owner, "gate")  # type: ignore[arg-type]
-    device_id = json.loads(state.read_text())["device_id"]
-    camera = simulator(
-        "run", "--state", str(state), "--size", "320x240", log=stack.tmp / "gate.log"
-    )
-    try:
-        await owner.online()
+    async with new_owners_camera(stack, "gate") as (owner, device_id):
         async with await Viewer.login(stack.url, owner.email, PASSWORD) as viewer:
             watch = await viewer.watch(device_id, mode="relay", timeout_s=30)
             serving = next(r for r in stack.relays if stack.open_sessions(r, device_id))
@@ -242,8 +251,6 @@ async def test_killing_a_relay_ends_its_sessions_and_a_new_request_plays_through
             assert stack.open_sessions(other, device_id) == 1
             await again.end()
         stack.start_relay(serving)  # leave the module's stack as it was
-    finally:
-        stop(camera)
 
 
 @pytest.mark.timeout(120)
@@ -251,14 +258,7 @@ async def test_the_relay_forwards_the_cameras_h264_and_a_vp8_only_viewer_gets_co
     relay_stack: RelayStack,
 ) -> None:
     stack = relay_stack
-    owner = await Owner.register(stack.url)
-    state = await onboarded_camera(stack, owner, "yard")  # type: ignore[arg-type]
-    device_id = json.loads(state.read_text())["device_id"]
-    camera = simulator(
-        "run", "--state", str(state), "--size", "320x240", log=stack.tmp / "yard.log"
-    )
-    try:
-        await owner.online()
+    async with new_owners_camera(stack, "yard") as (owner, device_id):
         async with await Viewer.login(stack.url, owner.email, PASSWORD) as viewer:
             watch = await viewer.watch(device_id, mode="relay", timeout_s=30)
             assert watch.frames >= 1
@@ -269,8 +269,6 @@ async def test_the_relay_forwards_the_cameras_h264_and_a_vp8_only_viewer_gets_co
             await watch.end()
         serving = "\n".join(stack.relay_log(r) for r in stack.relays)
         assert f"camera {device_id} sends video/h264" in serving
-    finally:
-        stop(camera)
 
 
 @pytest.mark.timeout(180)
@@ -278,24 +276,15 @@ async def test_auto_mode_goes_direct_and_falls_back_to_a_relay_when_direct_does_
     relay_stack: RelayStack,
 ) -> None:
     stack = relay_stack
-    owner = await Owner.register(stack.url)
-    state = await onboarded_camera(stack, owner, "shed")  # type: ignore[arg-type]
-    device_id = json.loads(state.read_text())["device_id"]
-    camera = simulator(
-        "run", "--state", str(state), "--size", "320x240", log=stack.tmp / "shed.log"
-    )
-    try:
-        await owner.online()
-        async with await Viewer.login(stack.url, owner.email, PASSWORD) as viewer:
-            direct = await viewer.watch(device_id, mode="auto")
-            assert direct.route == "p2p"
-            await direct.end()
-            # A direct attempt that cannot play in time (here: no time at all) falls back.
-            fallback = await viewer.watch(
-                device_id, mode="auto", direct_timeout_s=0.001, timeout_s=30
-            )
-            assert fallback.route == "relay"
-            assert fallback.frames >= 1
-            await fallback.end()
-    finally:
-        stop(camera)
+    async with (
+        new_owners_camera(stack, "shed") as (owner, device_id),
+        await Viewer.login(stack.url, owner.email, PASSWORD) as viewer,
+    ):
+        direct = await viewer.watch(device_id, mode="auto")
+        assert direct.route == "p2p"
+        await direct.end()
+        # A direct attempt that cannot play in time (here: no time at all) falls back.
+        fallback = await viewer.watch(device_id, mode="auto", direct_timeout_s=0.001, timeout_s=30)
+        assert fallback.route == "relay"
+        assert fallback.frames >= 1
+        await fallback.end()
