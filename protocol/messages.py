@@ -1,13 +1,16 @@
 """WebSocket signaling messages (docs/protocol.md, "WebSocket signaling") and their codec.
 
-One JSON object per text frame, dispatched on ``type``. :func:`decode` turns text into a
-typed message or raises :class:`~protocol.errors.ProtocolError` with a code that the
-server sends back in a ``status`` reply; it never lets a malformed frame through.
+One JSON object per text frame, dispatched on ``type``. :func:`decode` turns a frame sent
+to the server into a typed message or raises :class:`~protocol.errors.ProtocolError` with a
+code that the server sends back in a ``status`` reply; it never lets a malformed frame
+through. :func:`decode_server` is its mirror for clients (cameras, relays, viewers): every
+frame the cloud sends, with the same errors.
 """
 
 import json
+import typing
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -30,6 +33,7 @@ EndReason = Literal[
     "relay_failed",
     "server_shutdown",
     "codec_mismatch",
+    "video_unavailable",
 ]
 RequestId = Annotated[str, Field(min_length=1, max_length=64)]
 SessionId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
@@ -161,7 +165,7 @@ class DevicePresence(Message):
     type: Literal["device.presence"] = "device.presence"
     device_id: DeviceId
     online: bool
-    last_seen: datetime | None
+    last_seen: datetime | None = None  # dump() leaves out None: never seen
 
 
 class DeviceActivated(Message):
@@ -227,8 +231,78 @@ CLIENT_TYPES = frozenset(
 )
 
 
+ServerMessage = Annotated[
+    Welcome
+    | SessionCreated
+    | RelaySession
+    | SessionOffer
+    | SessionAnswer
+    | SessionIce
+    | SessionEnd
+    | DevicePresence
+    | DeviceActivated
+    | EventPush
+    | GoAway
+    | Status
+    | Ping
+    | Pong,
+    Field(discriminator="type"),
+]
+_server = TypeAdapter[ServerMessage](ServerMessage)
+SERVER_TYPES = frozenset(
+    {
+        "welcome",
+        "session.created",
+        "relay.session",
+        "session.offer",
+        "session.answer",
+        "session.ice",
+        "session.end",
+        "device.presence",
+        "device.activated",
+        "event",
+        "go_away",
+        "status",
+        "ping",
+        "pong",
+    }
+)
+
+_Decoded = TypeVar("_Decoded")
+
+
 def decode(text: str) -> ClientMessage:
     """Parse one frame sent to the server. Raises ProtocolError (malformed / invalid)."""
+    return _decode(text, CLIENT_TYPES, _client)
+
+
+def decode_server(text: str) -> ServerMessage:
+    """Parse one frame the server sent. Raises ProtocolError like :func:`decode` for a type
+    the contract does not list and a missing or invalid field. Fields this version does not
+    know are dropped, not refused: the server may add fields (docs/protocol.md), and a
+    camera in the field must keep working when it does."""
+    return _decode(text, SERVER_TYPES, _server, known=_SERVER_FIELDS)
+
+
+def _fields_by_type(union: Any) -> dict[str, frozenset[str]]:
+    models = typing.get_args(typing.get_args(union)[0])
+    return {
+        model.model_fields["type"].default: frozenset(
+            field.alias or name for name, field in model.model_fields.items()
+        )
+        for model in models
+    }
+
+
+_SERVER_FIELDS = _fields_by_type(ServerMessage)
+
+
+def _decode(
+    text: str,
+    types: frozenset[str],
+    adapter: TypeAdapter[_Decoded],
+    known: dict[str, frozenset[str]] | None = None,
+) -> _Decoded:
     if len(text) > MAX_FRAME_BYTES:
         raise ProtocolError(ErrorCode.TOO_LARGE, "message larger than 64 KiB")
     try:
@@ -237,10 +311,13 @@ def decode(text: str) -> ClientMessage:
         raise ProtocolError(ErrorCode.MALFORMED_REQUEST, "the message is not JSON") from None
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise ProtocolError(ErrorCode.MALFORMED_REQUEST, "a message is a JSON object with a type")
-    if data["type"] not in CLIENT_TYPES:
+    if data["type"] not in types:
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {data['type'][:40]!r}")
+    if known is not None:
+        named = known[data["type"]]
+        data = {key: value for key, value in data.items() if key in named}
     try:
-        return _client.validate_python(data)
+        return adapter.validate_python(data)
     except ValidationError as exc:
         fields = ", ".join(".".join(str(p) for p in e["loc"][1:]) for e in exc.errors()[:5])
         raise ProtocolError(
