@@ -61,6 +61,18 @@ BEHIND_NAT = ["127.0.0.1"]
 # opens ~10 s after the start, so one happens while the relay watches, whatever the pace.
 MOTION = [arg for start in range(15, 181, 15) for arg in ("--motion", f"{start}:4")]
 
+# The page's codec preferences come from the browser's capabilities: without H.264 in them,
+# its offer takes VP8 only. window.restoreCapabilities() undoes it.
+WITHOUT_H264 = """() => {
+  const original = RTCRtpReceiver.getCapabilities;
+  window.restoreCapabilities = () => { RTCRtpReceiver.getCapabilities = original; };
+  RTCRtpReceiver.getCapabilities = (kind) => {
+    const capabilities = original.call(RTCRtpReceiver, kind);
+    const codecs = capabilities.codecs.filter((c) => c.mimeType.toLowerCase() !== "video/h264");
+    return { ...capabilities, codecs };
+  };
+}"""
+
 
 @dataclass
 class Stack:
@@ -140,7 +152,9 @@ class Phone:
         self.artefacts = artefacts
         self.errors: list[str] = []
         self.console: list[str] = []
+        self.offers: list[str] = []  # the SDP of every session.offer the page sent
         page.on("pageerror", lambda error: self.errors.append(str(error)))
+        page.on("websocket", lambda socket: socket.on("framesent", self._sent))
         page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
         page.set_default_timeout(15_000)
 
@@ -148,8 +162,9 @@ class Phone:
     async def open(cls, browser: Browser, url: str, artefacts: Path, name: str) -> "Phone":
         context = await browser.new_context(**PHONE_SCREEN)  # type: ignore[arg-type]
         page = await context.new_page()
+        phone = cls(context, page, artefacts, name)  # listening from the first request on
         await page.goto(url)
-        return cls(context, page, artefacts, name)
+        return phone
 
     async def shot(self, name: str) -> None:
         png = small_png(await self.page.screenshot())
@@ -191,10 +206,48 @@ class Phone:
         assert route
         return route
 
+    def _sent(self, payload: str | bytes) -> None:
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            return
+        if isinstance(message, dict) and message.get("type") == "session.offer":
+            self.offers.append(message["sdp"])
+
+    async def expect_codec(self, codec: str, text: str) -> None:
+        """The live view names the codec it receives (from the browser's statistics), and
+        the latest offer preferred H.264 then VP8."""
+        badge = self.page.locator(".live-info .codec")
+        await expect(badge).to_have_attribute("data-codec", codec)
+        await expect(badge).to_have_text(text)
+        offered = offered_codecs(self.offers[-1])
+        media = [c for c in offered if c[0] in ("H264", "VP8")]
+        h264 = [c for c in media if c[0] == "H264"]
+        assert h264, media
+        assert media == [*h264, ("VP8", "")], media
+        assert all("packetization-mode=1" in fmtp.split(";") for _, fmtp in h264), h264
+        # the resiliency codecs Chromium offers by itself are still there
+        assert {"rtx", "red", "ulpfec"} <= {name for name, _ in offered}, offered
+
     async def close(self) -> None:
         await self.context.close()
         (self.artefacts / f"console-{self.name}.log").write_text("\n".join([*self.console, ""]))
         assert self.errors == [], self.errors
+
+
+def offered_codecs(sdp: str) -> list[tuple[str, str]]:
+    """(name, fmtp) of the video section's payload types, in the offer's order."""
+    names: dict[str, str] = {}
+    fmtps: dict[str, str] = {}
+    order: list[str] = []
+    for line in sdp.splitlines():
+        if line.startswith("m=video "):
+            order = line.split()[3:]
+        elif match := re.match(r"a=rtpmap:(\d+) ([^/]+)/", line):
+            names[match[1]] = match[2]
+        elif match := re.match(r"a=fmtp:(\d+) (.*)", line):
+            fmtps[match[1]] = match[2]
+    return [(names.get(pt, pt), fmtps.get(pt, "")) for pt in order]
 
 
 async def register(url: str, prefix: str) -> str:
@@ -298,10 +351,12 @@ async def test_an_owner_onboards_by_qr_watches_sees_motion_and_shares_with_a_fri
     assert json.loads(after)["refresh"] != json.loads(before)["refresh"]
     assert json.loads(after)["expiresAt"] > json.loads(before)["expiresAt"]
 
-    # Live view, mode auto: the direct path works on the same network.
+    # Live view, mode auto: the direct path works on the same network, in H.264 (the page
+    # offers it first; Chromium's own order puts VP8 first).
     await card.get_by_role("link", name="Watch").click()
     assert await owner.playing() == "direct"
     await expect(page.locator(".route")).to_have_text("Direct")
+    await owner.expect_codec("H264", "H.264")
     await owner.shot("06-live-direct")
 
     # Through the relay node, which watches for motion: an event thread arrives live and
@@ -309,6 +364,7 @@ async def test_an_owner_onboards_by_qr_watches_sees_motion_and_shares_with_a_fri
     await page.get_by_role("radio", name="Relay").click()
     assert await owner.playing() == "relay"
     await expect(page.locator(".route")).to_have_text("Relay node")
+    await owner.expect_codec("H264", "H.264")
     motion = page.locator(".events li.event[data-kind=motion]")
     await expect(motion.first).to_be_visible(timeout=60_000)
     await owner.shot("07-live-relay-motion")
@@ -317,6 +373,15 @@ async def test_an_owner_onboards_by_qr_watches_sees_motion_and_shares_with_a_fri
     assert len(threads) == len(set(threads))
     await page.get_by_role("button", name="End").click()
     await expect(page.locator(".live-ended")).to_have_text("You ended the live view.")
+
+    # A browser that would take only VP8: the relay forwards the camera's H.264 as it is, so
+    # it refuses the session, and the page says why instead of showing a black picture.
+    await page.evaluate(WITHOUT_H264)
+    await page.get_by_role("button", name="Watch again").click()
+    await expect(page.locator(".live-ended")).to_have_text(
+        "This browser cannot play the video format this camera sends.", timeout=20_000
+    )
+    await page.evaluate("() => window.restoreCapabilities()")
 
     # The events tab: the snapshot (fetched with the token), and acknowledging.
     await page.get_by_role("link", name="Events").click()
@@ -352,6 +417,7 @@ async def test_an_owner_onboards_by_qr_watches_sees_motion_and_shares_with_a_fri
     await friend.shot("10-friend-cameras")
     await shared.get_by_role("link", name="Watch").click()
     assert await friend.playing() == "direct"
+    await friend.expect_codec("H264", "H.264")
     await friend.shot("11-friend-live")
 
     # The owner stops sharing: the friend's live view ends at once, in plain words.
@@ -418,6 +484,7 @@ async def test_with_no_direct_path_the_live_view_falls_back_to_the_relay_by_itse
     await expect(page.locator(".route")).to_have_text("Relay node")
     await expect(page.locator(".ttff")).to_contain_text("with the direct attempt")
     assert time.monotonic() - started < 30
+    await phone.expect_codec("H264", "H.264")
     await phone.shot("14-relay-fallback")
 
     # The camera dies: the relay ends the view, and the page says why in plain words.

@@ -16,6 +16,11 @@
 // register a session only once they start answering its offer, so candidates trickled right
 // behind the offer could reach them first and be dropped; inside the SDP they cannot be.
 //
+// Codecs: the offer prefers H.264 (packetization mode 1, the cameras' codec), then VP8
+// (synthetic sources), with the browser's resiliency codecs (rtx, red, FEC) kept after them;
+// a relay node forwards the camera's stream as it is, so a viewer must be able to take it
+// (otherwise `session.end` with `codec_mismatch`). The codec received is read from getStats.
+//
 // Every wait has a deadline and ends in a visible outcome (LiveError with a reason).
 
 import { newId } from "./signaling.js";
@@ -52,6 +57,53 @@ async function race(promise, ended, ms, reason, message) {
   } finally {
     timer.cancel();
   }
+}
+
+// Chromium's setCodecPreferences takes only codecs from getCapabilities, and drops rtx, red
+// and FEC from the offer unless they are listed too.
+const RESILIENCE = new Set(["video/rtx", "video/red", "video/ulpfec", "video/flexfec-03"]);
+
+/**
+ * The video codecs to offer, from the browser's capabilities, in order: every H.264 profile
+ * in packetization mode 1 (in the browser's order), VP8, then the resiliency codecs; null
+ * when the browser has neither H.264 nor VP8 (its own order is kept then).
+ */
+export function preferredCodecs(capabilities) {
+  const codecs = capabilities?.codecs ?? [];
+  const mime = (codec) => codec.mimeType.toLowerCase();
+  const fmtp = (codec) => (codec.sdpFmtpLine ?? "").split(";").map((p) => p.trim());
+  const h264 = codecs.filter(
+    (c) => mime(c) === "video/h264" && fmtp(c).includes("packetization-mode=1"),
+  );
+  const vp8 = codecs.filter((c) => mime(c) === "video/vp8");
+  if (h264.length + vp8.length === 0) return null;
+  return [...h264, ...vp8, ...codecs.filter((c) => RESILIENCE.has(mime(c)))];
+}
+
+/** Ask `transceiver` for preferredCodecs(), where the browser lets a page choose. */
+function preferCodecs(transceiver) {
+  if (typeof transceiver.setCodecPreferences !== "function") return;
+  if (typeof RTCRtpReceiver.getCapabilities !== "function") return;
+  const codecs = preferredCodecs(RTCRtpReceiver.getCapabilities("video"));
+  if (!codecs) return;
+  try {
+    transceiver.setCodecPreferences(codecs);
+  } catch (error) {
+    console.warn("kept the browser's codec order", error);
+  }
+}
+
+/** The received video's codec as its MIME subtype ("H264", "VP8"), or null if not known yet. */
+export async function receivedCodec(pc) {
+  const stats = await pc.getStats();
+  let codec = null;
+  stats.forEach((report) => {
+    if (report.type === "inbound-rtp" && report.kind === "video" && report.codecId) {
+      const mimeType = stats.get(report.codecId)?.mimeType;
+      if (mimeType) codec = mimeType.split("/").pop();
+    }
+  });
+  return codec;
 }
 
 /** The candidate pair carrying media: {local: {type, address, port, protocol}, remote}. */
@@ -92,6 +144,7 @@ class Attempt {
     this.video = video;
     this.sessionId = null;
     this.route = null; // "p2p" | "relay", as the cloud routed it
+    this.codec = null; // "H264" | "VP8", as received
     this.pc = null;
     this.remoteSet = false;
     this.pendingRemote = [];
@@ -140,7 +193,7 @@ class Attempt {
     this.route = reply.route;
     this.#listen();
     this.pc = new RTCPeerConnection({ iceServers: iceServers(reply.ice_servers) });
-    this.pc.addTransceiver("video", { direction: "recvonly" });
+    preferCodecs(this.pc.addTransceiver("video", { direction: "recvonly" }));
     this.pc.ontrack = (event) => this.#show(event.track);
     this.pc.onicecandidate = (event) => this.#localCandidate(event.candidate);
     const connected = new Promise((resolve) => {
@@ -169,6 +222,7 @@ class Attempt {
     await race(this.firstFrame, this.failed, FIRST_FRAME_MS, "no_picture");
     this.firstFrameAt = performance.now();
     this.pair = await selectedPair(this.pc).catch(() => null);
+    this.codec = await receivedCodec(this.pc).catch(() => null);
   }
 
   /** "direct", "turn" (a TURN server relays the packets) or "relay" (a relay node). */
@@ -321,7 +375,8 @@ function iceServers(list) {
 
 /**
  * A live view of one camera in `video`. `mode`: "auto" (direct, then the relay), "p2p" or
- * "relay". Callbacks: onStatus(text), onPlaying({route, pair, ttffMs, totalMs, fellBack}),
+ * "relay". Callbacks: onStatus(text), onPlaying({route, pair, codec, ttffMs, totalMs,
+ * fellBack}) (`codec`: the received video's MIME subtype, "H264" or "VP8", null if unknown),
  * onEnded({reason, message}) — called once, whatever ends it (not after end()).
  */
 export class LiveSession {
@@ -365,6 +420,7 @@ export class LiveSession {
       this.onPlaying({
         route: attempt.routeKind,
         pair: attempt.pair,
+        codec: attempt.codec,
         ttffMs: attempt.firstFrameAt - attempt.requestedAt,
         totalMs: attempt.firstFrameAt - startedAt,
         fellBack: directFailure !== null,

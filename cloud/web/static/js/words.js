@@ -13,6 +13,7 @@ const END_REASONS = {
   relay_failed: "The relay carrying the video stopped working.",
   server_shutdown: "The service is restarting. Try again in a moment.",
   codec_mismatch: "This browser cannot play the video format this camera sends.",
+  video_unavailable: "The camera's video is not available right now. Try again in a moment.",
   connection_lost: "Lost the connection to the service.",
   no_answer: "The service did not answer in time.",
   no_picture: "The connection opened but no picture arrived.",
@@ -27,6 +28,13 @@ export const ROUTE_TEXT = {
   turn: "TURN",
   relay: "Relay node",
 };
+
+// The received video's codec, by its MIME subtype (live.js reports "H264", "VP8").
+const CODECS = { H264: "H.264", VP8: "VP8" };
+
+export function codecText(codec) {
+  return CODECS[String(codec).toUpperCase()] ?? codec;
+}
 
 const KINDS = { motion: "Motion", person: "Person", vehicle: "Vehicle" };
 

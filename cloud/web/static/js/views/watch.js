@@ -1,10 +1,10 @@
-// The live view of one camera, with the route it took, the time to the first frame, and
-// this camera's latest events underneath.
+// The live view of one camera, with the route it took and the codec received, the time to
+// the first frame, and this camera's latest events underneath.
 
 import { fill, h } from "../dom.js";
 import { EventFeed } from "../feed.js";
 import { LiveSession } from "../live.js";
-import { ROUTE_TEXT, seconds } from "../words.js";
+import { ROUTE_TEXT, codecText, seconds } from "../words.js";
 import { dot, presenceText } from "./cameras.js";
 
 export const NAME = "live";
@@ -18,6 +18,7 @@ export function mount(app, { id }, query) {
   video.muted = true; // autoplay needs it; cameras here have no audio anyway
   const overlay = h("div", { class: "overlay", role: "status" }, "Connecting…");
   const routeBadge = h("span", { class: "route", dataset: { route: "" } }, "—");
+  const codecBadge = h("span", { class: "codec", dataset: { codec: "" }, hidden: true });
   const ttff = h("span", { class: "ttff" }, "");
   const stats = h("span", { class: "muted small stats" }, "");
   const ended = h("p", { class: "live-ended", role: "alert", hidden: true });
@@ -35,7 +36,7 @@ export function mount(app, { id }, query) {
     head,
     box,
     h("div", { class: "live-info" },
-      h("span", {}, "Route ", routeBadge), ttff, stats),
+      h("span", {}, "Route ", routeBadge, codecBadge), ttff, stats),
     ended,
     h("div", { class: "row" },
       h("div", { class: "segmented", role: "radiogroup", "aria-label": "Route" }, modeButtons),
@@ -92,6 +93,9 @@ export function mount(app, { id }, query) {
     againButton.hidden = true;
     routeBadge.textContent = "—";
     routeBadge.dataset.route = "";
+    codecBadge.textContent = "";
+    codecBadge.dataset.codec = "";
+    codecBadge.hidden = true;
     ttff.textContent = "";
     stats.textContent = "";
     phase("connecting", "Connecting to the service…");
@@ -112,6 +116,9 @@ export function mount(app, { id }, query) {
         routeBadge.title = info.pair
           ? `${info.pair.local?.type} ${info.pair.local?.address} ⇄ ${info.pair.remote?.type} ${info.pair.remote?.address}`
           : "";
+        codecBadge.textContent = info.codec ? codecText(info.codec) : "";
+        codecBadge.dataset.codec = info.codec ?? "";
+        codecBadge.hidden = !info.codec;
         ttff.dataset.ms = String(Math.round(info.ttffMs));
         ttff.textContent = info.fellBack
           ? `First frame ${seconds(info.ttffMs)} (${seconds(info.totalMs)} with the direct attempt)`
