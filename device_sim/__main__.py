@@ -1,8 +1,14 @@
 """``python -m device_sim``: the camera simulator's command line.
 
-onboard --qr FILE.png | --payload TEXT     scan, make a key, activate, save state (0600)
-run [--state FILE] [video options]         stay online and answer viewers
+onboard --scan SOURCE | --qr FILE.png | --payload TEXT
+                                           read the QR code, make a key, activate, save
+                                           state (0600)
+run [--state FILE] [--source SOURCE]       stay online and answer viewers with the video of
+                                           SOURCE: synthetic, rtsp://…, /dev/videoN, a file
 fleet --count N --cloud URL --email E ...  N cameras in one process, for load tests
+discover [--timeout S] [--address HOST[:PORT]] [--interface IP] [--user U --password P] [--json]
+                                           list the ONVIF cameras on the LAN (WS-Discovery)
+                                           and, with credentials, their RTSP stream URIs
 """
 
 import argparse
@@ -19,8 +25,9 @@ from typing import Any
 
 import httpx
 
+from device_sim import discover
 from device_sim.camera import Camera
-from device_sim.onboarding import OnboardingError, activate, read_qr
+from device_sim.onboarding import OnboardingError, activate, read_qr, scan_qr
 from device_sim.state import CameraState, StateError
 from protocol.errors import ProtocolError
 from protocol.qr import decode_qr_payload
@@ -46,33 +53,45 @@ def _network() -> None:
 
 
 def _video(args: argparse.Namespace) -> Any:
+    """The camera's video source (``None`` with ``--no-video``); raises SourceError."""
     if args.no_video:
         return None
     _network()
-    if args.video_file:
-        from device_sim.media import FileVideo
-
-        return FileVideo(args.video_file)
     from device_sim.media import SyntheticVideo
+    from device_sim.sources import open_source
 
     width, height = (int(v) for v in args.size.split("x"))
     episodes = [tuple(float(x) for x in m.split(":")) for m in args.motion]
-    return SyntheticVideo(
-        width=width,
-        height=height,
-        fps=args.fps,
-        motion=episodes,
-        keyframe_interval=args.keyframe_interval,
+    return open_source(
+        args.source,
+        synthetic=lambda: SyntheticVideo(width=width, height=height, fps=args.fps, motion=episodes),
+        codec=args.codec,
+        keyframe_interval=args.keyframe_interval or max(1, round(2 * args.fps)),
+        bitrate_kbps=args.bitrate_kbps,
     )
 
 
 async def onboard(args: argparse.Namespace) -> int:
+    from device_sim.sources import redact
+
     try:
-        payload = read_qr(Path(args.qr)) if args.qr else decode_qr_payload(args.payload)
+        if args.scan:
+            print(
+                f"show the onboarding QR code to the camera ({redact(args.scan)}) …",
+                file=sys.stderr,
+                flush=True,
+            )
+            payload = await asyncio.to_thread(scan_qr, args.scan, args.scan_timeout)
+        elif args.qr:
+            payload = read_qr(Path(args.qr))
+        else:
+            payload = decode_qr_payload(args.payload)
         state = await activate(payload, device_uid=args.uid, firmware_version=args.firmware)
     except (OnboardingError, ProtocolError) as exc:
         print(f"onboarding failed: {exc}", file=sys.stderr)
         return 1
+    if args.scan and args.scan.startswith(("rtsp://", "rtsps://", "/")):
+        state = state.with_source(args.scan)  # run bridges the source it was onboarded with
     state.save(Path(args.state))
     # The Wi-Fi credentials are the camera's own business: joining the network is simulated.
     print(
@@ -84,18 +103,30 @@ async def onboard(args: argparse.Namespace) -> int:
 
 
 async def run(args: argparse.Namespace) -> int:
+    from device_sim.sources import SourceError
+
     try:
         state = CameraState.load(Path(args.state))
-    except StateError as exc:
+        if args.source is None:
+            args.source = state.source_url() or "synthetic"
+        video = _video(args)
+    except (StateError, SourceError) as exc:
         print(exc, file=sys.stderr)
         return 1
-    camera = Camera(state, _video(args), connect_timeout_s=args.connect_timeout)
+    camera = Camera(state, video, connect_timeout_s=args.connect_timeout)
     stop = _stop_event()
     print(
         f"camera {state.device_id} ({state.device_name}) connecting to {state.signaling_url}",
         flush=True,
     )
-    await camera.run(stop)
+    if video is not None:
+        print(f"video: {video.description}", flush=True)
+        await video.start()
+    try:
+        await camera.run(stop)
+    finally:
+        if video is not None:
+            await video.close()
     print(f"camera stopped: {camera.stats}", flush=True)
     return 3 if camera.removed else 0
 
@@ -158,7 +189,9 @@ async def fleet(args: argparse.Namespace) -> int:
     except (OnboardingError, StateError, httpx.HTTPError) as exc:
         print(f"fleet: {exc}", file=sys.stderr)
         return 1
-    video = _video(args) if args.video else None
+    video = _video(args) if args.video else None  # synthetic
+    if video is not None:
+        await video.start()
     cameras = [Camera(s, video) for s in states]
     stop = _stop_event()
     started = time.monotonic()
@@ -177,6 +210,8 @@ async def fleet(args: argparse.Namespace) -> int:
             await asyncio.wait_for(stop.wait(), 0.5)
     online = sum(c.online.is_set() for c in cameras)
     await asyncio.gather(*tasks, return_exceptions=True)
+    if video is not None:
+        await video.close()
     summary = {
         "cameras": len(cameras),
         "connected": sum(c.stats.connects > 0 for c in cameras),
@@ -199,8 +234,17 @@ def parser() -> argparse.ArgumentParser:
 
     o = sub.add_parser("onboard", help="scan a QR code (or take its text) and activate")
     source = o.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--scan",
+        metavar="SOURCE",
+        help="read the QR code off this video source's pictures (rtsp://…, /dev/videoN, a "
+        "file), as a camera does from its own lens; run then bridges that source",
+    )
     source.add_argument("--qr", help="PNG/JPEG image of the onboarding QR code")
     source.add_argument("--payload", help="the QR code's text")
+    o.add_argument(
+        "--scan-timeout", type=float, default=300.0, help="seconds to look for the QR code"
+    )
     o.add_argument(
         "--state", default="camera-state.json", help="where to save the camera (mode 0600)"
     )
@@ -208,6 +252,24 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--firmware", default="sim-1.0")
 
     def video_options(cmd: argparse.ArgumentParser) -> None:
+        cmd.add_argument(
+            "--source",
+            help="synthetic (the default), rtsp://user:pass@host/path (an IP camera: H.264 "
+            "passed through), /dev/videoN (V4L2) or a video file (looped; H.264 passed "
+            "through)",
+        )
+        cmd.add_argument(
+            "--codec",
+            default="h264",
+            choices=["h264", "vp8"],
+            help="what the agent encodes pictures to (synthetic, V4L2, non-H.264 files)",
+        )
+        cmd.add_argument("--bitrate-kbps", type=int, default=1000, help="the agent's encoder")
+        cmd.add_argument(
+            "--keyframe-interval",
+            type=int,
+            help="frames between the agent encoder's keyframes (default: 2 s of frames)",
+        )
         cmd.add_argument("--size", default="640x480", help="WIDTHxHEIGHT of the synthetic video")
         cmd.add_argument("--fps", type=int, default=15)
         cmd.add_argument(
@@ -216,10 +278,6 @@ def parser() -> argparse.ArgumentParser:
             default=[],
             metavar="START:SECONDS",
             help="a motion episode, seconds after start (repeatable)",
-        )
-        cmd.add_argument("--video-file", help="play this file instead of synthetic video")
-        cmd.add_argument(
-            "--keyframe-interval", type=int, default=250, help="frames between keyframes"
         )
         cmd.add_argument(
             "--connect-timeout", type=float, default=10.0, help="seconds for ICE to connect"
@@ -242,8 +300,32 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--duration", type=float, default=0, help="stop after this many seconds (0: until Ctrl-C)"
     )
-    f.set_defaults(no_video=False)
+    f.set_defaults(no_video=False, source="synthetic")
     video_options(f)
+
+    d = sub.add_parser("discover", help="list the ONVIF cameras on the LAN (WS-Discovery)")
+    d.add_argument(
+        "--timeout", type=discover.seconds, default=3.0, metavar="S", help="seconds to listen"
+    )
+    d.add_argument(
+        "--address",
+        type=discover.probe_address,
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="probe this host directly too, for networks without multicast (repeatable)",
+    )
+    d.add_argument(
+        "--interface",
+        type=discover.interface_address,
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="multicast only through the interface with this IPv4 address (repeatable)",
+    )
+    d.add_argument("--user", help="ONVIF user: also list each camera's RTSP stream URIs")
+    d.add_argument("--password", help="the ONVIF user's password (never printed)")
+    d.add_argument("--json", action="store_true", help="one JSON document instead of a table")
     return p
 
 
@@ -252,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    command = {"onboard": onboard, "run": run, "fleet": fleet}[args.command]
+    command = {"onboard": onboard, "run": run, "fleet": fleet, "discover": discover.command}[
+        args.command
+    ]
     return asyncio.run(command(args))
 
 

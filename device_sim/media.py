@@ -282,7 +282,8 @@ class _SyntheticTrack(CameraTrack):
 
 
 class FileVideo:
-    """A video file played in real time as the camera picture, looped by default.
+    """A video file played in real time as the camera picture, looped by default; with
+    ``format="v4l2"``, a V4L2 device's pictures (``/dev/videoN``; ``loop=False``).
 
     Decoding and pacing are aiortc's ``MediaPlayer`` (a decoder thread). Looping reopens the
     file at its end: ``MediaPlayer(loop=True)`` does not loop here (with PyAV 18 its decoder
@@ -299,8 +300,10 @@ class FileVideo:
         *,
         loop: bool = True,
         keyframe_interval: int | None = None,
+        format: str | None = None,
     ) -> None:
         self.path = os.fspath(path)
+        self.format = format
         self.loop = loop
         self.keyframe_interval = check_keyframe_interval(keyframe_interval)
         self._player: MediaPlayer | None = self._open()  # a bad file fails here, not later
@@ -331,7 +334,7 @@ class FileVideo:
         self._wake()
 
     def _open(self) -> MediaPlayer:
-        player = MediaPlayer(self.path)
+        player = MediaPlayer(self.path, format=self.format)
         if player.video is None:
             raise ValueError(f"{self.path}: no video stream")
         return player

@@ -1,14 +1,19 @@
 """The camera's onboarding: read the QR code, make a key, activate with the cloud."""
 
 import secrets
+import time
+import urllib.parse
 from pathlib import Path
 
+import av
+import av.error
 import cv2
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device_sim.identity import public_key_b64
 from device_sim.state import CameraState
+from protocol.errors import ProtocolError
 from protocol.qr import QrPayload, decode_qr_payload
 
 
@@ -25,6 +30,49 @@ def read_qr(image_path: Path) -> QrPayload:
     if not text:
         raise OnboardingError(f"no QR code found in {image_path}")
     return decode_qr_payload(text)
+
+
+SCAN_EVERY_S = 0.2  # looking costs ~30 ms per 720p picture: a few looks a second
+
+
+def scan_qr(location: str, timeout_s: float = 300.0) -> QrPayload:
+    """Read the onboarding QR code off a video source's pictures, as a camera does when the
+    owner holds the phone in front of its lens: ``rtsp://…`` (over TCP), ``/dev/videoN`` or
+    a file. Blocking (run it in a thread). Raises :class:`OnboardingError` when the source
+    cannot be read or no valid code was seen within ``timeout_s``; a QR code that is not a
+    VisionConnect code is skipped (the owner may be showing the wrong one).
+    """
+    from device_sim.sources import describe_failure, redact
+
+    url = urllib.parse.urlsplit(location)
+    options = {"rtsp_transport": "tcp"} if url.scheme in ("rtsp", "rtsps") else {}
+    fmt = "v4l2" if location.startswith("/dev/video") else None
+    detector = cv2.QRCodeDetectorAruco()
+    deadline = time.monotonic() + timeout_s
+    looked = 0.0
+    try:
+        with av.open(location, format=fmt, options=options, timeout=(10.0, 10.0)) as source:
+            video = next((s for s in source.streams if s.type == "video"), None)
+            if video is None:
+                raise OnboardingError(f"{redact(location)} has no video")
+            while time.monotonic() < deadline:
+                for frame in source.decode(video=0):
+                    if time.monotonic() >= deadline:
+                        break
+                    if time.monotonic() - looked < SCAN_EVERY_S:
+                        continue
+                    looked = time.monotonic()
+                    text, _, _ = detector.detectAndDecode(frame.to_ndarray(format="bgr24"))
+                    if text:
+                        try:
+                            return decode_qr_payload(text)
+                        except ProtocolError:
+                            continue
+                else:
+                    source.seek(0)  # a file: look again from its start
+    except av.error.FFmpegError as exc:
+        raise OnboardingError(describe_failure(exc, redact(location), url.password)) from exc
+    raise OnboardingError(f"no onboarding QR code seen by {redact(location)} in {timeout_s:g} s")
 
 
 def new_device_uid() -> str:

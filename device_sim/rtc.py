@@ -43,6 +43,8 @@ from aiortc.sdp import SessionDescription
 
 from device_sim.keyframes import Vp8KeyframeEncoder
 from device_sim.media import CameraTrack
+from device_sim.stream import EncodedTrack
+from peer import codecs
 from peer.ice import CandidateJson, IceServerJson, RemoteCandidates, rtc_configuration
 from protocol.messages import EndReason
 
@@ -64,6 +66,14 @@ class PeerEnd:
 
 class InvalidDescription(ValueError):
     """The remote SDP was rejected (the session ends with ``invalid_offer``)."""
+
+
+class CodecMismatch(InvalidDescription):
+    """The viewer cannot take the camera's codec (the session ends with ``codec_mismatch``)."""
+
+
+class VideoUnavailable(RuntimeError):
+    """The camera has no picture to send (its video source is down)."""
 
 
 class PeerEndedError(ConnectionError):
@@ -367,39 +377,60 @@ class CameraPeer(Peer):
     async def answer(self, offer_sdp: str) -> str:
         """Answer the viewer's offer; returns the answer SDP with all local candidates.
 
-        The offer must ask to receive video. Raises :class:`InvalidDescription` when the
-        offer is rejected, :class:`PeerEndedError` when the peer is closed meanwhile and
-        :class:`RuntimeError` when called twice. The connect timeout starts when this returns.
+        The offer must ask to receive video. An :class:`~device_sim.stream.EncodedTrack` is
+        sent as it is: the answer names its codec (for H.264 with the stream's
+        profile-level-id), and the viewer's keyframe requests reach the track. Raises
+        :class:`CodecMismatch` when the offer cannot take that codec,
+        :class:`InvalidDescription` when the offer is rejected, :class:`PeerEndedError`
+        when the peer is closed meanwhile and :class:`RuntimeError` when called twice. The
+        connect timeout starts when this returns.
         """
         if self._answered:
             raise RuntimeError("answer() was already called")
         self._answered = True
         self._raise_if_closed()
+        codec = self._track.codec if isinstance(self._track, EncodedTrack) else None
+        if isinstance(self._track, EncodedTrack):
+            if codec is None:
+                raise VideoUnavailable("the camera has no picture from its video source yet")
+            try:
+                offered = codecs.offered_codecs(offer_sdp)
+            except Exception as exc:  # untrusted SDP
+                raise InvalidDescription(f"the offer was rejected: {exc!r}") from exc
+            if not any(c.takes(codec) for c in offered):
+                listed = ", ".join(map(str, offered)) or "none"
+                raise CodecMismatch(f"the camera sends {codec}; the viewer takes {listed}")
+        # Before the offer is set: aiortc picks an answer's codecs from the preferences of
+        # the transceiver the offer's video section lands on, there and then.
+        video = self._pc.addTransceiver(self._track, direction="sendonly")
+        if codec is not None and isinstance(self._track, EncodedTrack):
+            codecs.prefer_exactly(self._pc, [codec.capability()])
+            codecs.on_keyframe_request(video.sender, self._track.request_keyframe)
         try:
             await self._set_remote(offer_sdp, "offer")
         except Exception as exc:  # untrusted SDP: aiortc raises assorted errors
             self._raise_if_closed(exc)
             raise InvalidDescription(f"the offer was rejected: {exc!r}") from exc
-        video = next((t for t in self._pc.getTransceivers() if t.kind == "video"), None)
-        if video is None:
+        if video.mid is None:
             raise InvalidDescription("the offer has no video section")
-        sender = self._pc.addTrack(self._track)
-        video.direction = "sendonly"
         try:
             await self._pc.setLocalDescription(await self._pc.createAnswer())
         except Exception as exc:
             self._raise_if_closed(exc)
             raise InvalidDescription(f"no answer to this offer: {exc!r}") from exc
-        if video.sender is not sender or video.currentDirection not in ("sendonly", "sendrecv"):
+        if video.currentDirection not in ("sendonly", "sendrecv"):
             raise InvalidDescription("the offer does not ask to receive video")
-        self._install_encoder(sender)
+        self._install_encoder(video.sender)
         self._start_watch()
-        return self._pc.localDescription.sdp
+        sdp: str = self._pc.localDescription.sdp
+        return sdp if codec is None else codecs.with_profile_level_id(sdp, codec)
 
     def _install_encoder(self, sender: RTCRtpSender) -> None:
         description = SessionDescription.parse(self._pc.localDescription.sdp)
         media = next(m for m in description.media if m.kind == "video")
         mime = media.rtp.codecs[0].mimeType.lower() if media.rtp.codecs else "none"
+        if isinstance(self._track, EncodedTrack):
+            return  # encoded once, by its source
         if mime != "video/vp8":
             if self.keyframe_interval is not None:
                 self._log(logging.WARNING, "keyframe_interval ignored: negotiated %s", mime)

@@ -2,14 +2,16 @@
 
 The file holds the camera's private key: it is written atomically with mode 0600 from the
 start (never world-readable, not even for an instant), and refused on load if anyone else
-could read it.
+could read it. An agent bridging an IP camera also keeps the camera's video source there:
+``source`` without its password (safe to show), ``source_password`` apart.
 """
 
 import base64
 import json
 import os
 import stat
-from dataclasses import asdict, dataclass
+import urllib.parse
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -30,6 +32,29 @@ class CameraState:
     firmware_version: str
     signaling_url: str
     private_key: str  # raw Ed25519 seed, URL-safe base64
+    source: str | None = None  # the video source, without its password
+    source_password: str | None = None
+
+    def with_source(self, location: str) -> "CameraState":
+        """This state bridging ``location`` (its password kept apart from the URL)."""
+        parts = urllib.parse.urlsplit(location)
+        if parts.password is None:
+            return replace(self, source=location, source_password=None)
+        user = parts.username or ""
+        netloc = f"{user}@{parts.netloc.rpartition('@')[2]}"
+        password = urllib.parse.unquote(parts.password)
+        return replace(
+            self, source=parts._replace(netloc=netloc).geturl(), source_password=password
+        )
+
+    def source_url(self) -> str | None:
+        """The video source to bridge, with its password, or ``None`` (synthetic)."""
+        if self.source is None or self.source_password is None:
+            return self.source
+        parts = urllib.parse.urlsplit(self.source)
+        user, _, host = parts.netloc.rpartition("@")
+        secret = urllib.parse.quote(self.source_password, safe="")
+        return parts._replace(netloc=f"{user}:{secret}@{host}").geturl()
 
     @property
     def key(self) -> Ed25519PrivateKey:

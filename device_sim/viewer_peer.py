@@ -9,7 +9,7 @@ import logging
 import secrets
 from collections.abc import Callable, Sequence
 
-from aiortc import RTCRtpSender
+from aiortc import RTCRtpReceiver, RTCRtpSender
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 
@@ -58,6 +58,11 @@ class ViewerPeer(Peer):
     def frames(self) -> int:
         """Decoded frames received so far."""
         return self._frames
+
+    @property
+    def receiver(self) -> RTCRtpReceiver | None:
+        """aiortc's video receiver, once :meth:`offer` made it."""
+        return next((t.receiver for t in self._pc.getTransceivers() if t.kind == "video"), None)
 
     @property
     def last_frame(self) -> VideoFrame | None:

@@ -65,7 +65,14 @@ from aiortc.mediastreams import VIDEO_CLOCK_RATE, MediaStreamError, MediaStreamT
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av import Packet, VideoFrame
 
-from peer.codecs import H264, VP8, ParameterSets, is_h264_keyframe, is_vp8_keyframe
+from peer.codecs import (
+    H264,
+    VP8,
+    ParameterSets,
+    is_h264_keyframe,
+    is_vp8_keyframe,
+    on_keyframe_request,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -439,13 +446,5 @@ class Fanout:
 
 
 def forward_keyframe_requests(sender: RTCRtpSender, track: FanoutTrack) -> None:
-    """Make a viewer's PLI/FIR for ``sender`` (which sends ``track``) ask the camera.
-
-    aiortc's sender answers PLI/FIR by flagging its encoder (``RTCRtpSender._send_keyframe``),
-    which pre-encoded packets never use; this replaces that private method on the instance
-    with :meth:`FanoutTrack.request_keyframe`. Raises :class:`RuntimeError` if aiortc no
-    longer has it.
-    """
-    if not callable(getattr(sender, "_send_keyframe", None)):
-        raise RuntimeError("aiortc's RTCRtpSender no longer has _send_keyframe")
-    setattr(sender, "_send_keyframe", track.request_keyframe)  # noqa: B010 (a method)
+    """Make a viewer's PLI/FIR for ``sender`` (which sends ``track``) ask the camera."""
+    on_keyframe_request(sender, track.request_keyframe)

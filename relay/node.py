@@ -1,34 +1,46 @@
 """The relay node: the camera's viewer upstream, the viewers' camera downstream, and analytics.
 
-Signaling (docs/protocol.md): the node holds ``/ws/v1/relay`` with its
-credential, reports ``relay.load`` every few seconds, and for each ``relay.session`` (a viewer
-routed through it) makes sure it watches that camera: one upstream aiortc connection per camera
-(its own ``session.request``, allowed while it serves a viewer of it), fanned out to every
-viewer by :class:`relay.media.Fanout` without re-encoding. The upstream closes
-``upstream_grace_s`` after its last viewer leaves; when the camera goes away, its viewers'
-sessions end with ``device_offline``.
+Signaling (docs/protocol.md): the node holds ``/ws/v1/relay`` with its credential (a
+:class:`~peer.signaling.SignalingClient`), reports ``relay.load`` every few seconds, and for
+each ``relay.session`` (a viewer routed through it) makes sure it watches that camera: one
+upstream aiortc connection per camera (its own ``session.request``, allowed while it serves
+a viewer of it), fanned out to every viewer by :class:`relay.media.Fanout` without
+re-encoding. The upstream closes ``upstream_grace_s`` after its last viewer leaves; when the
+camera goes away, its viewers' sessions end with ``device_offline``. Sessions end with the
+connection to the cloud.
 
 Analytics: each upstream's decoded picture is sampled at ``analysis_fps`` and analysed by
 :class:`relay.analysis.Analysis` (motion, then YOLO within the node's budget, event threads).
 """
 
 import asyncio
-import contextlib
-import json
 import logging
-import random
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import websockets
 from aiortc import RTCPeerConnection
-from websockets.asyncio.client import ClientConnection
 
 from peer import codecs
 from peer.ice import RemoteCandidates, rtc_configuration
+from peer.signaling import SignalingClient
+from protocol.messages import (
+    EndReason,
+    Hello,
+    Message,
+    RelayLoad,
+    RelaySession,
+    ServerMessage,
+    SessionAnswer,
+    SessionCreated,
+    SessionEnd,
+    SessionIce,
+    SessionOffer,
+    SessionRequest,
+    Status,
+)
 from relay.analysis import Analysis
 from relay.detector import Detector
 from relay.media import Fanout, forward_keyframe_requests
@@ -57,7 +69,7 @@ class Upstream:
     viewers: set[str] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     closing: asyncio.TimerHandle | None = None
-    codec: str | None = None  # what the camera answered with (peer.codecs), once it has
+    codec: codecs.VideoCodec | None = None  # what the camera answered with, once it has
     negotiated: asyncio.Event = field(default_factory=asyncio.Event)
     remote: RemoteCandidates = field(default_factory=lambda: RemoteCandidates("upstream"))
 
@@ -76,11 +88,19 @@ class RelayNode:
         self.detector = detector
         self.upstreams: dict[str, Upstream] = {}
         self.downstreams: dict[str, Downstream] = {}
-        self.online = asyncio.Event()
         self.stats = {"events_sent": 0, "events_failed": 0, "frames_analysed": 0}
         self.analysis = Analysis(settings, detector, self.stats, self._spawn)
-        self._socket: ClientConnection | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.signaling = SignalingClient(
+            settings.cloud_url.replace("http", "ws", 1) + "/ws/v1/relay",
+            lambda: Hello(token=settings.credential),
+            self._dispatch,
+            name=f"relay {settings.relay_id}",
+            on_offline=self._close_all,
+            while_online=self._report_load,
+            stop_on_removed=False,  # 4404 is for cameras; a relay just reconnects
+        )
+        self.online = self.signaling.online
 
     # the connection to the cloud ---------------------------------------------------------------
 
@@ -91,58 +111,16 @@ class RelayNode:
             timeout=10,
             headers={"Authorization": f"Bearer {self.settings.credential}"},
         )
-        backoff = 0.5
         try:
-            while not stop.is_set():
-                try:
-                    await self._connection(stop)
-                    backoff = 0.5
-                except (OSError, TimeoutError, websockets.WebSocketException, ValueError) as exc:
-                    log.info("relay %s: connection failed: %s", self.settings.relay_id, exc)
-                finally:
-                    self.online.clear()
-                    await self._close_all()
-                if stop.is_set():
-                    break
-                delay = random.uniform(0, backoff)  # noqa: S311 (jitter)
-                backoff = min(backoff * 2, 30.0)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+            await self.signaling.run(stop)
         finally:
             await http.aclose()
             if self.detector is not None:
                 await self.detector.close()
 
-    async def _connection(self, stop: asyncio.Event) -> None:
-        url = self.settings.cloud_url.replace("http", "ws", 1) + "/ws/v1/relay"
-        async with websockets.connect(url, max_size=64 * 1024, open_timeout=10) as ws:
-            await ws.send(json.dumps({"type": "hello", "token": self.settings.credential}))
-            welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
-            if welcome.get("type") != "welcome":
-                raise ValueError(f"expected welcome, got {welcome.get('type')!r}")
-            self._socket = ws
-            self.online.set()
-            log.info("relay %s: registered as %s", self.settings.relay_id, welcome["connection_id"])
-            background = [
-                asyncio.create_task(self._report_load(ws)),
-                asyncio.create_task(self._close_on(stop, ws)),
-            ]
-            try:
-                async for frame in ws:
-                    await self._dispatch(json.loads(frame))
-            except websockets.ConnectionClosed:
-                pass
-            finally:
-                for task in background:
-                    task.cancel()
-                await asyncio.gather(*background, return_exceptions=True)
-                self._socket = None
-
-    async def _close_on(self, stop: asyncio.Event, ws: ClientConnection) -> None:
-        await stop.wait()
-        await ws.close()
-
-    async def _report_load(self, ws: ClientConnection) -> None:
+    async def _report_load(self) -> None:
+        """While online: ``relay.load`` now and every ``LOAD_EVERY_S`` (the cloud's
+        allocation forgets a relay it has not heard from lately); the client pings."""
         logged = -1
         while True:
             stats = getattr(self.detector, "stats", None)
@@ -158,22 +136,14 @@ class RelayNode:
                 )
             sessions = len(self.downstreams)
             load = min(1.0, sessions / self.settings.max_sessions)
-            message = {
-                "type": "relay.load",
-                "load": load,
-                "sessions": sessions,
-                "cameras": len(self.upstreams),
-            }
-            await ws.send(json.dumps(message))
-            await ws.send('{"type":"ping"}')
+            await self.send(RelayLoad(load=load, sessions=sessions, cameras=len(self.upstreams)))
             if self.settings.health_file:
                 await asyncio.to_thread(Path(self.settings.health_file).touch)
             await asyncio.sleep(LOAD_EVERY_S)
 
-    async def send(self, message: dict[str, Any]) -> None:
-        if self._socket is not None:
-            with contextlib.suppress(websockets.ConnectionClosed):
-                await self._socket.send(json.dumps(message))
+    async def send(self, message: Message) -> None:
+        """Send to the cloud; dropped while offline (sessions end with the connection)."""
+        await self.signaling.send(message)
 
     def _spawn(self, coro: Any, owner: set[asyncio.Task[None]] | None = None) -> None:
         tasks = self._tasks if owner is None else owner
@@ -183,42 +153,40 @@ class RelayNode:
 
     # signaling ----------------------------------------------------------------------------------
 
-    async def _dispatch(self, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        session_id = str(message.get("session_id", ""))
-        if kind == "relay.session":
-            await self._open_downstream(session_id, str(message["device_id"]))
-        elif kind == "session.created":
-            upstream = next(
-                (u for u in self.upstreams.values() if u.request_id == message.get("id")), None
-            )
-            if upstream is not None:
-                upstream.session_id = session_id
-                self._spawn(
-                    self._offer_upstream(upstream, message.get("ice_servers") or []), upstream.tasks
+    async def _dispatch(self, message: ServerMessage) -> None:
+        match message:
+            case RelaySession():
+                await self._open_downstream(message.session_id, message.device_id)
+            case SessionCreated():
+                upstream = next(
+                    (u for u in self.upstreams.values() if u.request_id == message.id), None
                 )
-        elif kind == "session.offer" and session_id in self.downstreams:
-            self._spawn(self._answer_downstream(self.downstreams[session_id], message))
-        elif kind == "session.answer":
-            upstream = self._upstream_of(session_id)
-            if upstream is not None and upstream.pc is not None:
-                await upstream.remote.set_description(upstream.pc, message["sdp"], "answer")
-                upstream.codec = next(iter(codecs.video_codecs(message["sdp"])), None)
-                upstream.negotiated.set()
-                log.info("relay: camera %s sends %s", upstream.device_id, upstream.codec)
-        elif kind == "session.ice":
-            remote = self._remote_of(session_id)
-            if remote is not None:
-                try:
-                    await remote.add(message.get("candidate"))
-                except ValueError as exc:
-                    log.warning("relay: session %s: %s", session_id, exc)
-        elif kind == "session.end":
-            await self._ended(session_id, str(message.get("reason", "peer_hangup")))
-        elif kind == "status" and not message.get("ok", True):
-            await self._refused(message)
-        elif kind == "go_away" and self._socket is not None:
-            await self._socket.close()
+                if upstream is not None:
+                    upstream.session_id = message.session_id
+                    ice_servers = [server.dump() for server in message.ice_servers]
+                    self._spawn(self._offer_upstream(upstream, ice_servers), upstream.tasks)
+            case SessionOffer() if message.session_id in self.downstreams:
+                down = self.downstreams[message.session_id]
+                self._spawn(self._answer_downstream(down, message))
+            case SessionAnswer():
+                upstream = self._upstream_of(message.session_id)
+                if upstream is not None and upstream.pc is not None:
+                    await upstream.remote.set_description(upstream.pc, message.sdp, "answer")
+                    upstream.codec = next(iter(codecs.offered_codecs(message.sdp)), None)
+                    upstream.negotiated.set()
+                    log.info("relay: camera %s sends %s", upstream.device_id, upstream.codec)
+            case SessionIce():
+                remote = self._remote_of(message.session_id)
+                if remote is not None:
+                    candidate = message.candidate
+                    try:
+                        await remote.add(None if candidate is None else candidate.dump())
+                    except ValueError as exc:
+                        log.warning("relay: session %s: %s", message.session_id, exc)
+            case SessionEnd():
+                await self._ended(message)
+            case Status(ok=False):
+                await self._refused(message)
 
     def _upstream_of(self, session_id: str) -> Upstream | None:
         return next((u for u in self.upstreams.values() if u.session_id == session_id), None)
@@ -230,22 +198,25 @@ class RelayNode:
         up = self._upstream_of(session_id)
         return up.remote if up is not None else None
 
-    async def _refused(self, message: dict[str, Any]) -> None:
-        upstream = next(
-            (u for u in self.upstreams.values() if u.request_id == message.get("id")), None
-        )
-        log.warning("relay: the cloud refused %s: %s", message.get("id"), message.get("error"))
+    async def _refused(self, message: Status) -> None:
+        upstream = next((u for u in self.upstreams.values() if u.request_id == message.id), None)
+        error = message.error and message.error.dump()
+        log.warning("relay: the cloud refused %s: %s", message.id, error)
         if upstream is not None:
             await self._camera_gone(upstream, "device_offline")
 
-    async def _ended(self, session_id: str, reason: str) -> None:
-        down = self.downstreams.pop(session_id, None)
+    async def _ended(self, message: SessionEnd) -> None:
+        down = self.downstreams.pop(message.session_id, None)
         if down is not None:
             await self._close_downstream(down)
             return
-        upstream = self._upstream_of(session_id)
+        upstream = self._upstream_of(message.session_id) or next(
+            # a request that ended before its session was created (e.g. the camera is offline)
+            (u for u in self.upstreams.values() if message.id and u.request_id == message.id),
+            None,
+        )
         if upstream is not None:
-            log.info("relay: upstream of %s ended (%s)", upstream.device_id, reason)
+            log.info("relay: upstream of %s ended (%s)", upstream.device_id, message.reason)
             await self._camera_gone(upstream, "device_offline")
 
     # upstream: the relay watches the camera ------------------------------------------------------
@@ -256,14 +227,7 @@ class RelayNode:
         if upstream is None:
             upstream = Upstream(device_id, Fanout(device_id), secrets.token_hex(6))
             self.upstreams[device_id] = upstream
-            await self.send(
-                {
-                    "type": "session.request",
-                    "id": upstream.request_id,
-                    "device_id": device_id,
-                    "mode": "p2p",
-                }
-            )
+            await self.send(SessionRequest(id=upstream.request_id, device_id=device_id, mode="p2p"))
             self._spawn(self.analysis.watch(device_id, upstream.fanout), upstream.tasks)
         if upstream.closing is not None:
             upstream.closing.cancel()
@@ -283,28 +247,24 @@ class RelayNode:
 
         self._watch_connection(pc, upstream.session_id or "", upstream=upstream)
         await pc.setLocalDescription(await pc.createOffer())
-        sid = upstream.session_id
-        await self.send(
-            {"type": "session.offer", "session_id": sid, "sdp": pc.localDescription.sdp}
-        )
-        await self.send({"type": "session.ice", "session_id": sid, "candidate": None})
+        sid = upstream.session_id or ""  # set with session.created, before this runs
+        await self.send(SessionOffer(session_id=sid, sdp=pc.localDescription.sdp))
+        await self.send(SessionIce(session_id=sid, candidate=None))
 
-    async def _camera_gone(self, upstream: Upstream, reason: str) -> None:
+    async def _camera_gone(self, upstream: Upstream, reason: EndReason) -> None:
         """The camera left: its viewers' sessions end, the upstream closes."""
         self.upstreams.pop(upstream.device_id, None)
         for session_id in list(upstream.viewers):
             down = self.downstreams.pop(session_id, None)
             if down is not None:
-                await self.send({"type": "session.end", "session_id": session_id, "reason": reason})
+                await self.send(SessionEnd(session_id=session_id, reason=reason))
                 await self._close_downstream(down, keep_upstream=True)
         await self._close_upstream(upstream, tell_cloud=False)
 
     async def _close_upstream(self, upstream: Upstream, *, tell_cloud: bool = True) -> None:
         self.upstreams.pop(upstream.device_id, None)
         if tell_cloud and upstream.session_id:
-            await self.send(
-                {"type": "session.end", "session_id": upstream.session_id, "reason": "user_hangup"}
-            )
+            await self.send(SessionEnd(session_id=upstream.session_id, reason="user_hangup"))
         for task in list(upstream.tasks):
             task.cancel()
         await asyncio.gather(*upstream.tasks, return_exceptions=True)
@@ -315,25 +275,29 @@ class RelayNode:
 
     # downstream: the relay answers a viewer -----------------------------------------------------
 
-    async def _answer_downstream(self, down: Downstream, message: dict[str, Any]) -> None:
+    async def _answer_downstream(self, down: Downstream, message: SessionOffer) -> None:
         upstream = self.upstreams.get(down.device_id)
         if upstream is None:
-            await self.send(
-                {"type": "session.end", "session_id": down.session_id, "reason": "device_offline"}
-            )
+            await self.send(SessionEnd(session_id=down.session_id, reason="device_offline"))
             return
         codec = await self._upstream_codec(upstream)
-        if codec is None or codec not in codecs.video_codecs(message["sdp"]):
+        try:
+            offered = codecs.offered_codecs(message.sdp)
+        except Exception:  # untrusted SDP; aiortc's parser raises assorted errors
+            offered = []
+        if codec is None or not any(c.takes(codec) for c in offered):
             # A viewer that cannot decode what the camera sends would get a black picture.
             log.info("relay: session %s cannot take %s", down.session_id, codec)
             self.downstreams.pop(down.session_id, None)
-            reason = "timeout" if codec is None else "codec_mismatch"
-            await self.send(
-                {"type": "session.end", "session_id": down.session_id, "reason": reason}
+            reason: EndReason = (
+                "timeout" if codec is None else "codec_mismatch" if offered else "invalid_offer"
             )
+            await self.send(SessionEnd(session_id=down.session_id, reason=reason))
             await self._close_downstream(down)
             return
-        pc = RTCPeerConnection(rtc_configuration(message.get("ice_servers") or []))
+        pc = RTCPeerConnection(
+            rtc_configuration([server.dump() for server in message.ice_servers or []])
+        )
         down.pc = pc
         try:
             track = upstream.fanout.subscribe()
@@ -341,28 +305,21 @@ class RelayNode:
             forward_keyframe_requests(sender, track)
             # Before the offer is set: aiortc picks an answer's codecs from the preferences
             # of the transceiver the offer's video section lands on, there and then.
-            codecs.prefer(pc, (codec,))
-            await down.remote.set_description(pc, message["sdp"], "offer")
+            codecs.prefer_exactly(pc, [codec.capability()])
+            await down.remote.set_description(pc, message.sdp, "offer")
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
             log.warning("relay: cannot answer session %s: %s", down.session_id, exc)
             self.downstreams.pop(down.session_id, None)
-            await self.send(
-                {"type": "session.end", "session_id": down.session_id, "reason": "invalid_offer"}
-            )
+            await self.send(SessionEnd(session_id=down.session_id, reason="invalid_offer"))
             await self._close_downstream(down)
             return
         self._watch_connection(pc, down.session_id)
-        await self.send(
-            {
-                "type": "session.answer",
-                "session_id": down.session_id,
-                "sdp": pc.localDescription.sdp,
-            }
-        )
-        await self.send({"type": "session.ice", "session_id": down.session_id, "candidate": None})
+        answer = codecs.with_profile_level_id(pc.localDescription.sdp, codec)  # the camera's
+        await self.send(SessionAnswer(session_id=down.session_id, sdp=answer))
+        await self.send(SessionIce(session_id=down.session_id, candidate=None))
 
-    async def _upstream_codec(self, upstream: Upstream) -> str | None:
+    async def _upstream_codec(self, upstream: Upstream) -> codecs.VideoCodec | None:
         """The camera's codec, once its answer came (None if it did not within the time)."""
         try:
             async with asyncio.timeout(UPSTREAM_ANSWER_TIMEOUT_S):
@@ -403,9 +360,7 @@ class RelayNode:
             if upstream is not None:
                 await self._camera_gone(upstream, "ice_failed")
             elif self.downstreams.pop(session_id, None) is not None:
-                await self.send(
-                    {"type": "session.end", "session_id": session_id, "reason": "ice_failed"}
-                )
+                await self.send(SessionEnd(session_id=session_id, reason="ice_failed"))
                 await pc.close()
 
         @pc.on("connectionstatechange")

@@ -1,16 +1,22 @@
 """Keyframes, parameter sets and negotiated codecs of the two forwarded codecs."""
 
-from aiortc import RTCConfiguration, RTCPeerConnection
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender
 
 from peer.codecs import (
     H264,
+    HIGH,
+    MAIN,
     VP8,
     ParameterSets,
+    VideoCodec,
     is_h264_keyframe,
     is_vp8_keyframe,
     nal_units,
+    offered_codecs,
     prefer,
-    video_codecs,
+    profile_level_id,
+    with_profile_level_id,
 )
 
 SPS = b"\x67\x42\xc0\x1f\xaa"
@@ -61,13 +67,60 @@ async def test_codec_preferences_decide_what_an_offer_lists() -> None:
         pc.addTransceiver("video", direction="recvonly")
         prefer(pc, (H264, VP8))
         offer = await pc.createOffer()
-        assert video_codecs(offer.sdp) == [H264, VP8]
+        assert [c.mime for c in offered_codecs(offer.sdp)] == [H264] * 4 + [VP8]
         assert "packetization-mode=0" not in offer.sdp
         prefer(pc, (VP8,))
-        assert video_codecs((await pc.createOffer()).sdp) == [VP8]
+        assert offered_codecs((await pc.createOffer()).sdp) == [VideoCodec(VP8)]
     finally:
         await pc.close()
 
 
 def test_an_sdp_without_video_lists_no_codec() -> None:
-    assert video_codecs("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n") == []
+    assert offered_codecs("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n") == []
+
+
+def test_the_profile_level_id_is_the_three_bytes_after_the_sps_header() -> None:
+    assert profile_level_id(b"\x67\x4d\x00\x28\xaa") == "4d0028"
+    assert profile_level_id(SPS) == "42c01f"
+    with pytest.raises(ValueError, match=r"not an H\.264 sequence parameter set"):
+        profile_level_id(PPS)
+
+
+def test_h264_codecs_match_by_profile_whatever_their_levels() -> None:
+    main_40 = VideoCodec(H264, "4d0028")
+    assert main_40.takes(VideoCodec(H264, "4d001f"))
+    assert VideoCodec(H264, "42c01f").takes(VideoCodec(H264, "42e01f"))  # both Constrained BL
+    assert not main_40.takes(VideoCodec(H264, "42e01f"))
+    assert not main_40.takes(VideoCodec(VP8))
+    assert VideoCodec(H264, "42c03e").takes(VideoCodec(H264, "42e01f"))  # level 6.2
+    assert str(main_40) == "H.264 (4d0028)"
+    assert str(VideoCodec(VP8)) == "VP8"
+
+
+def test_aiortc_offers_main_and_high_besides_its_baseline_profiles() -> None:
+    """The override of aiortc's codec table (aiortc.codecs.CODECS) still takes effect."""
+    listed = [
+        c.parameters.get("profile-level-id")
+        for c in RTCRtpSender.getCapabilities("video").codecs
+        if c.mimeType.lower() == H264
+    ]
+    assert listed == ["42001f", "42e01f", MAIN, HIGH]
+    assert VideoCodec(H264, "4d0028").capability().parameters["profile-level-id"] == MAIN
+    with pytest.raises(ValueError, match="aiortc cannot send"):
+        VideoCodec(H264, "f4001f").capability()  # High 4:4:4
+
+
+async def test_an_answer_names_the_streams_own_level() -> None:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        pc.addTransceiver("video", direction="recvonly")
+        offer = (await pc.createOffer()).sdp
+    finally:
+        await pc.close()
+    assert offered_codecs(offer)[0] == VideoCodec(VP8)
+    assert VideoCodec(H264, MAIN) in offered_codecs(offer)
+    renamed = with_profile_level_id(offer, VideoCodec(H264, "4d0028"))
+    assert VideoCodec(H264, "4d0028") in offered_codecs(renamed)
+    assert VideoCodec(H264, MAIN) not in offered_codecs(renamed)
+    assert VideoCodec(H264, "42e01f") in offered_codecs(renamed)  # other profiles as they were
+    assert with_profile_level_id(offer, VideoCodec(VP8)) == offer

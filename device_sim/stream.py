@@ -1,0 +1,300 @@
+"""A camera's encoded video, shared by every session: one source, one encoding, many senders.
+
+A real camera encodes once and streams the same H.264 to whoever watches. The agent does
+the same: a source (an RTSP camera, a file, or the agent's own encoder,
+:mod:`device_sim.sources`) publishes encoded frames into an :class:`EncodedStream`, and each
+viewer session sends them through its own :class:`EncodedTrack`, whose ``recv()`` returns
+``av.Packet`` objects that aiortc's sender packetizes without encoding
+(``RTCRtpSender._next_encoded_frame``, ``H264Encoder.pack``); every session is handed the
+very same packet objects.
+
+A new session must start at a keyframe, and an RTSP camera cannot be asked for one. So the
+stream keeps the current GOP (every frame from the latest keyframe, :data:`MAX_GOP_FRAMES`
+at most) and a new track starts with it, at once: its timestamps are squeezed into the
+last ticks before the newest frame, so the viewer decodes the whole GOP and shows the newest
+picture instead of replaying seconds of the past (a passthrough prototype without the cache
+kept a new viewer waiting 2.3 s for the camera's next keyframe). The GOP is paced out
+over at most :data:`CATCH_UP_S` (a 2 Mbit/s GOP of 2 s is ~500 RTP packets: sent at once, it
+overflowed the receiver's socket buffer even on loopback, and the lost packets were older
+than aiortc's retransmission history). A viewer's keyframe
+request (PLI/FIR) restarts its track from the cached GOP, or, where the source can make
+keyframes (the agent's own encoder), asks the source for one.
+
+Timestamps: each frame is stamped in 1/90000 s on the stream's own timeline, which follows
+the wall clock across source restarts (an RTSP reconnect, a looped file): the first frame
+after :meth:`EncodedStream.restart` continues from the time it arrives, later ones keep the
+source's own spacing.
+
+Everything here runs on the event loop; sources in threads publish through
+``loop.call_soon_threadsafe``.
+"""
+
+import asyncio
+import contextlib
+import fractions
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiortc.mediastreams import VIDEO_CLOCK_RATE, MediaStreamError, MediaStreamTrack
+from av import Packet
+
+from peer.codecs import (
+    H264,
+    VP8,
+    ParameterSets,
+    VideoCodec,
+    is_h264_keyframe,
+    is_vp8_keyframe,
+    profile_level_id,
+)
+
+logger = logging.getLogger(__name__)
+
+VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+MAX_GOP_FRAMES = 600  # 40 s at 15 fps: a source without keyframes for longer is not cached
+TRACK_QUEUE_FRAMES = 30  # about 2 s at 15 fps: a sender further behind restarts at the GOP
+CATCH_UP_S = 0.25  # a new session's cached GOP is sent over at most this long
+CATCH_UP_GAP_S = 0.008  # and at most this between its frames
+POLL_S = 1.0
+
+
+class EncodedStream:
+    """One camera's encoded frames (``mime``: :data:`~peer.codecs.H264` or ``VP8``).
+
+    Sources call :meth:`publish` per frame (H.264 as an Annex B access unit, VP8 as a
+    frame), :meth:`restart` when their stream starts over, :meth:`stop` when it ends for
+    good. Sessions call :meth:`track`. ``make_keyframe``, when the source can, makes the
+    next frame a keyframe. :attr:`codec` is known from the first keyframe on
+    (:meth:`wait_codec`): for H.264 it carries the stream's profile-level-id.
+    """
+
+    def __init__(
+        self, mime: str, name: str, *, make_keyframe: Callable[[], None] | None = None
+    ) -> None:
+        if mime not in (H264, VP8):
+            raise ValueError(f"cannot stream {mime}: only H.264 and VP8")
+        self.mime = mime
+        self.name = name
+        self.make_keyframe = make_keyframe
+        self.codec: VideoCodec | None = None
+        self.frames = 0
+        self.keyframes = 0
+        self._gop: list[Packet[Any]] = []
+        self._tracks: list[EncodedTrack] = []
+        self._parameter_sets = ParameterSets()
+        self._offset: int | None = None  # source timestamp -> stream timestamp
+        self._last_pts = -1
+        self._start = time.monotonic()
+        self._stopped = False
+        self._has_codec = asyncio.Event()
+
+    @property
+    def sessions(self) -> int:
+        """Tracks currently fed by this stream."""
+        return len(self._tracks)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    async def wait_codec(self, timeout_s: float) -> VideoCodec | None:
+        """The stream's codec, once its first keyframe came; ``None`` after ``timeout_s``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._has_codec.wait()
+        return self.codec
+
+    def track(self) -> "EncodedTrack":
+        """A new track for one session: the cached GOP at once, then every new frame."""
+        if self._stopped:
+            raise MediaStreamError(f"{self.name} has stopped")
+        track = EncodedTrack(self)
+        self._tracks.append(track)
+        return track
+
+    def publish(self, data: bytes, pts: int | None = None) -> None:
+        """A frame from the source; ``pts`` in 1/90000 s on the source's own timeline."""
+        if self._stopped or not data:
+            return
+        if self.mime == H264:
+            data = self._parameter_sets.complete(data)
+            keyframe = is_h264_keyframe(data)
+        else:
+            keyframe = is_vp8_keyframe(data)
+        packet = Packet(data)
+        packet.pts = self._stamp(pts)
+        packet.time_base = VIDEO_TIME_BASE
+        self.frames += 1
+        if keyframe:
+            self.keyframes += 1
+            self._gop = [packet]
+            self._learn_codec()
+        elif self._gop and len(self._gop) < MAX_GOP_FRAMES:
+            self._gop.append(packet)
+        else:
+            self._gop = []  # no keyframe for too long (or yet): nothing to start from
+        for track in self._tracks:
+            track._push(packet, keyframe)
+
+    def restart(self) -> None:
+        """The source starts over (reconnected, looped): frames so far are no reference."""
+        self._gop = []
+        self._offset = None
+        for track in self._tracks:
+            track._restart_at_keyframe()
+
+    def stop(self) -> None:
+        """The source ended for good: every track ends (``MediaStreamError``)."""
+        self._stopped = True
+        self._gop = []
+        for track in list(self._tracks):
+            track.stop()
+
+    def _learn_codec(self) -> None:
+        if self.codec is not None and self.mime == VP8:
+            return
+        if self.mime == H264:
+            sps = self._parameter_sets.sps
+            codec = VideoCodec(H264, profile_level_id(sps) if sps else None)
+        else:
+            codec = VideoCodec(VP8)
+        if codec != self.codec:
+            logger.info("%s: %s", self.name, codec)
+            self.codec = codec
+        self._has_codec.set()
+
+    def _stamp(self, pts: int | None) -> int:
+        now = round((time.monotonic() - self._start) * VIDEO_CLOCK_RATE)
+        if pts is None:
+            stamped = now
+        else:
+            if self._offset is None:
+                self._offset = now - pts
+            stamped = pts + self._offset
+        stamped = max(stamped, self._last_pts + 1)
+        self._last_pts = stamped
+        return stamped
+
+    def _catch_up(self, after_pts: int) -> list["Packet[Any]"]:
+        """Copies of the cached GOP, stamped one tick apart, ending at its newest frame."""
+        gop = self._gop
+        if not gop:
+            return []
+        first = max(after_pts + 1, gop[-1].pts - len(gop) + 1)  # type: ignore[operator]
+        copies = []
+        for n, cached in enumerate(gop):
+            copy = Packet(bytes(cached))
+            copy.pts = first + n
+            copy.time_base = VIDEO_TIME_BASE
+            copies.append(copy)
+        return copies
+
+    def _remove(self, track: "EncodedTrack") -> None:
+        if track in self._tracks:
+            self._tracks.remove(track)
+
+
+class EncodedTrack(MediaStreamTrack):
+    """One session's video: the stream's encoded frames as ``av.Packet`` objects.
+
+    It starts with the stream's cached GOP (see the module's docstring), or at the next
+    keyframe when none is cached. :meth:`request_keyframe` is a viewer's PLI/FIR. Stop it
+    (aiortc does when the connection closes) to leave the stream. :attr:`packets` counts
+    what the sender took, :attr:`restarts` the times it fell behind or asked for a keyframe.
+    """
+
+    kind = "video"
+
+    def __init__(self, stream: EncodedStream) -> None:
+        super().__init__()
+        self.stream = stream
+        self.packets = 0
+        self.restarts = 0
+        # bounded by _push (TRACK_QUEUE_FRAMES), so that a full queue is a decision
+        self._queue: asyncio.Queue[Packet[Any] | None] = asyncio.Queue()
+        self._started = False
+        self._needs_keyframe = True
+        self._last_pts = -1
+        self._catch_up_frames = 0  # the queue may hold these on top of TRACK_QUEUE_FRAMES
+        self._catch_up_left = 0  # cached frames still to pace out
+        self._catch_up_gap_s = 0.0
+
+    @property
+    def codec(self) -> VideoCodec | None:
+        return self.stream.codec
+
+    async def recv(self) -> "Packet[Any]":
+        """The next encoded frame; raises ``MediaStreamError`` once the track is stopped."""
+        if not self._started:
+            self._started = True
+            self._start_from_gop()
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            try:
+                async with asyncio.timeout(POLL_S):
+                    packet = await self._queue.get()
+            except TimeoutError:
+                continue
+            if packet is None:
+                raise MediaStreamError
+            if self._catch_up_left > 0:
+                self._catch_up_left -= 1
+                if self.packets:  # the keyframe goes at once
+                    await asyncio.sleep(self._catch_up_gap_s)
+            self.packets += 1
+            self._last_pts = packet.pts or 0
+            return packet
+
+    def request_keyframe(self) -> None:
+        """The viewer lost its reference: a keyframe from the source if it can make one,
+        else this track starts over from the cached GOP."""
+        if self.readyState != "live":
+            return
+        self.restarts += 1
+        if self.stream.make_keyframe is not None:
+            self.stream.make_keyframe()
+        else:
+            self._start_from_gop()
+
+    def stop(self) -> None:
+        if self.readyState != "live":
+            return
+        super().stop()
+        self._queue.put_nowait(None)
+        self.stream._remove(self)
+
+    def _start_from_gop(self) -> None:
+        self._drain()
+        catch_up = self.stream._catch_up(self._last_pts)
+        self._needs_keyframe = not catch_up
+        self._catch_up_frames = self._catch_up_left = len(catch_up)
+        self._catch_up_gap_s = min(CATCH_UP_GAP_S, CATCH_UP_S / max(1, len(catch_up)))
+        for packet in catch_up:
+            self._queue.put_nowait(packet)
+
+    def _restart_at_keyframe(self) -> None:
+        self._needs_keyframe = True
+
+    def _drain(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    def _push(self, packet: "Packet[Any]", keyframe: bool) -> None:
+        if not self._started or self.readyState != "live":
+            return
+        if self._needs_keyframe:
+            if not keyframe:
+                return
+            self._needs_keyframe = False
+        if self._queue.qsize() >= TRACK_QUEUE_FRAMES + self._catch_up_frames:
+            # the sender fell behind: what it has not sent is useless once a frame is missing
+            logger.warning("%s: a session fell behind; it restarts", self.stream.name)
+            self.restarts += 1
+            self._drain()
+            if not keyframe:
+                self._start_from_gop()
+                return
+        self._queue.put_nowait(packet)
