@@ -53,8 +53,8 @@ from aiortc.codecs.vpx import number_of_threads  # noqa: E402
 from aiortc.contrib.media import MediaRelay  # noqa: E402
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack  # noqa: E402
 
+from device_sim.camera_peer import CameraPeer  # noqa: E402
 from device_sim.media import SyntheticVideo  # noqa: E402
-from device_sim.rtc import CameraPeer  # noqa: E402
 from device_sim.viewer_peer import ViewerPeer  # noqa: E402
 from peer.network import use_host_addresses  # noqa: E402
 from relay.media import Fanout  # noqa: E402

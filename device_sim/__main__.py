@@ -72,7 +72,7 @@ def _video(args: argparse.Namespace) -> Any:
 
 
 async def onboard(args: argparse.Namespace) -> int:
-    from device_sim.sources import redact
+    from device_sim.redaction import redact
 
     try:
         if args.scan:

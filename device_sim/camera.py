@@ -132,7 +132,7 @@ class Camera:
             await self._end(session_id, "resource_exhausted")
             return
         # aiortc is only loaded by cameras with video
-        from device_sim.rtc import CameraPeer, CodecMismatch, VideoUnavailable
+        from device_sim.camera_peer import CameraPeer, CodecMismatch, VideoUnavailable
 
         track = self.video.track()
         if hasattr(track, "stream"):  # encoded once: its codec is known from its first keyframe

@@ -28,21 +28,21 @@ import selectors
 import socket
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
-from xml.sax.saxutils import escape
+from urllib.parse import unquote
 
 import ifaddr
 from wsdiscovery import QName
 from wsdiscovery.actions import NS_ACTION_PROBE_MATCH, constructProbe
 from wsdiscovery.message import createSOAPMessage, parseSOAPMessage
 
+from device_sim.onvif_media import Device, query_streams
+from device_sim.redaction import password_kept_out_of_logs
+
 log = logging.getLogger(__name__)
 
-MEDIA_NS = "http://www.onvif.org/ver10/media/wsdl"
 MULTICAST_GROUP = "239.255.255.250"
 WS_DISCOVERY_PORT = 3702
 ONVIF_NETWORK_NS = "http://www.onvif.org/ver10/network/wsdl"
@@ -52,45 +52,7 @@ ONVIF_SCOPE = "onvif://www.onvif.org/"
 # message; cameras answer one MessageID once).
 PROBE_REPEATS_S = (0.0, 0.25, 0.75)
 MAX_DATAGRAM = 0xFFFF
-QUERY_TIMEOUT_S = 10.0  # per camera, for all of its ONVIF requests
-REDACTED = "***"
-CREDENTIAL_QUERY_KEYS = frozenset({"password", "passwd", "pwd", "pass", "psw", "token"})
 Target = tuple[int, tuple[Any, ...]]  # (address family, socket address) of a unicast probe
-
-
-@dataclass
-class Stream:
-    """One media profile of a camera and its RTSP URI (redacted), or why it has none."""
-
-    profile: str
-    token: str
-    encoding: str | None = None
-    resolution: str | None = None  # "WIDTHxHEIGHT"
-    uri: str | None = None
-    error: str | None = None
-
-
-@dataclass
-class Device:
-    """An ONVIF camera that answered the probe; ``streams`` is None until asked for."""
-
-    endpoint: str
-    address: str  # where the answer came from
-    name: str | None
-    hardware: str | None
-    xaddrs: list[str]
-    scopes: list[str]
-    types: list[str] = field(default_factory=list)
-    streams: list[Stream] | None = None
-    error: str | None = None
-
-    def scrubbed(self, password: str | None) -> "Device":
-        """A copy without ``password`` in any of its texts (the camera's included)."""
-        if not password:
-            return self
-        data = _scrub_all(asdict(self), password)
-        streams = data.pop("streams")
-        return Device(**data, streams=None if streams is None else [Stream(**s) for s in streams])
 
 
 def scope_value(scopes: Iterable[str], kind: str) -> str | None:
@@ -274,197 +236,6 @@ def _add_matches(devices: dict[str, Device], data: bytes, sender: str, message_i
                 scopes=scopes,
                 types=types,
             )
-
-
-def redact(uri: str, password: str | None = None) -> str:
-    """``uri`` with the password of its user info and credential query values as ``***``.
-
-    The given ``password`` is replaced wherever else it appears, too.
-    """
-    try:
-        parts = urlsplit(uri)
-        netloc = parts.netloc
-        if parts.password is not None:
-            userinfo, _, hostport = netloc.rpartition("@")
-            user = userinfo.partition(":")[0]
-            netloc = f"{user}:{REDACTED}@{hostport}"
-        query = parts.query
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(k.lower() in CREDENTIAL_QUERY_KEYS for k, _ in pairs):
-            query = urlencode(
-                [(k, REDACTED if k.lower() in CREDENTIAL_QUERY_KEYS else v) for k, v in pairs],
-                safe="*",
-            )
-        uri = urlunsplit(parts._replace(netloc=netloc, query=query))
-    except ValueError:
-        pass  # not a URL: only the literal password goes
-    return scrub(uri, password)
-
-
-def scrub(text: str, password: str | None) -> str:
-    """``text`` with ``password`` replaced by ``***``: as is, percent-encoded, XML-escaped
-    and as in a ``bytes`` repr (the forms it takes in URIs and in logged SOAP messages)."""
-    if not password:
-        return text
-    forms = {
-        password,
-        quote(password, safe=""),
-        escape(password, {'"': "&quot;", "'": "&apos;"}),
-        repr(password.encode())[2:-1],
-    }
-    for form in sorted(forms, key=len, reverse=True):
-        text = text.replace(form, REDACTED)
-    return text
-
-
-class _ScrubFilter(logging.Filter):
-    """Takes the password out of every record a handler writes (message and traceback)."""
-
-    def __init__(self, password: str) -> None:
-        super().__init__()
-        self.password = password
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = scrub(record.getMessage(), self.password)
-        record.args = None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = scrub(record.exc_text, self.password)
-        if record.stack_info:
-            record.stack_info = scrub(record.stack_info, self.password)
-        return True
-
-
-@contextmanager
-def password_kept_out_of_logs(password: str | None) -> Iterator[None]:
-    """While inside, the root logger's handlers write no ``password``.
-
-    At DEBUG level onvif-zeep-async logs every SOAP message in full, and a camera may put
-    the password into the stream URIs it returns.
-    """
-    if not password:
-        yield
-        return
-    handlers = list(logging.getLogger().handlers)
-    scrubber = _ScrubFilter(password)
-    for handler in handlers:
-        handler.addFilter(scrubber)
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            handler.removeFilter(scrubber)
-
-
-def _scrub_all(value: Any, password: str) -> Any:
-    """``value`` (JSON-like) with :func:`scrub` applied to each of its strings."""
-    if isinstance(value, str):
-        return scrub(value, password)
-    if isinstance(value, list):
-        return [_scrub_all(v, password) for v in value]
-    if isinstance(value, dict):
-        return {k: _scrub_all(v, password) for k, v in value.items()}
-    return value
-
-
-def _service_url(xaddrs: Sequence[str]) -> tuple[str, int] | None:
-    """``(scheme://host, port)`` of the first HTTP(S) device service address."""
-    for xaddr in xaddrs:
-        try:
-            parts = urlsplit(xaddr)
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
-            continue
-        if parts.scheme in ("http", "https") and parts.hostname:
-            host = parts.hostname
-            if ":" in host:
-                host = f"[{host}]"
-            return f"{parts.scheme}://{host}", port
-    return None
-
-
-def _reason(exc: BaseException, where: str, user: str) -> str:
-    """Why a camera's ONVIF service gave no stream URIs, in plain words."""
-    from aiohttp import ClientError
-    from onvif.util import is_auth_error, stringify_onvif_error
-    from zeep.exceptions import Fault, TransportError
-
-    if isinstance(exc, TimeoutError):
-        return f"the ONVIF service at {where} did not answer within {QUERY_TIMEOUT_S:g} s"
-    if isinstance(exc, Fault):
-        if is_auth_error(exc):
-            return f"the camera refused the credentials of user {user!r}"
-        return f"the camera's ONVIF service refused the request: {stringify_onvif_error(exc)}"
-    if isinstance(exc, TransportError):
-        if exc.status_code in (401, 403):
-            return f"the camera refused the credentials of user {user!r}"
-        return f"the ONVIF service at {where} answered HTTP {exc.status_code}"
-    message = str(exc) or type(exc).__name__
-    if isinstance(exc, OSError | ClientError):
-        return f"cannot reach the ONVIF service at {where}: {message}"
-    return f"the camera's ONVIF service failed: {message}"
-
-
-async def query_streams(device: Device, user: str, password: str) -> None:
-    """Fill ``device.streams`` from the camera's media profiles, or ``device.error``.
-
-    The device service is the one at ``/onvif/device_service`` on the host and port of the
-    first HTTP(S) XAddr (onvif-zeep-async's fixed path, the one cameras use). Bounded by
-    :data:`QUERY_TIMEOUT_S`. Never raises for what the camera does: every failure becomes
-    ``device.error`` (the whole camera) or ``Stream.error`` (one profile).
-    """
-    # Imported here: onvif.client calls logging.basicConfig(level=INFO) when imported.
-    from onvif import ONVIFCamera
-
-    service = _service_url(device.xaddrs)
-    if service is None:
-        device.error = "the camera announced no HTTP address for its ONVIF service"
-        return
-    host, port = service
-    where = f"{host}:{port}/onvif/device_service"
-    camera = ONVIFCamera(host, port, user, password, no_cache=True)
-    try:
-        async with asyncio.timeout(QUERY_TIMEOUT_S):
-            await camera.update_xaddrs()
-            if MEDIA_NS not in camera.xaddrs:
-                device.error = "the camera has no ONVIF media service"
-                return
-            media = await camera.create_media_service()
-            profiles = await media.GetProfiles()
-            streams: list[Stream] = []
-            for profile in profiles or []:
-                streams.append(await _stream(media, profile, password))
-            device.streams = streams
-    except Exception as exc:  # the camera's failure, whatever it is, is reported, not raised
-        log.debug("ONVIF query of %s failed", where, exc_info=True)
-        device.error = scrub(_reason(exc, where, user), password)
-    finally:
-        try:
-            await camera.close()
-        except Exception as exc:  # closing a half-set-up client must not hide the result
-            log.debug("closing the ONVIF client of %s: %s", where, exc)
-
-
-async def _stream(media: Any, profile: Any, password: str) -> Stream:
-    stream = Stream(profile=str(profile.Name or profile.token), token=str(profile.token))
-    encoder = getattr(profile, "VideoEncoderConfiguration", None)
-    if encoder is not None:
-        stream.encoding = str(encoder.Encoding) if encoder.Encoding else None
-        if encoder.Resolution is not None:
-            stream.resolution = f"{encoder.Resolution.Width}x{encoder.Resolution.Height}"
-    request = {
-        "StreamSetup": {"Stream": "RTP-Unicast", "Transport": {"Protocol": "RTSP"}},
-        "ProfileToken": profile.token,
-    }
-    try:
-        answer = await media.GetStreamUri(request)
-        stream.uri = redact(str(answer.Uri), password)
-    except TimeoutError:
-        raise  # the camera went silent: the whole camera gets the reason
-    except Exception as exc:  # one profile without a URI does not hide the others
-        stream.error = scrub(f"no stream URI: {exc}", password)
-    return stream
 
 
 async def discover(

@@ -42,7 +42,8 @@ def scan_qr(location: str, timeout_s: float = 300.0) -> QrPayload:
     cannot be read or no valid code was seen within ``timeout_s``; a QR code that is not a
     VisionConnect code is skipped (the owner may be showing the wrong one).
     """
-    from device_sim.sources import describe_failure, redact
+    from device_sim.redaction import redact
+    from device_sim.sources import describe_failure
 
     url = urllib.parse.urlsplit(location)
     options = {"rtsp_transport": "tcp"} if url.scheme in ("rtsp", "rtsps") else {}

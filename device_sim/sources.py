@@ -15,7 +15,7 @@ by all its sessions (one RTSP pull however many viewers):
   and makes a keyframe when a viewer asks for one.
 
 An RTSP URL's password is the camera owner's secret: log lines, errors and :attr:`status`
-show the URL with ``***`` in its place (:func:`redact`).
+show the URL with ``***`` in its place (:mod:`device_sim.redaction`).
 """
 
 import asyncio
@@ -37,6 +37,7 @@ from av.bitstream import BitStreamFilterContext
 from av.video.frame import PictureType
 
 from device_sim.media import VideoSource
+from device_sim.redaction import redact, scrub
 from device_sim.stream import EncodedStream, EncodedTrack
 from peer.codecs import H264, VP8
 
@@ -54,21 +55,9 @@ class SourceError(Exception):
     """The source cannot give video; the message is for the camera's owner."""
 
 
-def redact(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    user = urllib.parse.quote(urllib.parse.unquote(parts.username or ""), safe="")
-    host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
 def describe_failure(exc: BaseException, location: str, password: str | None) -> str:
     """What went wrong with a source, in plain words, never with the password."""
-    text = str(exc)
-    if password:
-        text = text.replace(password, "***").replace(urllib.parse.quote(password, safe=""), "***")
+    text = scrub(str(exc), password)
     lowered = text.lower()
     if isinstance(exc, SourceError):
         return text

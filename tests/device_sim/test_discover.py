@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from device_sim.discover import redact
+from device_sim.redaction import redact
 from tests.onvif_responder import OnvifResponder, Profile
 from tests.servers import ROOT
 

@@ -11,8 +11,9 @@ import pytest
 from aiortc import RTCPeerConnection
 
 from cloud.ice import turn_credential
+from device_sim.camera_peer import CameraPeer
 from device_sim.media import SyntheticVideo
-from device_sim.rtc import CameraPeer, InvalidDescription, PeerEndedError
+from device_sim.rtc import InvalidDescription, PeerEndedError
 from device_sim.viewer_peer import ViewerPeer
 from peer.ice import rtc_configuration
 from peer.network import use_host_addresses

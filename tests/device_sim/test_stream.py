@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from aiortc.mediastreams import MediaStreamError
 
-from device_sim.sources import describe_failure, redact
+from device_sim.redaction import redact
+from device_sim.sources import describe_failure
 from device_sim.state import CameraState
 from device_sim.stream import TRACK_QUEUE_FRAMES, EncodedStream
 from peer.codecs import H264, VP8, VideoCodec

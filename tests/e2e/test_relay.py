@@ -19,6 +19,7 @@ from device_sim.viewer import Viewer, WatchError
 from peer.network import use_host_addresses
 from tests.conftest import PASSWORD, unique_email
 from tests.e2e.test_live_video import Owner, onboarded_camera, simulator
+from tests.rtsp import rtsp_camera
 from tests.servers import cloud_process, redis_server, relay_process, stop
 
 RELAY_SECRET = "relay-" + secrets.token_hex(8)
@@ -253,22 +254,47 @@ async def test_killing_a_relay_ends_its_sessions_and_a_new_request_plays_through
         stack.start_relay(serving)  # leave the module's stack as it was
 
 
-@pytest.mark.timeout(120)
-async def test_the_relay_forwards_the_cameras_h264_and_a_vp8_only_viewer_gets_codec_mismatch(
+@pytest.mark.timeout(180)
+async def test_the_relay_fans_an_ip_cameras_h264_out_and_a_late_joiner_plays_within_a_second(
     relay_stack: RelayStack,
 ) -> None:
+    """One RTSP camera (Main profile, a keyframe every 4 s) bridged by the agent, three
+    viewers through one relay upstream, a fourth joining mid-GOP, a VP8-only one refused."""
     stack = relay_stack
-    async with new_owners_camera(stack, "yard") as (owner, device_id):
-        async with await Viewer.login(stack.url, owner.email, PASSWORD) as viewer:
-            watch = await viewer.watch(device_id, mode="relay", timeout_s=30)
-            assert watch.frames >= 1
-            viewer.codecs = ("video/VP8",)
+    owner = await Owner.register(stack.url)
+    state = await onboarded_camera(stack, owner, "lane")  # type: ignore[arg-type]
+    device_id = json.loads(state.read_text())["device_id"]
+    with rtsp_camera(keyframe_interval_s=4, profile="main") as ip_camera:
+        agent = simulator(
+            "run", "--state", str(state), "--source", ip_camera.url, log=stack.tmp / "lane.log"
+        )
+        viewers = [await Viewer.login(stack.url, owner.email, PASSWORD) for _ in range(5)]
+        try:
+            for v in viewers:
+                await v.connect()
+            await owner.online()
+            watches = [await v.watch(device_id, mode="relay", timeout_s=30) for v in viewers[:3]]
+            serving = [r for r in stack.relays if stack.open_sessions(r, device_id)]
+            assert len(serving) == 1
+            await asyncio.sleep(2.0)  # well into the camera's 4 s GOP
+            late = await viewers[3].watch(device_id, mode="relay", timeout_s=30)
+            assert late.ttff_s is not None
+            assert late.ttff_s < 1.0  # request to first decoded frame, through the relay
+            assert stack.open_sessions(serving[0], device_id) == 1  # still one upstream
+            for watch in [*watches, late]:
+                frames = watch.frames
+                await asyncio.sleep(0.5)
+                assert watch.frames > frames
+            viewers[4].codecs = ("video/VP8",)
             with pytest.raises(WatchError) as refused:
-                await viewer.watch(device_id, mode="relay", timeout_s=30)
+                await viewers[4].watch(device_id, mode="relay", timeout_s=30)
             assert refused.value.reason == "codec_mismatch"
-            await watch.end()
-        serving = "\n".join(stack.relay_log(r) for r in stack.relays)
-        assert f"camera {device_id} sends video/h264" in serving
+        finally:
+            for v in viewers:
+                await v.close()
+            stop(agent)
+    log = stack.relay_log(serving[0])
+    assert f"camera {device_id} sends H.264 (4d401f)" in log
 
 
 @pytest.mark.timeout(180)

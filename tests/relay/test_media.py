@@ -19,8 +19,8 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 from av import VideoFrame
 
+from device_sim.camera_peer import CameraPeer
 from device_sim.media import SyntheticVideo
-from device_sim.rtc import CameraPeer
 from device_sim.viewer_peer import ViewerPeer
 from peer import codecs
 from peer.codecs import H264, NAL_IDR, NAL_PPS, NAL_SPS, is_vp8_keyframe, nal_units
