@@ -1,12 +1,17 @@
-"""CPU cost of relaying one camera to 1, 4 and 8 viewers, three ways side by side in one run.
+"""CPU cost of relaying one camera to many viewers, several ways side by side in one run.
 
-    .venv/bin/python bench/relay.py [--seconds 15] [--viewers 1,4,8] [--warmup 3]
+    .venv/bin/python bench/relay.py [--codec vp8|h264|both] [--seconds 15] [--warmup 3]
+        [--viewers 1,4,8] [--h264-viewers 1,4,8,16,32] [--h264-mediarelay-viewers 1,4,8]
+        [--h264-source rtsp|synthetic]
 
 Three processes per scenario, so that the relay's CPU is measured alone: a camera
-(``device_sim`` ``CameraPeer``, ``SyntheticVideo`` 640x480 at 15 fps, VP8), the relay (one
-upstream aiortc peer receiving the camera, one aiortc peer per viewer) and the viewers (``N``
-``ViewerPeer``s decoding). The parent only routes SDP between them. Host candidates are
-loopback only. The relay serves its viewers in one of three ways:
+(``device_sim`` ``CameraPeer``), the relay (one upstream aiortc peer receiving the camera, one
+aiortc peer per viewer) and the viewers. The parent only routes SDP between them. Host
+candidates are loopback only. Two codecs, each a table of its own:
+
+VP8 (``--codec vp8``, as in session 2, so its figures stay comparable): the camera sends
+``SyntheticVideo`` 640x480 at 15 fps, encoded by aiortc per session; the viewers are ``N``
+``ViewerPeer``s that decode. The relay serves its viewers in one of three ways:
 
 - ``fanout``: :class:`relay.media.Fanout` (the camera's encoded frames forwarded as the same
   ``av.Packet`` objects to every viewer; no encoder);
@@ -15,14 +20,40 @@ loopback only. The relay serves its viewers in one of three ways:
 - ``encode-once``: a prototype of the alternative design: decode once (aiortc) and encode once
   per camera with one VP8 encoder (aiortc's settings), fanning out its packets.
 
+H.264 (``--codec h264``): a camera substream, 1280x720 at 15 fps at ~2 Mbit/s. By default the
+camera process is the agent bridging an IP camera: the RTSP stand-in (``tests/rtsp.py``,
+GStreamer, Main profile, a keyframe every 2 s; a process of its own, started fresh for each
+scenario, whose CPU is printed apart) pulled by ``PassthroughSource``, one ``EncodedTrack``
+per session given to ``CameraPeer``. ``--h264-source synthetic`` uses the agent's own encoder
+instead, ``OwnEncoder(SyntheticVideo(1280, 720, 15), H264, bitrate_kbps=2000,
+keyframe_interval=30)``; its static room encodes to ~0.02 Mbit/s whatever the target, which
+is why it is not the default (the per-viewer cost is per packet). Modes: ``fanout`` (as above,
+answering with the camera's profile and passing viewers' PLIs to the camera, like
+``relay/node.py``) and ``mediarelay`` (``subscribe(track, buffered=False)``: each viewer's
+sender encodes the newest decoded frame with aiortc's ``H264Encoder``, libx264 at its default
+preset; frames it has no time for are dropped, not queued without bound). ``mediarelay``
+runs only at ``--h264-mediarelay-viewers``: it cannot keep up beyond a few viewers.
+
+**The H.264 viewers do not decode**: 32 viewers cannot each decode 720p H.264 on the 2-core
+machine, and the viewers share it with the relay. Each is a receive-only aiortc peer
+(:class:`CountingViewer`) whose receiver's private ``_RTCRtpReceiver__decoder_queue.put`` (the
+hand-off of a complete, depacketized frame from the jitter buffer to the decoder thread, the
+same hook as ``Fanout.attach``) is replaced by a counter that does not forward: it counts
+complete encoded frames from the first keyframe on, and their bytes. It raises if aiortc no
+longer has that queue, and a viewer fails if the queue is handed anything but
+``(codec, JitterFrame)``. A frame counted is one the viewer received whole, not one proven
+decodable.
+
 Scenarios are interleaved (for each viewer count, each mode), each with fresh processes.
-After every viewer decoded its first frame and ``--warmup`` seconds, the relay's process CPU
-time (``time.process_time``: all its threads, including aiortc's decoder and encoder
-threads) and every viewer's decoded frames are counted over ``--seconds``. CPU is in % of one
-core. The marginal cost of a viewer is ``(cpu(max) - cpu(min)) / (max - min)`` viewers.
-Other processes' CPU during each window (all of ``/proc/stat`` minus the three processes and
-this one) is printed: the machine has 2 shared cores. Target: Fanout's marginal cost <= 1 %
-of a core per viewer.
+After every viewer received its first frame and ``--warmup`` seconds, the relay's process
+CPU time (``time.process_time``: all its threads, including aiortc's decoder and encoder
+threads) and every viewer's frames are counted over ``--seconds``. CPU is in % of one core.
+The marginal cost of a viewer is ``(cpu(max) - cpu(min)) / (max - min)`` viewers. A viewer
+is at full frame rate when it received at least 95 % of the camera's 15 fps. Other
+processes' CPU during each window (all of ``/proc/stat`` minus the bench's processes and
+this one) is printed: the machine has 2 shared cores. Targets: Fanout's marginal cost <= 1 %
+of a core per viewer (VP8, 1 to 8 viewers), <= 0.5 % (H.264, 1 to 32 viewers) with every
+viewer at full frame rate.
 """
 
 import argparse
@@ -33,6 +64,7 @@ import logging
 import multiprocessing
 import os
 import platform
+import queue
 import sys
 import time
 from collections.abc import Callable
@@ -51,19 +83,105 @@ import av  # noqa: E402
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription  # noqa: E402
 from aiortc.codecs.vpx import number_of_threads  # noqa: E402
 from aiortc.contrib.media import MediaRelay  # noqa: E402
+from aiortc.jitterbuffer import JitterFrame  # noqa: E402
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack  # noqa: E402
 
 from device_sim.camera_peer import CameraPeer  # noqa: E402
 from device_sim.media import SyntheticVideo  # noqa: E402
+from device_sim.sources import OwnEncoder, PassthroughSource  # noqa: E402
+from device_sim.stream import EncodedTrack  # noqa: E402
 from device_sim.viewer_peer import ViewerPeer  # noqa: E402
+from peer import codecs  # noqa: E402
 from peer.network import use_host_addresses  # noqa: E402
-from relay.media import Fanout  # noqa: E402
+from relay.media import Fanout, FanoutTrack, forward_keyframe_requests  # noqa: E402
+from tests.rtsp import rtsp_camera  # noqa: E402
 
-WIDTH, HEIGHT, FPS = 640, 480, 15
-MODES = ("fanout", "mediarelay", "encode-once")
-TARGET_MARGINAL = 1.0  # % of a core per additional viewer, Fanout
-COMMAND_TIMEOUT_S = 60.0
+WIDTH, HEIGHT, FPS = 640, 480, 15  # VP8
+H264_WIDTH, H264_HEIGHT, H264_KBPS, H264_GOP_S = 1280, 720, 2000, 2.0
+MODES = {"vp8": ("fanout", "mediarelay", "encode-once"), "h264": ("fanout", "mediarelay")}
+TARGET_MARGINAL = {"vp8": 1.0, "h264": 0.5}  # % of a core per additional viewer, Fanout
+FULL_RATE = 0.95  # a viewer receiving at least this share of FPS is at full frame rate
+COMMAND_TIMEOUT_S = 90.0
+FIRST_FRAME_TIMEOUT_S = 20.0
+SOURCE_TIMEOUT_S = 10.0
 TICKS = os.sysconf("SC_CLK_TCK")
+DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
+
+
+# the viewer that does not decode
+
+
+class CountingViewer:
+    """A receive-only aiortc peer that counts the encoded video frames it receives.
+
+    Nothing is decoded: the receiver's private ``_RTCRtpReceiver__decoder_queue.put`` (called
+    by ``RTCRtpReceiver._handle_rtp_packet`` on the event loop with ``(codec, JitterFrame)``
+    for each complete frame out of the jitter buffer) is replaced by a counter that keeps
+    nothing. ``None``, the receiver's stop signal, is still passed on so that aiortc's idle
+    decoder thread ends. :attr:`frames` and :attr:`bytes` count frames from the first
+    keyframe on (VP8 or H.264, told by the bitstream). Raises :class:`RuntimeError` when
+    aiortc's receiver no longer has that queue; :meth:`first_frame` raises when it was handed
+    something else than ``(codec, JitterFrame)``.
+    """
+
+    def __init__(self) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        transceiver = self.pc.addTransceiver("video", direction="recvonly")
+        self.frames = 0
+        self.bytes = 0
+        self.keyframes = 0
+        self.error: str | None = None
+        self._first = asyncio.Event()
+        decoder_queue = getattr(transceiver.receiver, DECODER_QUEUE, None)
+        if not isinstance(decoder_queue, queue.Queue) or "put" in vars(decoder_queue):
+            raise RuntimeError(f"aiortc's RTCRtpReceiver no longer has a plain {DECODER_QUEUE}")
+        forward = decoder_queue.put
+
+        def put(item: Any, block: bool = True, timeout: float | None = None) -> None:
+            if item is None:  # the receiver stops: let aiortc's decoder thread end
+                forward(item, block, timeout)
+            else:
+                self._count(item)
+
+        decoder_queue.put = put  # type: ignore[method-assign]
+
+    def _count(self, item: Any) -> None:
+        match item:
+            case (codec, JitterFrame() as frame) if hasattr(codec, "mimeType"):
+                pass
+            case _:
+                self.error = f"aiortc's decoder queue was handed {type(item)!r}, not a frame"
+                self._first.set()
+                return
+        data = frame.data
+        mime = codec.mimeType.lower()
+        if mime == codecs.H264:
+            keyframe = codecs.is_h264_keyframe(data)
+        else:
+            keyframe = mime == codecs.VP8 and codecs.is_vp8_keyframe(data)
+        if not self.keyframes and not keyframe:
+            return  # nothing before the first keyframe could be decoded
+        self.keyframes += int(keyframe)
+        self.frames += 1
+        self.bytes += len(data)
+        self._first.set()
+
+    async def offer(self) -> str:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        sdp: str = self.pc.localDescription.sdp
+        return sdp
+
+    async def accept(self, answer_sdp: str) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
+
+    async def first_frame(self, timeout: float) -> None:  # noqa: ASYNC109
+        async with asyncio.timeout(timeout):
+            await self._first.wait()
+        if self.error is not None:
+            raise RuntimeError(self.error)
+
+    async def close(self) -> None:
+        await self.pc.close()
 
 
 # the processes: each runs one event loop and answers the parent's commands over a pipe
@@ -86,23 +204,43 @@ def serve(main: Callable[[Connection, Any], Any], conn: Connection, argument: An
         raise
 
 
-async def camera_main(conn: Connection, _: Any) -> None:
+async def camera_main(conn: Connection, spec: dict[str, Any]) -> None:
+    """The camera: VP8 encoded per session, or an H.264 source shared by every session."""
     use_host_addresses(["127.0.0.1"])
-    video = SyntheticVideo(WIDTH, HEIGHT, fps=FPS)
+    source: PassthroughSource | OwnEncoder | None = None
+    if spec["codec"] == "vp8":
+        video = SyntheticVideo(WIDTH, HEIGHT, fps=FPS)
+        make_track: Callable[[], MediaStreamTrack] = video.track
+    else:
+        if spec["source"] == "rtsp":
+            source = PassthroughSource(spec["url"])
+        else:
+            pictures = SyntheticVideo(H264_WIDTH, H264_HEIGHT, fps=FPS)
+            source = OwnEncoder(pictures, codecs.H264, bitrate_kbps=H264_KBPS, keyframe_interval=30)
+        await source.start()
+        make_track = source.track
     peers: list[CameraPeer] = []
+    tracks: list[EncodedTrack] = []
     while True:
         command, argument = await receive(conn)
         if command == "answer":
-            peer = CameraPeer(f"bench{len(peers)}", video.track(), [])
+            track = make_track()
+            if isinstance(track, EncodedTrack):
+                tracks.append(track)
+                if await track.stream.wait_codec(SOURCE_TIMEOUT_S) is None:
+                    raise RuntimeError("the camera's source gave no keyframe")
+            peer = CameraPeer(f"bench{len(peers)}", track, [])
             peers.append(peer)
             conn.send(await peer.answer(argument))
             await peer.add_candidate(None)
         elif command == "mark":
-            conn.send(time.process_time())
+            conn.send((time.process_time(), sum(t.restarts for t in tracks)))
         elif command == "stop":
             break
     for peer in peers:
         await peer.close()
+    if source is not None:
+        await source.close()
     conn.send("stopped")
 
 
@@ -187,14 +325,17 @@ class EncodeOnce:
             self.task.cancel()
 
 
-async def relay_main(conn: Connection, mode: str) -> None:
+async def relay_main(conn: Connection, setup: tuple[str, str]) -> None:
+    mode, codec_name = setup
     use_host_addresses(["127.0.0.1"])
     upstream = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     transceiver = upstream.addTransceiver("video", direction="recvonly")
     fanout = Fanout("bench") if mode == "fanout" else None
     media_relay = MediaRelay() if mode == "mediarelay" else None
     encode_once = EncodeOnce() if mode == "encode-once" else None
+    camera_codec: codecs.VideoCodec | None = None
     downstream: list[RTCPeerConnection] = []
+    tracks: list[FanoutTrack] = []
     while True:
         command, argument = await receive(conn)
         if command == "offer":
@@ -202,17 +343,40 @@ async def relay_main(conn: Connection, mode: str) -> None:
             conn.send(upstream.localDescription.sdp)
         elif command == "answer":
             await upstream.setRemoteDescription(RTCSessionDescription(argument, "answer"))
+            camera_codec = next(iter(codecs.offered_codecs(argument)), None)
             if fanout is not None:
                 fanout.attach(transceiver.receiver)
             if encode_once is not None:
                 encode_once.attach(transceiver.receiver.track)
             conn.send("ok")
+        elif command == "viewer" and codec_name == "h264":
+            # as relay/node.py answers a viewer: the transceiver and its codec preferences
+            # before the offer is set, the camera's profile-level-id in the answer
+            assert camera_codec is not None
+            assert camera_codec.mime == codecs.H264, camera_codec
+            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            downstream.append(pc)
+            if fanout is not None:
+                fanout_track = fanout.subscribe()
+                tracks.append(fanout_track)
+                sender = pc.addTransceiver(fanout_track, direction="sendonly").sender
+                forward_keyframe_requests(sender, fanout_track)
+                codecs.prefer_exactly(pc, [camera_codec.capability()])
+            else:
+                assert media_relay is not None
+                track = media_relay.subscribe(transceiver.receiver.track, buffered=False)
+                pc.addTransceiver(track, direction="sendonly")
+                codecs.prefer(pc, (codecs.H264,))
+            await pc.setRemoteDescription(RTCSessionDescription(argument, "offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+            sdp = pc.localDescription.sdp
+            conn.send(codecs.with_profile_level_id(sdp, camera_codec) if fanout else sdp)
         elif command == "viewer":
             pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
             downstream.append(pc)
             await pc.setRemoteDescription(RTCSessionDescription(argument, "offer"))
             if fanout is not None:
-                track: MediaStreamTrack = fanout.subscribe()
+                track = fanout.subscribe()
             elif encode_once is not None:
                 track = encode_once.subscribe()
             else:
@@ -224,7 +388,8 @@ async def relay_main(conn: Connection, mode: str) -> None:
             await pc.setLocalDescription(await pc.createAnswer())
             conn.send(pc.localDescription.sdp)
         elif command == "mark":
-            conn.send(time.process_time())
+            plis = fanout.keyframe_requests if fanout is not None else 0
+            conn.send((time.process_time(), plis, sum(t.restarts for t in tracks)))
         elif command == "stop":
             break
     for closable in (fanout, encode_once):
@@ -235,22 +400,33 @@ async def relay_main(conn: Connection, mode: str) -> None:
     conn.send("stopped")
 
 
-async def viewers_main(conn: Connection, _: Any) -> None:
+async def viewers_main(conn: Connection, codec_name: str) -> None:
     use_host_addresses(["127.0.0.1"])
-    peers: list[ViewerPeer] = []
+    peers: list[ViewerPeer] | list[CountingViewer] = []
     while True:
         command, argument = await receive(conn)
         if command == "offers":
-            peers = [ViewerPeer([], session_id=f"v{i}") for i in range(argument)]
+            if codec_name == "h264":
+                peers = [CountingViewer() for _ in range(argument)]
+            else:
+                peers = [ViewerPeer([], session_id=f"v{i}") for i in range(argument)]
             conn.send([await peer.offer() for peer in peers])
         elif command == "answers":
             for peer, answer in zip(peers, argument, strict=True):
                 await peer.accept(answer)
-                await peer.add_candidate(None)
-            await asyncio.gather(*(peer.first_frame(timeout=20) for peer in peers))
-            conn.send("ok")
+                if isinstance(peer, ViewerPeer):
+                    await peer.add_candidate(None)
+            firsts = await asyncio.gather(
+                *(peer.first_frame(timeout=FIRST_FRAME_TIMEOUT_S) for peer in peers),
+                return_exceptions=True,
+            )
+            for first in firsts:
+                if isinstance(first, RuntimeError):  # aiortc changed under CountingViewer
+                    raise first
+            conn.send(sum(not isinstance(first, BaseException) for first in firsts))
         elif command == "mark":
-            conn.send(([peer.frames for peer in peers], time.process_time()))
+            sizes = [getattr(peer, "bytes", 0) for peer in peers]
+            conn.send(([peer.frames for peer in peers], sizes, time.process_time()))
         elif command == "stop":
             break
     for peer in peers:
@@ -259,6 +435,13 @@ async def viewers_main(conn: Connection, _: Any) -> None:
 
 
 # the parent
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 class Child:
@@ -278,9 +461,8 @@ class Child:
         return reply
 
     def cpu_s(self) -> float:
-        with open(f"/proc/{self.process.pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS
+        assert self.process.pid is not None
+        return process_cpu_s(self.process.pid)
 
     def stop(self) -> None:
         with contextlib.suppress(TimeoutError, RuntimeError, OSError):
@@ -298,105 +480,218 @@ def machine_busy_s() -> float:
     return (user + nice + system + irq + softirq + steal) / TICKS
 
 
-def scenario(mode: str, viewers: int, seconds: float, warmup: float) -> dict[str, Any]:
-    camera, relay, watchers = Child(camera_main), Child(relay_main, mode), Child(viewers_main)
-    try:
-        relay.ask("answer", camera.ask("answer", relay.ask("offer")))
-        offers = watchers.ask("offers", viewers)
-        watchers.ask("answers", [relay.ask("viewer", offer) for offer in offers])
-        time.sleep(warmup)
-        children = (camera, relay, watchers)
-        start = time.monotonic()
-        busy0, own0 = machine_busy_s(), time.process_time()
-        tree0 = [child.cpu_s() for child in children]
-        relay0 = relay.ask("mark")
-        frames0, _ = watchers.ask("mark")
-        time.sleep(seconds)
-        relay1 = relay.ask("mark")
-        frames1, _ = watchers.ask("mark")
-        tree1 = [child.cpu_s() for child in children]
-        busy1, own1 = machine_busy_s(), time.process_time()
-        wall = time.monotonic() - start
-    finally:
-        for child in (watchers, relay, camera):
-            child.stop()
+def cpu_model() -> str:
+    with open("/proc/cpuinfo") as cpuinfo:
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line]
+    return models[0] if models else platform.processor()
+
+
+def scenario(
+    codec: str, mode: str, viewers: int, seconds: float, warmup: float, h264_source: str
+) -> dict[str, Any]:
+    with contextlib.ExitStack() as stack:
+        spec: dict[str, Any] = {"codec": codec, "source": h264_source, "url": None}
+        standin_pid: int | None = None
+        if codec == "h264" and h264_source == "rtsp":
+            standin = stack.enter_context(
+                rtsp_camera(
+                    size=(H264_WIDTH, H264_HEIGHT),
+                    fps=FPS,
+                    bitrate_kbps=H264_KBPS,
+                    keyframe_interval_s=H264_GOP_S,
+                    profile="main",
+                )
+            )
+            spec["url"], standin_pid = standin.url, standin.process.pid
+        camera = Child(camera_main, spec)
+        relay, watchers = Child(relay_main, (mode, codec)), Child(viewers_main, codec)
+        try:
+            relay.ask("answer", camera.ask("answer", relay.ask("offer")))
+            offers = watchers.ask("offers", viewers)
+            started = watchers.ask("answers", [relay.ask("viewer", offer) for offer in offers])
+            time.sleep(warmup)
+            children = (camera, relay, watchers)
+            start = time.monotonic()
+            busy0, own0 = machine_busy_s(), time.process_time()
+            tree0 = [child.cpu_s() for child in children]
+            standin0 = process_cpu_s(standin_pid) if standin_pid else 0.0
+            relay0, plis0, restarts0 = relay.ask("mark")
+            frames0, bytes0, _ = watchers.ask("mark")
+            _, camera_restarts0 = camera.ask("mark")
+            time.sleep(seconds)
+            relay1, plis1, restarts1 = relay.ask("mark")
+            frames1, bytes1, _ = watchers.ask("mark")
+            _, camera_restarts1 = camera.ask("mark")
+            tree1 = [child.cpu_s() for child in children]
+            standin1 = process_cpu_s(standin_pid) if standin_pid else 0.0
+            busy1, own1 = machine_busy_s(), time.process_time()
+            wall = time.monotonic() - start
+        finally:
+            for child in (watchers, relay, camera):
+                child.stop()
     fps = [(b - a) / seconds for a, b in zip(frames0, frames1, strict=True)]
+    mbps = [8 * (b - a) / seconds / 1e6 for a, b in zip(bytes0, bytes1, strict=True)]
     ours = sum(b - a for a, b in zip(tree0, tree1, strict=True)) + (own1 - own0)
+    ours += standin1 - standin0
     return {
+        "codec": codec,
         "mode": mode,
         "viewers": viewers,
+        "started": started,
         "relay_cpu": 100 * (relay1 - relay0) / seconds,
         "camera_cpu": 100 * (tree1[0] - tree0[0]) / wall,
         "viewers_cpu": 100 * (tree1[2] - tree0[2]) / wall,
+        "standin_cpu": 100 * (standin1 - standin0) / wall if standin_pid else None,
         "others_s": max(0.0, (busy1 - busy0) - ours),
         "wall": wall,
         "fps_min": min(fps),
         "fps_mean": sum(fps) / len(fps),
+        "mbps_mean": sum(mbps) / len(mbps),
+        "plis": plis1 - plis0,
+        "restarts": restarts1 - restarts0,
+        "camera_restarts": camera_restarts1 - camera_restarts0,
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--viewers", default="1,4,8", help="comma list of viewer counts")
-    parser.add_argument("--modes", default=",".join(MODES))
-    args = parser.parse_args()
-    counts = sorted({int(n) for n in args.viewers.split(",")})
-    modes = [m for m in args.modes.split(",") if m]
-    if len(counts) < 2 or min(counts) < 1 or not set(modes) <= set(MODES):
-        parser.error("give at least two viewer counts >= 1 and modes among " + ", ".join(MODES))
+def full_rate(result: dict[str, Any]) -> bool:
+    return bool(result["fps_min"] >= FULL_RATE * FPS)
 
-    with open("/proc/cpuinfo") as cpuinfo:
-        models = [line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line]
-    cpu_model = models[0] if models else platform.processor()
+
+def run_codec(
+    codec: str, counts: dict[str, list[int]], seconds: float, warmup: float, h264_source: str
+) -> None:
+    modes = [mode for mode in MODES[codec] if counts.get(mode)]
+    if codec == "vp8":
+        what = f"{WIDTH}x{HEIGHT}@{FPS} VP8, viewers decode"
+    elif h264_source == "rtsp":
+        what = (
+            f"{H264_WIDTH}x{H264_HEIGHT}@{FPS} H.264 Main ~{H264_KBPS} kbit/s from the RTSP "
+            f"stand-in (keyframe every {H264_GOP_S:g} s) through PassthroughSource, "
+            "viewers count encoded frames (no decoding)"
+        )
+    else:
+        what = (
+            f"{H264_WIDTH}x{H264_HEIGHT}@{FPS} H.264 from OwnEncoder(SyntheticVideo) "
+            f"({H264_KBPS} kbit/s target, keyframe every 30 frames), "
+            "viewers count encoded frames (no decoding)"
+        )
     print(
-        f"bench/relay.py  {datetime.date.today()}  {os.cpu_count()} x {cpu_model}  "
-        f"Python {platform.python_version()}  aiortc {aiortc.__version__}  "
-        f"{WIDTH}x{HEIGHT}@{FPS} VP8  window {args.seconds:g} s"
+        f"bench/relay.py  {datetime.datetime.now():%Y-%m-%d %H:%M}  {os.cpu_count()} x "
+        f"{cpu_model()}  Python {platform.python_version()}  aiortc {aiortc.__version__}  "
+        f"{what}  window {seconds:g} s",
+        flush=True,
     )
     results: dict[tuple[str, int], dict[str, Any]] = {}
-    for count in counts:
+    all_counts = sorted({n for mode in modes for n in counts[mode]})
+    for count in all_counts:
         for mode in modes:
-            result = scenario(mode, count, args.seconds, args.warmup)
+            if count not in counts[mode]:
+                continue
+            result = scenario(codec, mode, count, seconds, warmup, h264_source)
             results[(mode, count)] = result
+            extra = ""
+            if codec == "h264":
+                extra = (
+                    f"{result['mbps_mean']:4.2f} Mbit/s per viewer, PLIs {result['plis']}, "
+                    f"restarts relay {result['restarts']} camera {result['camera_restarts']}, "
+                )
+                if result["standin_cpu"] is not None:
+                    extra += f"RTSP stand-in {result['standin_cpu']:4.1f} %, "
+            late = "" if result["started"] == count else f" ({result['started']} started)"
             print(
-                f"  {mode:<11} {count} viewers: relay {result['relay_cpu']:5.1f} %  "
+                f"  {mode:<11} {count:>2} viewers{late}: relay {result['relay_cpu']:5.1f} %  "
                 f"fps min {result['fps_min']:4.1f} mean {result['fps_mean']:4.1f}  "
-                f"(camera {result['camera_cpu']:4.1f} %, viewers {result['viewers_cpu']:5.1f} %, "
+                f"({extra}camera {result['camera_cpu']:4.1f} %, "
+                f"viewers {result['viewers_cpu']:5.1f} %, "
                 f"other processes {result['others_s']:4.1f} CPU-s in {result['wall']:.0f} s)",
                 flush=True,
             )
 
     print()
-    header = "| viewers | " + " | ".join(f"{m} CPU % | {m} fps min/mean" for m in modes) + " |"
+    header = "| viewers | " + " | ".join(f"{m} CPU % | {m} fps min / mean" for m in modes) + " |"
     print(header)
     print("|" + "---:|" * (1 + 2 * len(modes)))
-    for count in counts:
+    for count in all_counts:
         cells = []
         for mode in modes:
-            r = results[(mode, count)]
-            cells += [f"{r['relay_cpu']:.1f}", f"{r['fps_min']:.1f} / {r['fps_mean']:.1f}"]
+            r = results.get((mode, count))
+            if r is None:
+                cells += ["-", "-"]
+                continue
+            behind = "" if full_rate(r) else " (behind)"
+            cells += [f"{r['relay_cpu']:.1f}", f"{r['fps_min']:.1f} / {r['fps_mean']:.1f}{behind}"]
         print(f"| {count} | " + " | ".join(cells) + " |")
-    low, high = counts[0], counts[-1]
-    marginal = {
-        mode: (results[(mode, high)]["relay_cpu"] - results[(mode, low)]["relay_cpu"])
-        / (high - low)
-        for mode in modes
-    }
+    marginal: dict[str, float] = {}
     cells = []
     for mode in modes:
-        cells += [f"{marginal[mode]:.2f}", ""]
-    print(f"| marginal per viewer ({low}->{high}) | " + " | ".join(cells) + " |")
+        low, high = counts[mode][0], counts[mode][-1]
+        if high > low:
+            marginal[mode] = (
+                results[(mode, high)]["relay_cpu"] - results[(mode, low)]["relay_cpu"]
+            ) / (high - low)
+            cells += [f"{marginal[mode]:.2f} ({low}->{high})", ""]
+        else:
+            cells += ["-", ""]
+    print("| marginal per viewer | " + " | ".join(cells) + " |")
+    if "fanout" in modes and len(counts["fanout"]) > 2:
+        steps = list(zip(counts["fanout"], counts["fanout"][1:], strict=False))
+        parts = []
+        for a, b in steps:
+            cost = results[("fanout", b)]["relay_cpu"] - results[("fanout", a)]["relay_cpu"]
+            parts.append(f"{a}->{b}: {cost / (b - a):.2f}")
+        print("Fanout marginal per viewer by step, % of a core: " + ", ".join(parts))
     others = sum(r["others_s"] for r in results.values())
     windows = sum(r["wall"] for r in results.values())
-    print(f"\nother processes: {others:.1f} CPU-s over {windows:.0f} s of measurement windows")
-    if "fanout" in modes:
-        verdict = "PASS" if marginal["fanout"] <= TARGET_MARGINAL else "MISS"
+    print(f"other processes: {others:.1f} CPU-s over {windows:.0f} s of measurement windows")
+    for mode in modes:
+        slow = [n for n in counts[mode] if not full_rate(results[(mode, n)])]
+        if slow:
+            print(f"{mode}: below {FULL_RATE * FPS:g} fps (behind) at {slow} viewers")
+        else:
+            print(f"{mode}: every viewer at full frame rate (>= {FULL_RATE * FPS:g} fps)")
+    if "fanout" in marginal:
+        target = TARGET_MARGINAL[codec]
+        every = all(full_rate(results[("fanout", n)]) for n in counts["fanout"])
+        verdict = "PASS" if marginal["fanout"] <= target and every else "MISS"
+        low, high = counts["fanout"][0], counts["fanout"][-1]
         print(
-            f"Fanout marginal CPU per viewer {marginal['fanout']:.2f} % of a core "
-            f"(target <= {TARGET_MARGINAL:g} %): {verdict}"
+            f"Fanout marginal CPU per viewer ({low}->{high}) {marginal['fanout']:.2f} % of a core "
+            f"(target <= {target:g} %{', every viewer at full rate' if codec == 'h264' else ''})"
+            f": {verdict}"
         )
+    print(flush=True)
+
+
+def viewer_counts(text: str) -> list[int]:
+    return sorted({int(n) for n in text.split(",") if n.strip()})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--codec", choices=["vp8", "h264", "both"], default="both")
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--viewers", default="1,4,8", help="VP8: comma list of viewer counts")
+    parser.add_argument("--modes", default=",".join(MODES["vp8"]), help="VP8 modes")
+    parser.add_argument("--h264-viewers", default="1,4,8,16,32", help="H.264 Fanout")
+    parser.add_argument(
+        "--h264-mediarelay-viewers", default="1,4,8", help="H.264 MediaRelay ('' to skip)"
+    )
+    parser.add_argument("--h264-source", choices=["rtsp", "synthetic"], default="rtsp")
+    args = parser.parse_args()
+    vp8_counts = viewer_counts(args.viewers)
+    vp8_modes = [m for m in args.modes.split(",") if m]
+    h264_counts = viewer_counts(args.h264_viewers)
+    if len(vp8_counts) < 2 or min(vp8_counts) < 1 or not set(vp8_modes) <= set(MODES["vp8"]):
+        parser.error("give at least two viewer counts >= 1 and modes among " + ", ".join(MODES))
+    if len(h264_counts) < 2 or min(h264_counts) < 1:
+        parser.error("give at least two H.264 viewer counts >= 1")
+    if args.codec in ("vp8", "both"):
+        counts = {mode: vp8_counts for mode in vp8_modes}
+        run_codec("vp8", counts, args.seconds, args.warmup, args.h264_source)
+    if args.codec in ("h264", "both"):
+        counts = {"fanout": h264_counts, "mediarelay": viewer_counts(args.h264_mediarelay_viewers)}
+        run_codec("h264", counts, args.seconds, args.warmup, args.h264_source)
 
 
 if __name__ == "__main__":

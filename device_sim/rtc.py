@@ -39,6 +39,7 @@ from aiortc import (
     RTCPeerConnection,
 )
 
+from peer import codecs  # noqa: F401 (importing it makes aiortc offer H.264 Main and High)
 from peer.ice import CandidateJson, IceServerJson, RemoteCandidates, rtc_configuration
 from protocol.messages import EndReason
 

@@ -9,16 +9,11 @@ viewer session sends them through its own :class:`EncodedTrack`, whose ``recv()`
 very same packet objects.
 
 A new session must start at a keyframe, and an RTSP camera cannot be asked for one. So the
-stream keeps the current GOP (every frame from the latest keyframe, :data:`MAX_GOP_FRAMES`
-at most) and a new track starts with it, at once: its timestamps are squeezed into the
-last ticks before the newest frame, so the viewer decodes the whole GOP and shows the newest
-picture instead of replaying seconds of the past (a passthrough prototype without the cache
-kept a new viewer waiting 2.3 s for the camera's next keyframe). The GOP is paced out
-over at most :data:`CATCH_UP_S` (a 2 Mbit/s GOP of 2 s is ~500 RTP packets: sent at once, it
-overflowed the receiver's socket buffer even on loopback, and the lost packets were older
-than aiortc's retransmission history). A viewer's keyframe
-request (PLI/FIR) restarts its track from the cached GOP, or, where the source can make
-keyframes (the agent's own encoder), asks the source for one.
+stream keeps the current GOP and a new track starts with it at once, paced
+(:mod:`peer.gop`; a passthrough prototype without it kept a new viewer waiting 2.3 s for
+the camera's next keyframe). A viewer's keyframe request (PLI/FIR) restarts its track from
+the cached GOP, or, where the source can make keyframes (the agent's own encoder), asks the
+source for one.
 
 Timestamps: each frame is stamped in 1/90000 s on the stream's own timeline, which follows
 the wall clock across source restarts (an RTSP reconnect, a looped file): the first frame
@@ -31,7 +26,6 @@ Everything here runs on the event loop; sources in threads publish through
 
 import asyncio
 import contextlib
-import fractions
 import logging
 import time
 from collections.abc import Callable
@@ -49,14 +43,11 @@ from peer.codecs import (
     is_vp8_keyframe,
     profile_level_id,
 )
+from peer.gop import VIDEO_TIME_BASE, Gop, Pacing
 
 logger = logging.getLogger(__name__)
 
-VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
-MAX_GOP_FRAMES = 600  # 40 s at 15 fps: a source without keyframes for longer is not cached
 TRACK_QUEUE_FRAMES = 30  # about 2 s at 15 fps: a sender further behind restarts at the GOP
-CATCH_UP_S = 0.25  # a new session's cached GOP is sent over at most this long
-CATCH_UP_GAP_S = 0.008  # and at most this between its frames
 POLL_S = 1.0
 
 
@@ -81,7 +72,7 @@ class EncodedStream:
         self.codec: VideoCodec | None = None
         self.frames = 0
         self.keyframes = 0
-        self._gop: list[Packet[Any]] = []
+        self._gop = Gop()
         self._tracks: list[EncodedTrack] = []
         self._parameter_sets = ParameterSets()
         self._offset: int | None = None  # source timestamp -> stream timestamp
@@ -127,20 +118,16 @@ class EncodedStream:
         packet.pts = self._stamp(pts)
         packet.time_base = VIDEO_TIME_BASE
         self.frames += 1
+        self._gop.add(packet, keyframe)
         if keyframe:
             self.keyframes += 1
-            self._gop = [packet]
             self._learn_codec()
-        elif self._gop and len(self._gop) < MAX_GOP_FRAMES:
-            self._gop.append(packet)
-        else:
-            self._gop = []  # no keyframe for too long (or yet): nothing to start from
         for track in self._tracks:
             track._push(packet, keyframe)
 
     def restart(self) -> None:
         """The source starts over (reconnected, looped): frames so far are no reference."""
-        self._gop = []
+        self._gop.clear()
         self._offset = None
         for track in self._tracks:
             track._restart_at_keyframe()
@@ -148,7 +135,7 @@ class EncodedStream:
     def stop(self) -> None:
         """The source ended for good: every track ends (``MediaStreamError``)."""
         self._stopped = True
-        self._gop = []
+        self._gop.clear()
         for track in list(self._tracks):
             track.stop()
 
@@ -177,20 +164,6 @@ class EncodedStream:
         self._last_pts = stamped
         return stamped
 
-    def _catch_up(self, after_pts: int) -> list["Packet[Any]"]:
-        """Copies of the cached GOP, stamped one tick apart, ending at its newest frame."""
-        gop = self._gop
-        if not gop:
-            return []
-        first = max(after_pts + 1, gop[-1].pts - len(gop) + 1)  # type: ignore[operator]
-        copies = []
-        for n, cached in enumerate(gop):
-            copy = Packet(bytes(cached))
-            copy.pts = first + n
-            copy.time_base = VIDEO_TIME_BASE
-            copies.append(copy)
-        return copies
-
     def _remove(self, track: "EncodedTrack") -> None:
         if track in self._tracks:
             self._tracks.remove(track)
@@ -217,9 +190,7 @@ class EncodedTrack(MediaStreamTrack):
         self._started = False
         self._needs_keyframe = True
         self._last_pts = -1
-        self._catch_up_frames = 0  # the queue may hold these on top of TRACK_QUEUE_FRAMES
-        self._catch_up_left = 0  # cached frames still to pace out
-        self._catch_up_gap_s = 0.0
+        self._catch_up = Pacing(0)  # the queue may hold these on top of TRACK_QUEUE_FRAMES
 
     @property
     def codec(self) -> VideoCodec | None:
@@ -240,10 +211,7 @@ class EncodedTrack(MediaStreamTrack):
                 continue
             if packet is None:
                 raise MediaStreamError
-            if self._catch_up_left > 0:
-                self._catch_up_left -= 1
-                if self.packets:  # the keyframe goes at once
-                    await asyncio.sleep(self._catch_up_gap_s)
+            await self._catch_up.wait()
             self.packets += 1
             self._last_pts = packet.pts or 0
             return packet
@@ -268,10 +236,9 @@ class EncodedTrack(MediaStreamTrack):
 
     def _start_from_gop(self) -> None:
         self._drain()
-        catch_up = self.stream._catch_up(self._last_pts)
+        catch_up = self.stream._gop.catch_up(self._last_pts)
         self._needs_keyframe = not catch_up
-        self._catch_up_frames = self._catch_up_left = len(catch_up)
-        self._catch_up_gap_s = min(CATCH_UP_GAP_S, CATCH_UP_S / max(1, len(catch_up)))
+        self._catch_up = Pacing(len(catch_up))
         for packet in catch_up:
             self._queue.put_nowait(packet)
 
@@ -289,7 +256,7 @@ class EncodedTrack(MediaStreamTrack):
             if not keyframe:
                 return
             self._needs_keyframe = False
-        if self._queue.qsize() >= TRACK_QUEUE_FRAMES + self._catch_up_frames:
+        if self._queue.qsize() >= TRACK_QUEUE_FRAMES + self._catch_up.left:
             # the sender fell behind: what it has not sent is useless once a frame is missing
             logger.warning("%s: a session fell behind; it restarts", self.stream.name)
             self.restarts += 1

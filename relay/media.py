@@ -28,15 +28,17 @@ viewer count. Forwarding is chosen: cheapest, and the picture the camera encoded
 viewers unchanged. Its costs are one private hook (checked by :meth:`Fanout.attach`, which
 raises if aiortc changes it) and keyframes that must come from the camera.
 
-Keyframes: a viewer track starts with a keyframe; until then it sends nothing. A viewer whose
-sender starts (its connection is up), and one whose sender fell more than
-:data:`VIEWER_QUEUE_FRAMES` behind (which restarts it), asks the camera for a keyframe with an
-RTCP PLI through the upstream receiver (``RTCRtpReceiver._send_rtcp_pli``, private; the media
-SSRC comes from the public ``getSynchronizationSources()``). Requests are coalesced: at most
-one per :data:`KEYFRAME_RETRY_S` while no keyframe arrived, re-sent after that if viewers
-still wait (a lost PLI). :func:`forward_keyframe_requests` makes a viewer's own PLI/FIR reach
-the camera. A late joiner's first frame came ~200 ms after its offer on loopback (ICE, DTLS
-and one PLI round trip), whatever the camera's keyframe interval.
+Keyframes: a viewer track starts at a keyframe; until then it sends nothing. The fan-out
+keeps the upstream's current GOP (:mod:`peer.gop`), and a viewer whose sender starts (its
+connection is up), falls more than :data:`VIEWER_QUEUE_FRAMES` behind, or asks for a
+keyframe (PLI/FIR, through :func:`forward_keyframe_requests`) starts over from it, paced,
+without disturbing the camera or the other viewers. Only when no GOP is cached (the upstream
+just started) does it ask the camera for a keyframe with an RTCP PLI through the upstream
+receiver (``RTCRtpReceiver._send_rtcp_pli``, private; the media SSRC comes from the public
+``getSynchronizationSources()``). Requests are coalesced: at most one per
+:data:`KEYFRAME_RETRY_S` while no keyframe arrived, re-sent after that if viewers still
+wait (a lost PLI). Before the cache, each late joiner's PLI made an IP camera bridged by the
+agent resend its GOP to every viewer of the upstream, and the burst pushed them behind.
 
 Codec: whichever the upstream negotiated, VP8 or H.264 (:mod:`peer.codecs`); every viewer
 must negotiate the same (the signaling glue answers a viewer that cannot with
@@ -73,6 +75,7 @@ from peer.codecs import (
     is_vp8_keyframe,
     on_keyframe_request,
 )
+from peer.gop import Gop, Pacing
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +114,8 @@ class FanoutTrack(MediaStreamTrack):
         self._queue: asyncio.Queue[Packet[Any] | None] = asyncio.Queue()
         self._needs_keyframe = True
         self._pulling = False  # the sender asked for a packet: its connection is up
+        self._catch_up = Pacing(0)  # the queue may hold these on top of VIEWER_QUEUE_FRAMES
+        self._last_pts = -1
         self.packets = 0
         self.restarts = 0
 
@@ -127,7 +132,7 @@ class FanoutTrack(MediaStreamTrack):
         """The next encoded frame; raises ``MediaStreamError`` once the track is stopped."""
         if not self._pulling and self.readyState == "live":
             self._pulling = True
-            self._fanout.request_keyframe()
+            self._start()
         while True:
             if self.readyState != "live":
                 raise MediaStreamError
@@ -138,13 +143,17 @@ class FanoutTrack(MediaStreamTrack):
                 continue
             if packet is None:
                 raise MediaStreamError
+            await self._catch_up.wait()
             self.packets += 1
+            self._last_pts = packet.pts or 0
             return packet
 
     def request_keyframe(self) -> None:
-        """Ask the camera for a keyframe on this viewer's behalf (coalesced, rate-limited)."""
+        """The viewer lost its reference (PLI/FIR): it starts over from the cached GOP, or at
+        the camera's next keyframe, asked for (coalesced, rate-limited), when none is cached."""
         if self.readyState == "live":
-            self._fanout.request_keyframe()
+            self.restarts += 1
+            self._start()
 
     def stop(self) -> None:
         if self.readyState != "live":
@@ -156,6 +165,18 @@ class FanoutTrack(MediaStreamTrack):
     def _restart(self) -> None:
         self._needs_keyframe = True
 
+    def _start(self) -> None:
+        """Start (over) from the fan-out's cached GOP, or at the camera's next keyframe."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        catch_up = self._fanout._gop.catch_up(self._last_pts)
+        self._catch_up = Pacing(len(catch_up))
+        for packet in catch_up:
+            self._queue.put_nowait(packet)
+        self._needs_keyframe = not catch_up
+        if not catch_up:
+            self._fanout.request_keyframe()
+
     def _push(self, packet: "Packet[Any]", keyframe: bool) -> None:
         if self.readyState != "live" or not self._pulling:
             return
@@ -163,16 +184,12 @@ class FanoutTrack(MediaStreamTrack):
             if not keyframe:
                 return
             self._needs_keyframe = False
-        if self._queue.qsize() >= VIEWER_QUEUE_FRAMES:
+        if self._queue.qsize() >= VIEWER_QUEUE_FRAMES + self._catch_up.left:
             # the sender fell behind: what it has not sent is useless once one frame is missing
-            while not self._queue.empty():
-                self._queue.get_nowait()
             self.restarts += 1
-            if not keyframe:
-                self._needs_keyframe = True
-                logger.warning("Fanout(%s) behind: restarting at a keyframe", self.name)
-                self._fanout.request_keyframe()
-                return
+            logger.warning("Fanout(%s) behind: restarting at the GOP", self.name)
+            self._start()  # the GOP ends with this packet
+            return
         self._queue.put_nowait(packet)
 
 
@@ -202,6 +219,7 @@ class Fanout:
         self._asked_at: float | None = None
         self._other_codec_logged = False
         self._parameter_sets = ParameterSets()
+        self._gop = Gop()
         self._decoded = 0
         self._latest: VideoFrame | None = None
         self._new_frame = asyncio.Event()
@@ -257,6 +275,7 @@ class Fanout:
         self._pts_offset = None
         self._asked_at = None
         self._parameter_sets = ParameterSets()
+        self._gop.clear()
         self._drain_task = self._spawn(self._drain(track), "decoded frames")
         logger.info("Fanout(%s) attached to the upstream", self.device_id)
         if replacing:  # the new stream's delta frames mean nothing after the old one's
@@ -349,6 +368,7 @@ class Fanout:
         packet.pts = pts
         packet.time_base = VIDEO_TIME_BASE
         self.frames_received += 1
+        self._gop.add(packet, keyframe)
         if keyframe:
             self.keyframes_received += 1
             self._asked_at = None
@@ -446,5 +466,5 @@ class Fanout:
 
 
 def forward_keyframe_requests(sender: RTCRtpSender, track: FanoutTrack) -> None:
-    """Make a viewer's PLI/FIR for ``sender`` (which sends ``track``) ask the camera."""
+    """Make a viewer's PLI/FIR for ``sender`` (which sends ``track``) restart ``track``."""
     on_keyframe_request(sender, track.request_keyframe)
