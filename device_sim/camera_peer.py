@@ -106,6 +106,7 @@ class CameraPeer(Peer):
             if not any(c.takes(codec) for c in offered):
                 listed = ", ".join(map(str, offered)) or "none"
                 raise CodecMismatch(f"the camera sends {codec}; the viewer takes {listed}")
+        await self._use_reachable_servers()
         # Before the offer is set: aiortc picks an answer's codecs from the preferences of
         # the transceiver the offer's video section lands on, there and then.
         video = self._pc.addTransceiver(self._track, direction="sendonly")

@@ -34,13 +34,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from aioice import Candidate
-from aiortc import (
-    RTCIceTransport,
-    RTCPeerConnection,
-)
+from aiortc import RTCConfiguration, RTCIceTransport, RTCPeerConnection
 
-from peer import codecs  # noqa: F401 (importing it makes aiortc offer H.264 Main and High)
+from peer import (
+    codecs,  # noqa: F401 (importing it makes aiortc offer H.264 Main and High)
+    reach,
+)
 from peer.ice import CandidateJson, IceServerJson, RemoteCandidates, rtc_configuration
+from peer.reach import Reachability
 from protocol.messages import EndReason
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,13 @@ def _describe(candidate: Candidate, address: str, port: int) -> dict[str, str | 
     }
 
 
+def _turn_transport(url: str) -> str:
+    """How a peer reaches its TURN server: ``udp``, ``tcp`` or ``tls`` (``turns:``)."""
+    if url.startswith("turns:"):
+        return "tls"
+    return "tcp" if url.endswith("transport=tcp") else "udp"
+
+
 class Peer:
     """What camera and viewer peers share: configuration, candidates, watchdog, close."""
 
@@ -100,18 +108,9 @@ class Peer:
         self.relay_only = relay_only
         self.connect_timeout_s = connect_timeout_s
         self._on_end = on_end
-        configuration = rtc_configuration(ice_servers, relay_only)
-        self._turn_url = next(
-            (
-                url
-                for server in configuration.iceServers or []
-                for url in ([server.urls] if isinstance(server.urls, str) else server.urls)
-                if url.startswith("turn")
-            ),
-            None,
-        )
-        self._pc = RTCPeerConnection(configuration)
-        self._pc.on("connectionstatechange", self._on_connection_state)
+        self._ice_servers = list(ice_servers)
+        self._reachability: Reachability | None = None
+        self._pc = self._connection(rtc_configuration(ice_servers, relay_only))  # checks them
         self._connected = asyncio.Event()
         self._settled = asyncio.Event()  # connected, ended or closed
         self._ended = asyncio.Event()  # ended or closed
@@ -156,19 +155,24 @@ class Peer:
 
         ``{"local": {"type", "address", "port", "protocol"}, "remote": {...}}``, types being
         ``host``, ``srflx``, ``prflx`` or ``relay``; a relay local candidate's address is the
-        one the TURN server allocated. aiortc has no ``getSelectedCandidatePair()`` and no
-        candidate-pair statistics, so this reads aioice's ``Connection._nominated[1]`` (the
-        pair nominated for RTP component 1) through ``RTCIceTransport._connection``.
+        one the TURN server allocated, and its ``relay_protocol`` says how this peer reaches
+        the TURN server (``udp``, ``tcp`` or ``tls``). aiortc has no
+        ``getSelectedCandidatePair()`` and no candidate-pair statistics, so this reads
+        aioice's ``Connection._nominated[1]`` (the pair nominated for RTP component 1)
+        through ``RTCIceTransport._connection``.
         """
         for ice in self._ice_transports():
             pair = ice._connection._nominated.get(1)
             if pair is not None:
                 local = pair.local_candidate
                 remote_address, remote_port = pair.remote_addr
-                return {
+                described = {
                     "local": _describe(local, local.host, local.port),
                     "remote": _describe(pair.remote_candidate, remote_address, remote_port),
                 }
+                if local.type == "relay" and self._turn_url is not None:
+                    described["local"]["relay_protocol"] = _turn_transport(self._turn_url)
+                return described
         return None
 
     async def close(self) -> None:
@@ -192,6 +196,35 @@ class Peer:
         self._log(logging.INFO, "closed")
 
     # for subclasses
+
+    def _connection(self, configuration: RTCConfiguration) -> RTCPeerConnection:
+        """A new aiortc connection with this peer's handlers (subclasses add theirs)."""
+        self._turn_url = next(
+            (
+                url
+                for server in configuration.iceServers or []
+                for url in ([server.urls] if isinstance(server.urls, str) else server.urls)
+                if url.startswith("turn")
+            ),
+            None,
+        )
+        pc = RTCPeerConnection(configuration)
+        pc.on("connectionstatechange", self._on_connection_state)
+        return pc
+
+    async def _use_reachable_servers(self) -> None:
+        """Before gathering: give aiortc only the STUN/TURN URLs that answer from here, the
+        best TURN URL first (:mod:`peer.reach`), in a new connection if that changes them."""
+        found = await reach.reachable(self._ice_servers)
+        self._raise_if_closed()
+        self._reachability = found
+        if found.servers != self._ice_servers:
+            unused, self._pc = (
+                self._pc,
+                self._connection(rtc_configuration(found.servers, self.relay_only)),
+            )
+            await unused.close()
+            self._raise_if_closed()
 
     def _log(self, level: int, message: str, *args: object) -> None:
         logger.log(level, f"%s(%s) {message}", self._name, self.session_id, *args)
@@ -258,9 +291,10 @@ class Peer:
         if self.relay_only and not self._turn_url:
             hints.append("relay-only policy without a TURN server")
         elif self._turn_url and not local["relay"]:
+            observed = self._reachability.explain() if self._reachability else ""
             hints.append(
-                f"no relay candidate from {self._turn_url}: TURN credentials refused "
-                "(wrong or expired) or TURN server unreachable?"
+                f"no relay candidate from {self._turn_url}: "
+                + (observed or "TURN credentials refused or TURN server unreachable?")
             )
         if not remote and self._remote.hidden:
             hints.append(

@@ -9,7 +9,7 @@ import logging
 import secrets
 from collections.abc import Callable, Sequence
 
-from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 
@@ -52,7 +52,6 @@ class ViewerPeer(Peer):
         self._last: VideoFrame | None = None
         self._first_or_end = asyncio.Event()
         self._offered = False
-        self._pc.on("track", self._on_track)
 
     @property
     def frames(self) -> int:
@@ -80,6 +79,7 @@ class ViewerPeer(Peer):
             raise RuntimeError("offer() was already called")
         self._offered = True
         self._raise_if_closed()
+        await self._use_reachable_servers()
         transceiver = self._pc.addTransceiver("video", direction="recvonly")
         if self.codecs:
             available = RTCRtpSender.getCapabilities("video").codecs
@@ -130,6 +130,11 @@ class ViewerPeer(Peer):
         if self._first is None:
             raise PeerEndedError(self._end)
         return self._first
+
+    def _connection(self, configuration: RTCConfiguration) -> RTCPeerConnection:
+        pc = super()._connection(configuration)
+        pc.on("track", self._on_track)
+        return pc
 
     def _finish(self, reason: EndReason, message: str) -> None:
         super()._finish(reason, message)

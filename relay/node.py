@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 from aiortc import RTCPeerConnection
 
-from peer import codecs
+from peer import codecs, reach
 from peer.ice import RemoteCandidates, rtc_configuration
 from peer.signaling import SignalingClient
 from protocol.messages import (
@@ -235,7 +235,7 @@ class RelayNode:
         upstream.viewers.add(session_id)
 
     async def _offer_upstream(self, upstream: Upstream, ice_servers: list[dict[str, Any]]) -> None:
-        pc = RTCPeerConnection(rtc_configuration(ice_servers))
+        pc = RTCPeerConnection(rtc_configuration((await reach.reachable(ice_servers)).servers))
         upstream.pc = pc
         pc.addTransceiver("video", direction="recvonly")
         codecs.prefer(pc, codecs.FORWARDED)
@@ -295,9 +295,8 @@ class RelayNode:
             await self.send(SessionEnd(session_id=down.session_id, reason=reason))
             await self._close_downstream(down)
             return
-        pc = RTCPeerConnection(
-            rtc_configuration([server.dump() for server in message.ice_servers or []])
-        )
+        servers = [server.dump() for server in message.ice_servers or []]
+        pc = RTCPeerConnection(rtc_configuration((await reach.reachable(servers)).servers))
         down.pc = pc
         try:
             track = upstream.fanout.subscribe()
