@@ -358,9 +358,11 @@ class RelayNode:
         async def fail() -> None:
             if upstream is not None:
                 await self._camera_gone(upstream, "ice_failed")
-            elif self.downstreams.pop(session_id, None) is not None:
+                return
+            down = self.downstreams.pop(session_id, None)
+            if down is not None:  # out of the fan-out now; the upstream's grace period starts
                 await self.send(SessionEnd(session_id=session_id, reason="ice_failed"))
-                await pc.close()
+                await self._close_downstream(down)
 
         @pc.on("connectionstatechange")
         def on_state() -> None:

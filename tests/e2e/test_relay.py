@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import json
+import re
 import secrets
 import signal
 import subprocess
@@ -13,12 +14,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
 from pymongo import MongoClient
 
 from device_sim.viewer import Viewer, WatchError
 from peer.network import use_host_addresses
 from tests.conftest import PASSWORD, unique_email
 from tests.e2e.test_live_video import Owner, onboarded_camera, simulator
+from tests.peers import connect
 from tests.rtsp import rtsp_camera
 from tests.servers import cloud_process, redis_server, relay_process, stop
 
@@ -295,6 +298,45 @@ async def test_the_relay_fans_an_ip_cameras_h264_out_and_a_late_joiner_plays_wit
             stop(agent)
     log = stack.relay_log(serving[0])
     assert f"camera {device_id} sends H.264 (4d401f)" in log
+
+
+@pytest.mark.timeout(120)
+async def test_a_viewer_whose_ice_fails_leaves_the_fan_out_and_the_unused_upstream_closes(
+    relay_stack: RelayStack,
+) -> None:
+    stack = relay_stack
+    async with new_owners_camera(stack, "hall") as (owner, device_id):
+        token = owner.headers["Authorization"].removeprefix("Bearer ")
+        view = await connect(stack.url.replace("http", "ws", 1), "/ws/v1/client", token)
+        assert (await view.recv())["type"] == "welcome"
+        await view.send(
+            {"type": "session.request", "id": "r", "device_id": device_id, "mode": "relay"}
+        )
+        session_id = (await view.expect("session.created", timeout=15))["session_id"]
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        # a viewer nobody can reach (TEST-NET-1), as behind a network that drops everything
+        offer = re.sub(
+            r"(a=candidate:\S+ \d+ \S+ \d+ )\S+ \d+", r"\g<1>192.0.2.1 9", pc.localDescription.sdp
+        )
+        await pc.close()
+        await view.send({"type": "session.offer", "session_id": session_id, "sdp": offer})
+        await view.send({"type": "session.ice", "session_id": session_id, "candidate": None})
+        serving = None
+        deadline = time.monotonic() + 10
+        while serving is None:
+            serving = next((r for r in stack.relays if stack.open_sessions(r, device_id)), None)
+            assert time.monotonic() < deadline, "the relay node never opened an upstream"
+            await asyncio.sleep(0.2)
+        ended = await view.expect("session.end", timeout=20)
+        assert ended["reason"] == "ice_failed"
+        deadline = time.monotonic() + 10  # the node's 5 s grace period, and some
+        while stack.open_sessions(serving, device_id):
+            assert time.monotonic() < deadline, "the relay node kept pulling the camera"
+            await asyncio.sleep(0.3)
+        await view.socket.close()
+        assert "last viewer of" in stack.relay_log(serving)
 
 
 @pytest.mark.timeout(180)
