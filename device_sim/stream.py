@@ -29,9 +29,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
-from aiortc.mediastreams import VIDEO_CLOCK_RATE, MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import VIDEO_CLOCK_RATE, MediaStreamError
 from av import Packet
 
 from peer.codecs import (
@@ -43,12 +42,11 @@ from peer.codecs import (
     is_vp8_keyframe,
     profile_level_id,
 )
-from peer.gop import VIDEO_TIME_BASE, Gop, Pacing
+from peer.gop import VIDEO_TIME_BASE, Gop, GopTrack
 
 logger = logging.getLogger(__name__)
 
 TRACK_QUEUE_FRAMES = 30  # about 2 s at 15 fps: a sender further behind restarts at the GOP
-POLL_S = 1.0
 
 
 class EncodedStream:
@@ -169,99 +167,27 @@ class EncodedStream:
             self._tracks.remove(track)
 
 
-class EncodedTrack(MediaStreamTrack):
-    """One session's video: the stream's encoded frames as ``av.Packet`` objects.
+class EncodedTrack(GopTrack):
+    """One session's video: the stream's encoded frames (see :class:`peer.gop.GopTrack`).
 
-    It starts with the stream's cached GOP (see the module's docstring), or at the next
-    keyframe when none is cached. :meth:`request_keyframe` is a viewer's PLI/FIR. Stop it
-    (aiortc does when the connection closes) to leave the stream. :attr:`packets` counts
-    what the sender took, :attr:`restarts` the times it fell behind or asked for a keyframe.
+    A viewer's keyframe request makes the source encode one where it can (the agent's own
+    encoder); a passthrough session starts over from the cached GOP instead.
     """
 
-    kind = "video"
-
     def __init__(self, stream: EncodedStream) -> None:
-        super().__init__()
+        super().__init__(stream._gop, stream.name, TRACK_QUEUE_FRAMES)
         self.stream = stream
-        self.packets = 0
-        self.restarts = 0
-        # bounded by _push (TRACK_QUEUE_FRAMES), so that a full queue is a decision
-        self._queue: asyncio.Queue[Packet[Any] | None] = asyncio.Queue()
-        self._started = False
-        self._needs_keyframe = True
-        self._last_pts = -1
-        self._catch_up = Pacing(0)  # the queue may hold these on top of TRACK_QUEUE_FRAMES
 
     @property
     def codec(self) -> VideoCodec | None:
         return self.stream.codec
 
-    async def recv(self) -> "Packet[Any]":
-        """The next encoded frame; raises ``MediaStreamError`` once the track is stopped."""
-        if not self._started:
-            self._started = True
-            self._start_from_gop()
-        while True:
-            if self.readyState != "live":
-                raise MediaStreamError
-            try:
-                async with asyncio.timeout(POLL_S):
-                    packet = await self._queue.get()
-            except TimeoutError:
-                continue
-            if packet is None:
-                raise MediaStreamError
-            await self._catch_up.wait()
-            self.packets += 1
-            self._last_pts = packet.pts or 0
-            return packet
-
     def request_keyframe(self) -> None:
-        """The viewer lost its reference: a keyframe from the source if it can make one,
-        else this track starts over from the cached GOP."""
-        if self.readyState != "live":
-            return
-        self.restarts += 1
-        if self.stream.make_keyframe is not None:
+        if self.readyState == "live" and self.stream.make_keyframe is not None:
+            self.restarts += 1
             self.stream.make_keyframe()
         else:
-            self._start_from_gop()
+            super().request_keyframe()
 
-    def stop(self) -> None:
-        if self.readyState != "live":
-            return
-        super().stop()
-        self._queue.put_nowait(None)
+    def _left(self) -> None:
         self.stream._remove(self)
-
-    def _start_from_gop(self) -> None:
-        self._drain()
-        catch_up = self.stream._gop.catch_up(self._last_pts)
-        self._needs_keyframe = not catch_up
-        self._catch_up = Pacing(len(catch_up))
-        for packet in catch_up:
-            self._queue.put_nowait(packet)
-
-    def _restart_at_keyframe(self) -> None:
-        self._needs_keyframe = True
-
-    def _drain(self) -> None:
-        while not self._queue.empty():
-            self._queue.get_nowait()
-
-    def _push(self, packet: "Packet[Any]", keyframe: bool) -> None:
-        if not self._started or self.readyState != "live":
-            return
-        if self._needs_keyframe:
-            if not keyframe:
-                return
-            self._needs_keyframe = False
-        if self._queue.qsize() >= TRACK_QUEUE_FRAMES + self._catch_up.left:
-            # the sender fell behind: what it has not sent is useless once a frame is missing
-            logger.warning("%s: a session fell behind; it restarts", self.stream.name)
-            self.restarts += 1
-            self._drain()
-            if not keyframe:
-                self._start_from_gop()
-                return
-        self._queue.put_nowait(packet)

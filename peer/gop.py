@@ -1,4 +1,5 @@
-"""The current GOP of an encoded stream, to start a new viewer at once (agent and relay).
+"""The current GOP of an encoded stream, and the viewer track that starts from it at once
+(the agent's :mod:`device_sim.stream` and the relay's :mod:`relay.media`).
 
 A viewer must start at a keyframe. Waiting for the source's next one costs up to a whole
 keyframe interval (an IP camera's is often 2-4 s, and it cannot be asked for one), and
@@ -15,15 +16,19 @@ than aiortc's retransmission history, so the picture stayed broken until the nex
 
 import asyncio
 import fractions
+import logging
 from typing import Any
 
-from aiortc.mediastreams import VIDEO_CLOCK_RATE
+from aiortc.mediastreams import VIDEO_CLOCK_RATE, MediaStreamError, MediaStreamTrack
 from av import Packet
+
+logger = logging.getLogger(__name__)
 
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
 MAX_GOP_FRAMES = 600  # 40 s at 15 fps: a stream without keyframes for longer is not cached
 CATCH_UP_S = 0.25  # a GOP is paced out over at most this long
 CATCH_UP_GAP_S = 0.008  # and at most this between two of its frames
+POLL_S = 1.0  # the longest a track's wait goes without re-checking that it is live
 
 
 class Gop:
@@ -82,3 +87,111 @@ class Pacing:
             self._first = False
             return
         await asyncio.sleep(self.gap_s)
+
+
+class GopTrack(MediaStreamTrack):
+    """One viewer's video: a stream's encoded frames as ``av.Packet`` objects, which aiortc's
+    sender packetizes without encoding (``RTCRtpSender._next_encoded_frame``).
+
+    It starts when its sender first asks for a frame (the viewer's connection is up): from
+    the stream's cached GOP, paced, or, when none is cached, at the stream's next keyframe
+    (:meth:`_no_gop` may ask for one). A viewer's keyframe request (:meth:`request_keyframe`)
+    and a sender more than ``queue_frames`` behind start it over the same way. The stream
+    calls :meth:`_push` with every frame (shared with every other viewer: read-only) and
+    :meth:`_restart_at_keyframe` when it starts over. Stopping the track (aiortc does when
+    the connection closes) ends :meth:`recv` and calls :meth:`_left`. :attr:`packets` counts
+    what the sender took, :attr:`restarts` the times the track started over.
+    """
+
+    kind = "video"
+
+    def __init__(self, gop: Gop, name: str, queue_frames: int) -> None:
+        super().__init__()
+        self.name = name
+        self.packets = 0
+        self.restarts = 0
+        self._gop = gop
+        self._queue_frames = queue_frames
+        # bounded by _push (queue_frames), not by the queue, so a full queue is a decision
+        self._queue: asyncio.Queue[Packet[Any] | None] = asyncio.Queue()
+        self._started = False
+        self._needs_keyframe = True
+        self._last_pts = -1
+        self._catch_up = Pacing(0)  # the queue may hold these on top of queue_frames
+
+    @property
+    def waiting_for_keyframe(self) -> bool:
+        """Whether the track waits for a keyframe to (re)start."""
+        return self._needs_keyframe
+
+    async def recv(self) -> "Packet[Any]":
+        """The next encoded frame; raises ``MediaStreamError`` once the track is stopped."""
+        if not self._started and self.readyState == "live":
+            self._started = True
+            self._start()
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            try:
+                async with asyncio.timeout(POLL_S):
+                    packet = await self._queue.get()
+            except TimeoutError:
+                continue
+            if packet is None:
+                raise MediaStreamError
+            await self._catch_up.wait()
+            self.packets += 1
+            self._last_pts = packet.pts or 0
+            return packet
+
+    def request_keyframe(self) -> None:
+        """The viewer lost its reference (PLI/FIR): start over (see the class docstring)."""
+        if self.readyState == "live":
+            self.restarts += 1
+            self._start()
+
+    def stop(self) -> None:
+        if self.readyState != "live":
+            return
+        super().stop()
+        self._queue.put_nowait(None)
+        self._left()
+
+    # for the stream
+
+    def _push(self, packet: "Packet[Any]", keyframe: bool) -> None:
+        if not self._started or self.readyState != "live":
+            return
+        if self._needs_keyframe:
+            if not keyframe:
+                return
+            self._needs_keyframe = False
+        if self._queue.qsize() >= self._queue_frames + self._catch_up.left:
+            # the sender fell behind: what it has not sent is useless once a frame is missing
+            self.restarts += 1
+            logger.warning("%s: the sender fell behind; starting over from the GOP", self.name)
+            self._start()  # the stream's GOP ends with this packet
+            return
+        self._queue.put_nowait(packet)
+
+    def _restart_at_keyframe(self) -> None:
+        self._needs_keyframe = True
+
+    # for subclasses
+
+    def _no_gop(self) -> None:
+        """Nothing is cached to start from: e.g. ask the source for a keyframe."""
+
+    def _left(self) -> None:
+        """The track stopped: e.g. unsubscribe it from its stream."""
+
+    def _start(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        catch_up = self._gop.catch_up(self._last_pts)
+        self._catch_up = Pacing(len(catch_up))
+        for packet in catch_up:
+            self._queue.put_nowait(packet)
+        self._needs_keyframe = not catch_up
+        if not catch_up:
+            self._no_gop()

@@ -75,7 +75,7 @@ from peer.codecs import (
     is_vp8_keyframe,
     on_keyframe_request,
 )
-from peer.gop import Gop, Pacing
+from peer.gop import Gop, GopTrack
 
 logger = logging.getLogger(__name__)
 
@@ -91,106 +91,27 @@ UPSTREAM_GAP_PTS = VIDEO_CLOCK_RATE // 30  # between the last frame of an upstre
 _DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
 
 
-class FanoutTrack(MediaStreamTrack):
-    """One viewer's video track: the camera's encoded frames as ``av.Packet`` objects.
+class FanoutTrack(GopTrack):
+    """One viewer's video track: the camera's encoded frames (see :class:`peer.gop.GopTrack`).
 
-    Add it to the viewer's ``RTCPeerConnection``; aiortc's sender sends the packets as they
-    are (the viewer must have negotiated the upstream's codec). It starts at the first
-    keyframe after its sender first asks for a packet (once the viewer's connection is up),
-    and that first ask requests one from the camera: nothing queues up, stale, while the
-    viewer connects. The packets are
-    shared with every other viewer: treat them as read-only. Stopping the track (aiortc stops
-    it when the viewer's connection closes) unsubscribes it. :attr:`packets` counts the packets
-    handed to the sender, :attr:`restarts` the times it fell behind and restarted.
+    Add it to the viewer's ``RTCPeerConnection``; the viewer must have negotiated the
+    upstream's codec. With no GOP cached to start from, it asks the camera for a keyframe.
+    Stopping it unsubscribes it from the fan-out.
     """
 
-    kind = "video"
-
     def __init__(self, fanout: "Fanout", name: str) -> None:
-        super().__init__()
-        self.name = name
+        super().__init__(fanout._gop, name, VIEWER_QUEUE_FRAMES)
         self._fanout = fanout
-        # bounded by _push (VIEWER_QUEUE_FRAMES), not by the queue, so a full queue is a decision
-        self._queue: asyncio.Queue[Packet[Any] | None] = asyncio.Queue()
-        self._needs_keyframe = True
-        self._pulling = False  # the sender asked for a packet: its connection is up
-        self._catch_up = Pacing(0)  # the queue may hold these on top of VIEWER_QUEUE_FRAMES
-        self._last_pts = -1
-        self.packets = 0
-        self.restarts = 0
-
-    @property
-    def waiting_for_keyframe(self) -> bool:
-        """Whether the track is waiting for a keyframe to (re)start."""
-        return self._needs_keyframe
 
     @property
     def _wants_keyframe(self) -> bool:
-        return self._pulling and self._needs_keyframe
+        return self._started and self._needs_keyframe
 
-    async def recv(self) -> "Packet[Any]":
-        """The next encoded frame; raises ``MediaStreamError`` once the track is stopped."""
-        if not self._pulling and self.readyState == "live":
-            self._pulling = True
-            self._start()
-        while True:
-            if self.readyState != "live":
-                raise MediaStreamError
-            try:
-                async with asyncio.timeout(POLL_S):
-                    packet = await self._queue.get()
-            except TimeoutError:
-                continue
-            if packet is None:
-                raise MediaStreamError
-            await self._catch_up.wait()
-            self.packets += 1
-            self._last_pts = packet.pts or 0
-            return packet
+    def _no_gop(self) -> None:
+        self._fanout.request_keyframe()
 
-    def request_keyframe(self) -> None:
-        """The viewer lost its reference (PLI/FIR): it starts over from the cached GOP, or at
-        the camera's next keyframe, asked for (coalesced, rate-limited), when none is cached."""
-        if self.readyState == "live":
-            self.restarts += 1
-            self._start()
-
-    def stop(self) -> None:
-        if self.readyState != "live":
-            return
-        super().stop()
-        self._queue.put_nowait(None)
+    def _left(self) -> None:
         self._fanout._remove(self)
-
-    def _restart(self) -> None:
-        self._needs_keyframe = True
-
-    def _start(self) -> None:
-        """Start (over) from the fan-out's cached GOP, or at the camera's next keyframe."""
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        catch_up = self._fanout._gop.catch_up(self._last_pts)
-        self._catch_up = Pacing(len(catch_up))
-        for packet in catch_up:
-            self._queue.put_nowait(packet)
-        self._needs_keyframe = not catch_up
-        if not catch_up:
-            self._fanout.request_keyframe()
-
-    def _push(self, packet: "Packet[Any]", keyframe: bool) -> None:
-        if self.readyState != "live" or not self._pulling:
-            return
-        if self._needs_keyframe:
-            if not keyframe:
-                return
-            self._needs_keyframe = False
-        if self._queue.qsize() >= VIEWER_QUEUE_FRAMES + self._catch_up.left:
-            # the sender fell behind: what it has not sent is useless once one frame is missing
-            self.restarts += 1
-            logger.warning("Fanout(%s) behind: restarting at the GOP", self.name)
-            self._start()  # the GOP ends with this packet
-            return
-        self._queue.put_nowait(packet)
 
 
 class Fanout:
@@ -280,7 +201,7 @@ class Fanout:
         logger.info("Fanout(%s) attached to the upstream", self.device_id)
         if replacing:  # the new stream's delta frames mean nothing after the old one's
             for viewer in self._tracks:
-                viewer._restart()
+                viewer._restart_at_keyframe()
         if any(viewer._wants_keyframe for viewer in self._tracks):
             self.request_keyframe()
 
