@@ -14,11 +14,13 @@ and the camera answers what comes over it (sessions end with the connection):
 
 - per ``session.offer``: a :class:`~device_sim.rtc.CameraPeer` answers with its video; remote
   ``session.ice`` candidates are added; ICE that does not connect in time ends the session
-  with ``ice_failed``; ``session.end`` closes the peer.
+  with ``ice_failed``; once connected, ``session.stats`` says how (selected pair, ICE
+  duration); ``session.end`` closes the peer.
 """
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +34,9 @@ from protocol.messages import (
     SessionEnd,
     SessionIce,
     SessionOffer,
+    SessionStats,
     Status,
+    turn_protocol,
 )
 
 log = logging.getLogger(__name__)
@@ -127,6 +131,7 @@ class Camera:
 
     async def _offer(self, message: SessionOffer) -> None:
         session_id = message.session_id
+        offered_at = time.monotonic()  # ice_ms counts from here (docs/protocol.md)
         if self.video is None:
             log.info("%s: video is off; refusing session %s", self.tag, session_id)
             await self._end(session_id, "resource_exhausted")
@@ -161,10 +166,33 @@ class Camera:
         await self.signaling.send(SessionAnswer(session_id=session_id, sdp=answer))
         # aiortc puts every local candidate in the answer: announce the end of candidates.
         await self.signaling.send(SessionIce(session_id=session_id, candidate=None))
+        if await peer.wait_connected() and self._peers.get(session_id) is peer:
+            await self._report(peer, message, offered_at)
         ended = await peer.wait_failed()
         if ended is not None and self._peers.get(session_id) is peer:
             log.warning("%s: session %s failed: %s", self.tag, session_id, ended)
             await self._end(session_id, ended.reason)
+
+    async def _report(self, peer: Any, offer: SessionOffer, offered_at: float) -> None:
+        """``session.stats`` of a connected session: the selected pair and the time from the
+        offer to ICE connected (docs/protocol.md, "Session statistics"; a camera has no time
+        to first frame). aiortc reaches its TURN server by the first TURN URL only."""
+        pair, connected_at = peer.selected_pair(), peer.connected_at
+        if pair is None or connected_at is None:
+            return
+        urls = [url for server in offer.ice_servers or [] for url in server.urls]
+        try:
+            stats = SessionStats.of_pair(
+                offer.session_id,
+                pair,
+                ice_ms=(connected_at - offered_at) * 1000,
+                turn=turn_protocol(urls) or "udp",
+            )
+        except ValueError as exc:
+            log.warning("%s: no stats for session %s: %s", self.tag, offer.session_id, exc)
+            return
+        log.info("%s: session %s connected: %s", self.tag, offer.session_id, stats.dump())
+        await self.signaling.send(stats)
 
     async def _close_peers(self) -> None:
         peers, self._peers = list(self._peers.values()), {}

@@ -28,6 +28,7 @@ The owner still calls :meth:`close` (idempotent; it never reports an end).
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -112,6 +113,7 @@ class Peer:
         self._reachability: Reachability | None = None
         self._pc = self._connection(rtc_configuration(ice_servers, relay_only))  # checks them
         self._connected = asyncio.Event()
+        self.connected_at: float | None = None  # time.monotonic() when ICE and DTLS connected
         self._settled = asyncio.Event()  # connected, ended or closed
         self._ended = asyncio.Event()  # ended or closed
         self._end: PeerEnd | None = None
@@ -129,6 +131,11 @@ class Peer:
     def connection_state(self) -> str:
         """aiortc's connection state: new, connecting, connected, failed or closed."""
         return self._pc.connectionState
+
+    async def wait_connected(self) -> bool:
+        """Wait until the peer connects (True), or ends or is closed before it does (False)."""
+        await self._settled.wait()
+        return self._connected.is_set()
 
     async def wait_failed(self) -> PeerEnd | None:
         """Wait until the peer ends by itself (its :class:`PeerEnd`) or is closed (``None``).
@@ -330,6 +337,7 @@ class Peer:
         if self._closed:
             return
         if state == "connected" and not self._connected.is_set():
+            self.connected_at = time.monotonic()
             self._connected.set()
             self._settled.set()
             self._log(logging.INFO, "connected via %s", self.selected_pair())

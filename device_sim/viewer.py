@@ -2,11 +2,12 @@
 
     async with await Viewer.login("http://127.0.0.1:8000", email, password) as viewer:
         watch = await viewer.watch(device_id)            # session.request ... first frame
-        print(watch.ttff_s, watch.selected_pair())
+        print(watch.ttff_s, watch.selected_pair(), watch.stats)
         await watch.end()
 
 Flow (docs/protocol.md): ``session.request`` -> ``session.created`` (with ``ice_servers``) ->
-a receive-only offer -> ``session.answer`` -> trickled ``session.ice`` -> decoded frames.
+a receive-only offer -> ``session.answer`` -> trickled ``session.ice`` -> decoded frames,
+and then ``session.stats`` (how the session connected) to the cloud.
 Pushes (``device.presence``, ``device.activated``, ``event``) arrive on :attr:`Viewer.pushes`.
 """
 
@@ -22,6 +23,8 @@ from typing import Any
 import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection
+
+from protocol.messages import SessionStats, turn_protocol
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class Watch:
         self.peer = peer
         self.route = "p2p"
         self.ttff_s: float | None = None
+        self.stats: dict[str, Any] | None = None  # the session.stats sent, once sent
         self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     @property
@@ -240,6 +244,7 @@ class Viewer:
         self.sessions[watch.session_id] = watch
         try:
             offer = await peer.offer()
+            offered_at = time.monotonic()  # ice_ms counts from here (docs/protocol.md)
             await self.send({"type": "session.offer", "session_id": watch.session_id, "sdp": offer})
             await self.send(
                 {"type": "session.ice", "session_id": watch.session_id, "candidate": None}
@@ -264,10 +269,43 @@ class Viewer:
             except TimeoutError:
                 raise WatchError("timeout", f"no frame within {remaining:g} s") from None
             watch.ttff_s = time.monotonic() - started
+            await self._report(watch, reply["ice_servers"], offered_at)
             return watch
         except BaseException:
             await watch.end()
             raise
+
+    async def _report(
+        self, watch: Watch, ice_servers: list[dict[str, Any]], offered_at: float
+    ) -> None:
+        """``session.stats`` once the first frame is decoded (docs/protocol.md, "Session
+        statistics"): the selected pair, ``ice_ms`` from the offer to ICE connected and
+        ``ttff_ms`` from this session's request to its first frame. aiortc reaches its TURN
+        server by the first TURN URL only, so that URL's transport is the protocol of a local
+        relay candidate."""
+        pair, connected_at = watch.selected_pair(), watch.peer.connected_at
+        if pair is None or connected_at is None or watch.ttff_s is None:
+            log.warning("session %s: no selected pair to report", watch.session_id)
+            return
+        urls = [
+            url
+            for server in ice_servers
+            for url in ([server["urls"]] if isinstance(server["urls"], str) else server["urls"])
+        ]
+        try:
+            stats = SessionStats.of_pair(
+                watch.session_id,
+                pair,
+                ice_ms=(connected_at - offered_at) * 1000,
+                ttff_ms=watch.ttff_s * 1000,
+                relay_node=watch.route == "relay",
+                turn=turn_protocol(urls) or "udp",
+            )
+        except ValueError as exc:
+            log.warning("session %s: no stats: %s", watch.session_id, exc)
+            return
+        watch.stats = stats.dump()
+        await self.send(watch.stats)
 
     async def close(self) -> None:
         for watch in list(self.sessions.values()):

@@ -1,4 +1,5 @@
-"""Device routes: list, get, rename, remove; sharing by email (docs/protocol.md)."""
+"""Device routes: list, get, rename, remove; sharing by email; recent sessions
+(docs/protocol.md)."""
 
 import logging
 from typing import Any
@@ -22,6 +23,7 @@ from cloud.devices.access import (
     visible_devices,
 )
 from cloud.devices.models import Device, Share
+from cloud.devices.sessions import SessionList, SessionQuery, list_sessions
 from cloud.errors import Conflict, Invalid, NotFound
 from cloud.http import Endpoint, parse_body, reply
 from protocol.api import (
@@ -228,5 +230,20 @@ ENDPOINTS = [
         status=204,
         errors=(403, 404),
         auth=require_user,
+    ),
+    Endpoint(
+        "GET",
+        DEVICE + "/sessions",
+        list_sessions,
+        "A camera's recent sessions, newest first, and why each took its route (owner)",
+        TAG,
+        query=SessionQuery,
+        response=SessionList,
+        errors=(400, 403, 404),
+        auth=require_user,
+        description="Each session: when it started and ended and why, the route (p2p, turn "
+        "or relay) with its reason in plain words, and what the viewer and the camera "
+        "reported with session.stats (selected candidate types, protocol, ICE duration, "
+        "time to first frame).",
     ),
 ]

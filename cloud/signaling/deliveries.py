@@ -5,13 +5,13 @@ lives), ``conn.<connection id>`` (a viewer's or relay's connection), ``user.<use
 (pushes to a user's connections) and the broadcast channel. Deliveries: :class:`Send` a
 frame to a local connection, :class:`Publish` an envelope on a channel, :class:`Close` a
 connection, :class:`Subscribe` to a channel, and the records the edge keeps in the database
-(:class:`PresenceChanged`, :class:`Record`).
+(:class:`PresenceChanged`, :class:`Record`, :class:`StatsReport`).
 """
 
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from protocol.messages import Message
+from protocol.messages import Message, SessionStats
 
 Role = Literal["user", "device", "relay"]
 Envelope = dict[str, Any]
@@ -80,6 +80,17 @@ class Record:
     user_id: str
     reason: str | None = None
     route: str = "p2p"
+    viewer_role: Role = "user"  # "relay": a relay node's own upstream session
 
 
-Delivery = Send | Publish | Close | Subscribe | PresenceChanged | Record
+@dataclass(frozen=True)
+class StatsReport:
+    """A side of a session reported how it connected (``session.stats``): the edge stores
+    it on the session's record, each side in its own field."""
+
+    session_id: str
+    side: Literal["viewer", "camera"]
+    stats: SessionStats
+
+
+Delivery = Send | Publish | Close | Subscribe | PresenceChanged | Record | StatsReport

@@ -11,8 +11,9 @@ is known on both sides: :class:`ViewerSide` on the viewer's instance, :class:`Ca
 the camera's. The two sides talk only through envelopes ``{"kind": ..., "session": ...}``,
 so the behaviour is the same whether both connections are on one instance or not.
 
-Lifecycle (docs/protocol.md): request -> created -> offer -> answer -> ice ... -> end. Access is
-decided by the caller (a database check) before :meth:`Hub.request_session`, which is given
+Lifecycle (docs/protocol.md): request -> created -> offer -> answer -> ice ... -> end, and
+each side's ``session.stats`` once it is connected (kept on the record). Access is decided
+by the caller (a database check) before :meth:`Hub.request_session`, which is given
 the *grants* that check relied on: the camera's binding (``bind:<device>:<key>``, its
 activation with one key) and, for a viewer a camera is shared with, the share
 (``share:<id>``). A camera's connection carries its binding. Each instance learns of access
@@ -40,6 +41,7 @@ from cloud.signaling.deliveries import (
     Record,
     Role,
     Send,
+    StatsReport,
     Subscribe,
     conn_channel,
     device_channel,
@@ -69,6 +71,7 @@ from protocol.messages import (
     SessionIce,
     SessionOffer,
     SessionRequest,
+    SessionStats,
     Status,
     StatusError,
 )
@@ -104,6 +107,7 @@ class Hub:
             Bucket(self.limits.sdp_per_s),
             Bucket(self.limits.ice_per_s),
             grant,
+            stats=Bucket(self.limits.stats_per_s),
         )
         # Only viewers are addressed by connection; a camera is addressed by its device.
         out: list[Delivery] = [] if role == "device" else [Subscribe(conn_channel(conn))]
@@ -220,6 +224,14 @@ class Hub:
                         ErrorCode.RATE_LIMITED,
                         f"over {self.limits.ice_per_s:g} ICE messages/s",
                     )
+            case SessionStats():
+                if not info.stats.allow(now):
+                    return self.strike(
+                        conn,
+                        message.id,
+                        ErrorCode.RATE_LIMITED,
+                        f"over {self.limits.stats_per_s:g} session.stats messages/s",
+                    )
             case SessionEnd():
                 pass
             case _:
@@ -325,6 +337,14 @@ class Hub:
                 ]
             case SessionEnd():
                 return self._end_viewer_side(side, "peer_hangup", tell_viewer=False)
+            case SessionStats():
+                if not side.accepted:
+                    return self.strike(
+                        info.id, message.id, ErrorCode.INVALID_REQUEST, "wait for session.created"
+                    )
+                if (message.route == "relay") != (side.route == "relay"):
+                    return self._wrong_route(info.id, message, side.route)
+                return [StatsReport(side.id, "viewer", message)]
         return self.strike(
             info.id,
             getattr(message, "id", None),
@@ -358,9 +378,29 @@ class Hub:
             case SessionEnd():
                 reason = "peer_hangup" if message.reason == "user_hangup" else message.reason
                 return self._end_camera_side(side, reason, tell_camera=False)
+            case SessionStats():
+                # A relay node plays the camera's part of the sessions routed through it.
+                route = "relay" if info.role == "relay" else "p2p"
+                if (message.route == "relay") != (route == "relay"):
+                    return self._wrong_route(info.id, message, route)
+                if message.ttff_ms is not None:
+                    return self.strike(
+                        info.id,
+                        message.id,
+                        ErrorCode.INVALID_REQUEST,
+                        "ttff_ms is the viewer's: the time to its first decoded frame",
+                    )
+                return [StatsReport(side.id, "camera", message)]
         return self.strike(
             info.id, getattr(message, "id", None), ErrorCode.INVALID_REQUEST, "cameras do not offer"
         )
+
+    def _wrong_route(self, conn: str, message: SessionStats, route: str) -> list[Delivery]:
+        if route == "relay":
+            said = "the cloud routed this session through a relay node: route relay"
+        else:
+            said = "this session does not go through a relay node: route p2p or turn"
+        return self.strike(conn, message.id, ErrorCode.INVALID_REQUEST, said)
 
     # envelopes from the bus ---------------------------------------------------------------
 
@@ -476,7 +516,15 @@ class Hub:
             return []
         if kind == "accepted":
             side.accepted = True
-            record = Record(side.id, "created", side.device_id, side.user_id, route=side.route)
+            viewer = self.connections.get(side.viewer)
+            record = Record(
+                side.id,
+                "created",
+                side.device_id,
+                side.user_id,
+                route=side.route,
+                viewer_role=viewer.role if viewer is not None else "user",
+            )
             created = SessionCreated(
                 id=side.request_id,
                 session_id=side.id,

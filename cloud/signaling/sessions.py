@@ -15,6 +15,7 @@ REVOKED_MEMORY_S = 600.0
 class Limits:
     sdp_per_s: float = 5.0
     ice_per_s: float = 20.0
+    stats_per_s: float = 2.0  # session.stats: one per side per session is the norm
     viewers_per_camera: int = 10
     sessions_per_viewer: int = 20
     accept_timeout_s: float = 5.0
@@ -51,6 +52,7 @@ class Connection:
     ice: Bucket
     grant: str | None = None  # a camera's binding
     strikes: int = 0
+    stats: Bucket = field(default_factory=lambda: Bucket(Limits.stats_per_s))
 
 
 @dataclass

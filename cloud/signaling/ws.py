@@ -5,7 +5,8 @@
 never touches the hub, so it cannot disturb a camera's live connection; one that cannot be
 made reachable now (the bus is down) is closed with 1013, try again later. Everything the
 hub decides comes back as deliveries that :meth:`Signaling.execute` carries out: frames to
-local sockets, envelopes on the bus, presence and session records in the database.
+local sockets, envelopes on the bus, presence and session records (and the sides'
+``session.stats``) in the database.
 
 Access changes reach the hub from three sides, and the first one wins: the route that made
 the change (:meth:`Signaling.enforce`), the broadcast channel, and the database record that
@@ -44,12 +45,13 @@ from cloud.signaling.deliveries import (
     Record,
     Role,
     Send,
+    StatsReport,
     Subscribe,
     user_channel,
 )
 from cloud.signaling.hub import Hub
 from cloud.signaling.identity import DeviceAssertions
-from cloud.signaling.models import keep_record
+from cloud.signaling.models import keep_record, keep_stats
 from cloud.signaling.presence import CameraPresence
 from cloud.signaling.sessions import Limits
 from protocol.errors import ErrorCode, ProtocolError
@@ -260,6 +262,8 @@ class Signaling:
                         await self._camera_presence(d)
                     case Record():
                         await keep_record(d)
+                    case StatsReport():
+                        await keep_stats(d)
             except BusUnavailable:
                 if strict:
                     raise

@@ -235,6 +235,14 @@ class Phone:
         assert self.errors == [], self.errors
 
 
+SESSIONS = """async (id) => {
+  const token = JSON.parse(sessionStorage.getItem('visionconnect.session')).access;
+  const r = await fetch(`/api/v1/devices/${id}/sessions`,
+    { headers: { Authorization: `Bearer ${token}` } });
+  return (await r.json()).sessions;
+}"""
+
+
 def offered_codecs(sdp: str) -> list[tuple[str, str]]:
     """(name, fmtp) of the video section's payload types, in the offer's order."""
     names: dict[str, str] = {}
@@ -356,6 +364,7 @@ async def test_an_owner_onboards_by_qr_watches_sees_motion_and_shares_with_a_fri
     await card.get_by_role("link", name="Watch").click()
     assert await owner.playing() == "direct"
     await expect(page.locator(".route")).to_have_text("Direct")
+    await expect(page.locator(".route-reason")).to_have_text("Direct, same network")
     await owner.expect_codec("H264", "H.264")
     await owner.shot("06-live-direct")
 
@@ -364,7 +373,13 @@ async def test_an_owner_onboards_by_qr_watches_sees_motion_and_shares_with_a_fri
     await page.get_by_role("radio", name="Relay").click()
     assert await owner.playing() == "relay"
     await expect(page.locator(".route")).to_have_text("Relay node")
+    await expect(page.locator(".route-reason")).to_have_text("Through a relay node")
     await owner.expect_codec("H264", "H.264")
+    # The page told the cloud how each view connected (session.stats): the owner's list of
+    # the camera's sessions says why, from the browser's own report.
+    sessions = await page.evaluate(SESSIONS, device_id)
+    reasons = {(s["route"], s["reason"]) for s in sessions if s["viewer_stats"]}
+    assert {("p2p", "Direct, same network"), ("relay", "Through a relay node")} <= reasons
     motion = page.locator(".events li.event[data-kind=motion]")
     await expect(motion.first).to_be_visible(timeout=60_000)
     await owner.shot("07-live-relay-motion")

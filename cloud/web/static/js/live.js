@@ -21,6 +21,11 @@
 // a relay node forwards the camera's stream as it is, so a viewer must be able to take it
 // (otherwise `session.end` with `codec_mismatch`). The codec received is read from getStats.
 //
+// Once the first frame is on screen the page tells the cloud how the session connected
+// (`session.stats`: the selected candidate pair's types and first-hop protocol from getStats,
+// ICE duration from the offer to "connected", time to first frame), so that the camera's
+// owner can see why a session was relayed (GET /devices/{id}/sessions).
+//
 // Every wait has a deadline and ends in a visible outcome (LiveError with a reason).
 
 import { newId } from "./signaling.js";
@@ -34,6 +39,10 @@ const FIRST_FRAME_MS = 10000;
 const GATHER_WAIT_MS = 1000;
 // Direct-attempt failures that a relay can get around.
 const FALLBACK_REASONS = new Set(["ice_failed", "timeout"]);
+// session.stats bounds (docs/protocol.md, "Session statistics")
+const CANDIDATE_TYPES = new Set(["host", "srflx", "prflx", "relay"]);
+const MAX_ICE_MS = 120000;
+const MAX_TTFF_MS = 300000;
 
 export class LiveError extends Error {
   constructor(reason, message = endReasonText(reason)) {
@@ -106,7 +115,11 @@ export async function receivedCodec(pc) {
   return codec;
 }
 
-/** The candidate pair carrying media: {local: {type, address, port, protocol}, remote}. */
+/**
+ * The candidate pair carrying media: {local: {type, address, port, protocol, relayProtocol},
+ * remote}; `relayProtocol` ("udp", "tcp" or "tls") only for a local relay candidate: how the
+ * browser reaches its TURN server.
+ */
 export async function selectedPair(pc) {
   const stats = await pc.getStats();
   let pair = null;
@@ -128,10 +141,44 @@ export async function selectedPair(pc) {
     address: candidate.address ?? candidate.ip ?? "",
     port: candidate.port,
     protocol: candidate.protocol,
+    relayProtocol: candidate.relayProtocol,
   };
   return {
     local: describe(stats.get(pair.localCandidateId)),
     remote: describe(stats.get(pair.remoteCandidateId)),
+  };
+}
+
+/**
+ * The transport of this side's first hop, "udp" or "tcp" (null if unknown): to the TURN
+ * server for a local relay candidate (TLS counts as TCP), else the local candidate's.
+ */
+export function firstHop(pair) {
+  const local = pair?.local;
+  const protocol = local?.type === "relay" ? local.relayProtocol : local?.protocol;
+  if (protocol === "tls") return "tcp";
+  return protocol === "udp" || protocol === "tcp" ? protocol : null;
+}
+
+/**
+ * The session.stats message for a session playing on `pair` (null when the pair's types are
+ * unknown). `route`: "direct", "turn" or "relay" as Attempt.routeKind.
+ */
+export function statsMessage(sessionId, route, pair, iceMs, ttffMs) {
+  const local = pair?.local?.type;
+  const remote = pair?.remote?.type;
+  const protocol = firstHop(pair);
+  if (!CANDIDATE_TYPES.has(local) || !CANDIDATE_TYPES.has(remote) || !protocol) return null;
+  const ms = (value, max) => Math.min(max, Math.max(0, Math.round(value)));
+  return {
+    type: "session.stats",
+    session_id: sessionId,
+    route: route === "direct" ? "p2p" : route,
+    local_candidate_type: local,
+    remote_candidate_type: remote,
+    protocol,
+    ice_ms: ms(iceMs, MAX_ICE_MS),
+    ttff_ms: ms(ttffMs, MAX_TTFF_MS),
   };
 }
 
@@ -210,6 +257,7 @@ class Attempt {
     });
     await this.pc.setLocalDescription(await this.pc.createOffer());
     await Promise.race([this.#gathered(), sleep(GATHER_WAIT_MS), this.failed]);
+    this.offerSentAt = performance.now();
     this.signaling.send({
       type: "session.offer", session_id: this.sessionId, sdp: this.pc.localDescription.sdp,
     });
@@ -223,6 +271,20 @@ class Attempt {
     this.firstFrameAt = performance.now();
     this.pair = await selectedPair(this.pc).catch(() => null);
     this.codec = await receivedCodec(this.pc).catch(() => null);
+    this.#report();
+  }
+
+  /** session.stats: how this session connected, for the owner's list of sessions. */
+  #report() {
+    if (this.closed || this.connectedAt === undefined) return;
+    const message = statsMessage(
+      this.sessionId,
+      this.routeKind,
+      this.pair,
+      this.connectedAt - this.offerSentAt,
+      this.firstFrameAt - this.requestedAt,
+    );
+    if (message) this.signaling.send(message);
   }
 
   /** "direct", "turn" (a TURN server relays the packets) or "relay" (a relay node). */
@@ -375,8 +437,9 @@ function iceServers(list) {
 
 /**
  * A live view of one camera in `video`. `mode`: "auto" (direct, then the relay), "p2p" or
- * "relay". Callbacks: onStatus(text), onPlaying({route, pair, codec, ttffMs, totalMs,
- * fellBack}) (`codec`: the received video's MIME subtype, "H264" or "VP8", null if unknown),
+ * "relay". Callbacks: onStatus(text), onPlaying({route, pair, protocol, codec, ttffMs,
+ * totalMs, fellBack}) (`protocol`: firstHop(pair); `codec`: the received video's MIME
+ * subtype, "H264" or "VP8", null if unknown),
  * onEnded({reason, message}) — called once, whatever ends it (not after end()).
  */
 export class LiveSession {
@@ -420,6 +483,7 @@ export class LiveSession {
       this.onPlaying({
         route: attempt.routeKind,
         pair: attempt.pair,
+        protocol: firstHop(attempt.pair),
         codec: attempt.codec,
         ttffMs: attempt.firstFrameAt - attempt.requestedAt,
         totalMs: attempt.firstFrameAt - startedAt,

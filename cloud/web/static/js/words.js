@@ -29,6 +29,31 @@ export const ROUTE_TEXT = {
   relay: "Relay node",
 };
 
+// Why a session took its route: the cloud's words too (GET /devices/{id}/sessions `reason`).
+const ROUTE_REASONS = {
+  sameNetwork: "Direct, same network",
+  holePunching: "Direct, through the routers (hole punching)",
+  turn: "Relayed by TURN: this network blocks direct connections",
+  turnTcp: "Relayed by TURN over TCP: this network blocks UDP",
+  relay: "Through a relay node",
+};
+
+/**
+ * Why this view took `route` ("direct", "turn", "relay"), from the selected `pair` as this
+ * browser sees it and `protocol` (its first hop, "udp" or "tcp"); "" when not known.
+ */
+export function routeReasonText(route, pair, protocol) {
+  if (route === "relay") return ROUTE_REASONS.relay;
+  const local = pair?.local?.type;
+  const remote = pair?.remote?.type;
+  if (route === "turn") {
+    return local === "relay" && protocol === "tcp" ? ROUTE_REASONS.turnTcp : ROUTE_REASONS.turn;
+  }
+  if (!local || !remote) return "";
+  if (local === "host" && remote === "host") return ROUTE_REASONS.sameNetwork;
+  return ROUTE_REASONS.holePunching;
+}
+
 // The received video's codec, by its MIME subtype (live.js reports "H264", "VP8").
 const CODECS = { H264: "H.264", VP8: "VP8" };
 

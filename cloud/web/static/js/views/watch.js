@@ -1,10 +1,10 @@
-// The live view of one camera, with the route it took and the codec received, the time to
-// the first frame, and this camera's latest events underneath.
+// The live view of one camera, with the route it took (and why, in plain words) and the codec
+// received, the time to the first frame, and this camera's latest events underneath.
 
 import { fill, h } from "../dom.js";
 import { EventFeed } from "../feed.js";
 import { LiveSession } from "../live.js";
-import { ROUTE_TEXT, codecText, seconds } from "../words.js";
+import { ROUTE_TEXT, codecText, routeReasonText, seconds } from "../words.js";
 import { dot, presenceText } from "./cameras.js";
 
 export const NAME = "live";
@@ -19,6 +19,7 @@ export function mount(app, { id }, query) {
   const overlay = h("div", { class: "overlay", role: "status" }, "Connecting…");
   const routeBadge = h("span", { class: "route", dataset: { route: "" } }, "—");
   const codecBadge = h("span", { class: "codec", dataset: { codec: "" }, hidden: true });
+  const routeReason = h("span", { class: "route-reason", hidden: true });
   const ttff = h("span", { class: "ttff" }, "");
   const stats = h("span", { class: "muted small stats" }, "");
   const ended = h("p", { class: "live-ended", role: "alert", hidden: true });
@@ -36,7 +37,7 @@ export function mount(app, { id }, query) {
     head,
     box,
     h("div", { class: "live-info" },
-      h("span", {}, "Route ", routeBadge, codecBadge), ttff, stats),
+      h("span", {}, "Route ", routeBadge, codecBadge), routeReason, ttff, stats),
     ended,
     h("div", { class: "row" },
       h("div", { class: "segmented", role: "radiogroup", "aria-label": "Route" }, modeButtons),
@@ -96,6 +97,8 @@ export function mount(app, { id }, query) {
     codecBadge.textContent = "";
     codecBadge.dataset.codec = "";
     codecBadge.hidden = true;
+    routeReason.textContent = "";
+    routeReason.hidden = true;
     ttff.textContent = "";
     stats.textContent = "";
     phase("connecting", "Connecting to the service…");
@@ -119,6 +122,8 @@ export function mount(app, { id }, query) {
         codecBadge.textContent = info.codec ? codecText(info.codec) : "";
         codecBadge.dataset.codec = info.codec ?? "";
         codecBadge.hidden = !info.codec;
+        routeReason.textContent = routeReasonText(info.route, info.pair, info.protocol);
+        routeReason.hidden = !routeReason.textContent;
         ttff.dataset.ms = String(Math.round(info.ttffMs));
         ttff.textContent = info.fellBack
           ? `First frame ${seconds(info.ttffMs)} (${seconds(info.totalMs)} with the direct attempt)`
