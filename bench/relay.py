@@ -28,11 +28,13 @@ per session given to ``CameraPeer``. ``--h264-source synthetic`` uses the agent'
 instead, ``OwnEncoder(SyntheticVideo(1280, 720, 15), H264, bitrate_kbps=2000,
 keyframe_interval=30)``; its static room encodes to ~0.02 Mbit/s whatever the target, which
 is why it is not the default (the per-viewer cost is per packet). Modes: ``fanout`` (as above,
-answering with the camera's profile and passing viewers' PLIs to the camera, like
-``relay/node.py``) and ``mediarelay`` (``subscribe(track, buffered=False)``: each viewer's
-sender encodes the newest decoded frame with aiortc's ``H264Encoder``, libx264 at its default
-preset; frames it has no time for are dropped, not queued without bound). ``mediarelay``
-runs only at ``--h264-mediarelay-viewers``: it cannot keep up beyond a few viewers.
+answering with the camera's profile and handing viewers' keyframe requests to the fan-out,
+like ``relay/node.py``; each scenario's line counts the PLIs it sent the camera and the
+viewer tracks' restarts) and ``mediarelay`` (``subscribe(track, buffered=False)``: each
+viewer's sender encodes the newest decoded frame with aiortc's ``H264Encoder``, libx264 at
+its default preset; frames it has no time for are dropped, not queued without bound).
+``mediarelay`` runs only at ``--h264-mediarelay-viewers``: it cannot keep up beyond a few
+viewers.
 
 **The H.264 viewers do not decode**: 32 viewers cannot each decode 720p H.264 on the 2-core
 machine, and the viewers share it with the relay. Each is a receive-only aiortc peer

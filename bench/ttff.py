@@ -20,12 +20,14 @@ same machine load; every session checks its selected candidate pair (host for P2
 for TURN). For the two H.264 cameras, one viewer then watches through the relay node
 (``mode="relay"``: the relay opens the camera's upstream) and keeps watching while
 ``--joiners`` sessions join the same camera through the relay one after another, each after
-a pause that lands it somewhere in the camera's GOP (the relay already has the upstream, so
-a joiner waits for ICE, DTLS and a keyframe: the relay asks the camera with a PLI; the
-synthetic camera's encoder makes one, the RTSP bridge restarts the relay's track from its
-cached GOP). Meanwhile the first viewer's decoded frames are sampled every 20 ms: its frame
-rate and longest gap over the joins say whether joiners disturb it. Host candidates are
-loopback only. Targets on loopback: p50 <= 300 ms peer to peer, <= 800 ms through TURN.
+a pause that lands it somewhere in the camera's GOP. The relay already has the upstream, so
+a joiner waits for signaling, ICE, DTLS and its first keyframe, which the relay's fan-out
+takes from the GOP it caches (``peer.gop``: the frames since the latest keyframe, paced out
+over at most 250 ms), asking the camera (PLI) only when it has none. Meanwhile the first
+viewer's decoded frames are sampled every 20 ms: its frame rate and longest gap over the
+joins say whether joiners disturb it. Host candidates are loopback only. Targets on
+loopback: p50 <= 300 ms peer to peer, <= 800 ms through TURN; none for the late joiner
+(tests/e2e/test_relay.py bounds one at 1 s).
 """
 
 import argparse
