@@ -58,8 +58,8 @@ import itertools
 import logging
 import queue
 import time
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Literal
 
 from aiortc import RTCRtpReceiver, RTCRtpSender
 from aiortc.jitterbuffer import JitterFrame
@@ -124,6 +124,12 @@ class Fanout:
     Counters: :attr:`frames_received` and :attr:`keyframes_received` (encoded frames from the
     upstream, each received once whatever the number of viewers), :attr:`keyframe_requests`
     (PLIs sent to the camera).
+
+    ``add_listener(callback)`` hands every forwarded packet to ``callback(packet, keyframe)``
+    too (event clips, :mod:`relay.clips`: a :class:`relay.clips.PreRoll` per analysed camera
+    holds at least its last 5 s from a keyframe, for a clip's pre-roll; the fan-out's own
+    :class:`peer.gop.Gop` holds only the current GOP, to start a joining viewer at once).
+    :attr:`codec` is the upstream's codec.
     """
 
     def __init__(self, device_id: str) -> None:
@@ -139,6 +145,8 @@ class Fanout:
         self._last_pts = -UPSTREAM_GAP_PTS
         self._asked_at: float | None = None
         self._other_codec_logged = False
+        self._codec: Literal["h264", "vp8"] | None = None
+        self._listeners: list[list[Callable[[Packet[Any], bool], None]]] = []
         self._parameter_sets = ParameterSets()
         self._gop = Gop()
         self._decoded = 0
@@ -152,6 +160,25 @@ class Fanout:
     def viewers(self) -> int:
         """The number of subscribed viewer tracks."""
         return len(self._tracks)
+
+    @property
+    def codec(self) -> Literal["h264", "vp8"] | None:
+        """The codec of the packets forwarded last, ``"h264"`` or ``"vp8"``; ``None`` before."""
+        return self._codec
+
+    def add_listener(self, callback: Callable[["Packet[Any]", bool], None]) -> Callable[[], None]:
+        """Call ``callback(packet, keyframe)`` on the event loop with every packet forwarded
+        (the viewers' very objects: read-only; H.264 keyframes with SPS/PPS ahead). It must
+        be quick; its exceptions are logged and never break the receive path. Returns the
+        function that removes it (idempotent)."""
+        entry = [callback]  # its own identity: the same callback may listen twice
+        self._listeners.append(entry)
+
+        def remove() -> None:
+            if entry in self._listeners:
+                self._listeners.remove(entry)
+
+        return remove
 
     @property
     def latest_frame(self) -> VideoFrame | None:
@@ -273,7 +300,9 @@ class Fanout:
         mime = codec.mimeType.lower()
         if mime == VP8:
             keyframe = is_vp8_keyframe(data)
+            self._codec = "vp8"
         elif mime == H264:
+            self._codec = "h264"
             data = self._parameter_sets.complete(data)
             keyframe = is_h264_keyframe(data)
         else:
@@ -295,6 +324,11 @@ class Fanout:
             self._asked_at = None
         for track in self._tracks:
             track._push(packet, keyframe)
+        for (listener,) in list(self._listeners):
+            try:
+                listener(packet, keyframe)
+            except Exception:  # a listener never breaks the receive path
+                logger.exception("Fanout(%s) packet listener failed", self.device_id)
         if not keyframe and any(track._wants_keyframe for track in self._tracks):
             self.request_keyframe()  # a no-op while a recent request is pending
 
