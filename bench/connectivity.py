@@ -25,9 +25,11 @@ fully-random``) and ``udp_blocked`` (the router drops UDP: TURN over TCP). A cam
    the packets it forwards each way (nftables ``numgen random``) and a delay line adding
    ``--rtt-ms`` / 2 each way between it and the public segment; ``--impaired-sessions``
    sessions to the EIM camera (hole punching) and to the symmetric one (TURN), each watched
-   for ``--hold-s``: frames decoded per second and the longest time without a new frame.
-   Targets: TTFF <= 3 s, and the video keeps playing (>= 10 fps over the hold, no gap
-   over 1 s).
+   for ``--hold-s``: frames decoded per second, the longest time without a new frame, how
+   much further behind the camera the picture was at the end of the hold than at its start,
+   and what the viewer's loss repair did (packets lost, asked for again after an unanswered
+   NACK, and PLIs sent; ``device_sim.viewer_peer.ReceiverRepair``). Targets: TTFF <= 3 s,
+   and the video keeps playing (>= 10 fps over the hold, no gap over 1 s).
 """
 
 import argparse
@@ -166,15 +168,18 @@ def impaired(
         f"{args.impaired_sessions} sessions per camera, each watched {args.hold_s:g} s\n"
     )
     print(
-        "| camera | path | pair (viewer: local -> remote) | TTFF each session | connected "
-        "| fps over the hold (min) | longest gap | verdict |"
+        "| camera | path | pair (viewer: local -> remote) | TTFF each session (of it: ICE+DTLS) "
+        "| connected | fps over the hold (min) | longest gap | fell behind (max) "
+        "| lost / asked again / PLIs | verdict |"
     )
-    print("|---|---|---|---|---:|---:|---:|---|")
+    print("|---|---|---|---|---:|---:|---:|---:|---|---|")
     for camera_nat in (Nat.EIM, Nat.SYMMETRIC):
         cell = Cell(camera_nat, "eim (impaired)")
         watch(agent, cameras[camera_nat], cell, args.impaired_sessions, args.hold_s)
         fps = [s["frames"] / args.hold_s for s in cell.ok]
         gaps = [int(s["max_gap_ms"]) for s in cell.ok]
+        behind = [int(s["behind_ms"]) for s in cell.ok if s.get("behind_ms") is not None]
+        repairs = [s["repair"] for s in cell.ok if s.get("repair")]
         ttffs = cell.ttffs()
         verdict = (
             len(cell.ok) == args.impaired_sessions
@@ -182,11 +187,16 @@ def impaired(
             and min(fps) >= IMPAIRED_MIN_FPS
             and max(gaps) <= IMPAIRED_MAX_GAP_MS
         )
+        sessions = ", ".join(f"{s['ttff_ms']:.0f} ({s.get('ice_ms') or '?'})" for s in cell.ok)
+        repaired = " / ".join(
+            str(sum(r[k] for r in repairs)) for k in ("lost", "renacked", "keyframe_requests")
+        )
         print(
             f"| {camera_nat} | {cell.path()} | {cell.most(pair_text) or '-'} "
-            f"| {', '.join(f'{t:.0f}' for t in ttffs)} | {len(cell.ok)}/{args.impaired_sessions} "
+            f"| {sessions} | {len(cell.ok)}/{args.impaired_sessions} "
             f"| {statistics.mean(fps) if fps else 0:.1f} ({min(fps) if fps else 0:.1f}) "
-            f"| {max(gaps) if gaps else 0} ms | {'PASS' if verdict else 'MISS'} |",
+            f"| {max(gaps) if gaps else 0} ms | {max(behind) if behind else '-'} ms "
+            f"| {repaired if repairs else '-'} | {'PASS' if verdict else 'MISS'} |",
             flush=True,
         )
     home.set_loss(0)

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from beanie import init_beanie
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -26,6 +27,11 @@ from cloud.db import Database
 from cloud.devices import routes as device_routes
 from cloud.events import routes as event_routes
 from cloud.http import EXCEPTION_HANDLERS, Endpoint, RequestContextMiddleware, routes
+from cloud.media import routes as media_routes
+from cloud.media.models import Media
+from cloud.media.retention import Retention
+from cloud.media.store import GridFSMediaStore
+from cloud.media.tokens import ContentTokens
 from cloud.onboarding import routes as onboarding_routes
 from cloud.relays import routes as relay_routes
 from cloud.settings import Settings
@@ -52,6 +58,7 @@ ENDPOINTS: list[Endpoint] = [
     *signaling_routes.ENDPOINTS,
     *event_routes.ENDPOINTS,
     *relay_routes.ENDPOINTS,
+    *media_routes.ENDPOINTS,
 ]
 
 
@@ -118,6 +125,16 @@ def create_app(settings: Settings) -> Starlette:
             )
             signaling = Signaling(settings, bus, access_tokens, secrets.token_hex(4))
             await signaling.start()
+            # Media (cloud/media): its documents, the GridFS bucket, signed URLs, the sweeper.
+            assert database.client is not None
+            media_db = database.client[settings.database_name]
+            await init_beanie(database=media_db, document_models=[Media])
+            app.state.media_store = GridFSMediaStore(media_db)
+            app.state.content_tokens = ContentTokens(
+                settings.resolved_media_url_secret(), settings.media_url_ttl_s
+            )
+            app.state.media_retention = retention = Retention(app.state.media_store, settings)
+            retention.start()
             app.state.context = Context(
                 settings=settings,
                 database=database,
@@ -131,6 +148,7 @@ def create_app(settings: Settings) -> Starlette:
             try:
                 yield
             finally:
+                await retention.stop()
                 await signaling.stop()
                 await bus.close()
         log.info("cloud stopped")

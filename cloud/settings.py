@@ -4,6 +4,7 @@ Names are docs/design.md's. Development defaults let ``make run`` work with noth
 production (``ENVIRONMENT=production``) refuses to start on a default or missing secret.
 """
 
+import hmac
 import os
 import secrets
 from collections.abc import Mapping
@@ -68,6 +69,14 @@ class Settings:
     ice_per_s: int = 20
     viewers_per_camera: int = 10
     embedded_db_cache: str = "256M"
+    # Media (cloud/media/): defaults per owner; a user's own fields override the first two.
+    media_retention_days: int = 30
+    media_quota_bytes: int = 10 * 1024**3
+    media_clip_max_bytes: int = 512 * 1024**2
+    media_upload_max_bytes: int = 2 * 1024**3
+    media_sweep_interval_s: int = 300
+    media_url_ttl_s: int = 300
+    media_url_secret: str = field(default="", repr=False)
 
     @property
     def production(self) -> bool:
@@ -114,6 +123,13 @@ class Settings:
             sdp_per_s=_int(env, "SDP_PER_S", cls.sdp_per_s),
             ice_per_s=_int(env, "ICE_PER_S", cls.ice_per_s),
             viewers_per_camera=_int(env, "VIEWERS_PER_CAMERA", cls.viewers_per_camera),
+            media_retention_days=_int(env, "MEDIA_RETENTION_DAYS", cls.media_retention_days),
+            media_quota_bytes=_int(env, "MEDIA_QUOTA_BYTES", cls.media_quota_bytes),
+            media_clip_max_bytes=_int(env, "MEDIA_CLIP_MAX_BYTES", cls.media_clip_max_bytes),
+            media_upload_max_bytes=_int(env, "MEDIA_UPLOAD_MAX_BYTES", cls.media_upload_max_bytes),
+            media_sweep_interval_s=_int(env, "MEDIA_SWEEP_INTERVAL_S", cls.media_sweep_interval_s),
+            media_url_ttl_s=_int(env, "MEDIA_URL_TTL_S", cls.media_url_ttl_s),
+            media_url_secret=env.get("MEDIA_URL_SECRET", ""),
         )
         settings.validate()
         return settings
@@ -131,6 +147,16 @@ class Settings:
             raise SettingsError("PRESENCE_TTL_S must be between 3 and 600 seconds")
         if min(self.sdp_per_s, self.ice_per_s, self.viewers_per_camera) < 1:
             raise SettingsError("SDP_PER_S, ICE_PER_S and VIEWERS_PER_CAMERA must be at least 1")
+        if not 1 <= self.media_retention_days <= 3650:
+            raise SettingsError("MEDIA_RETENTION_DAYS must be between 1 and 3650")
+        if min(self.media_quota_bytes, self.media_clip_max_bytes, self.media_upload_max_bytes) < 1:
+            raise SettingsError(
+                "MEDIA_QUOTA_BYTES, MEDIA_CLIP_MAX_BYTES and MEDIA_UPLOAD_MAX_BYTES must be > 0"
+            )
+        if not 1 <= self.media_sweep_interval_s <= 86_400:
+            raise SettingsError("MEDIA_SWEEP_INTERVAL_S must be between 1 and 86400 seconds")
+        if not 10 <= self.media_url_ttl_s <= 3600:
+            raise SettingsError("MEDIA_URL_TTL_S must be between 10 and 3600 seconds")
         if self.production:
             if len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
                 raise SettingsError(
@@ -140,6 +166,13 @@ class Settings:
                 raise SettingsError("MONGODB_URL is required in production")
             if not self.public_url.startswith("https://"):
                 raise SettingsError("PUBLIC_URL must be https:// in production")
+
+    def resolved_media_url_secret(self) -> bytes:
+        """The HMAC key of signed media URLs: MEDIA_URL_SECRET, else derived from the JWT
+        secret (a key of its own, so a media token can never pass as an access token)."""
+        if self.media_url_secret:
+            return self.media_url_secret.encode()
+        return hmac.new(self.resolved_jwt_secret().encode(), b"media-url", "sha256").digest()
 
     def resolved_jwt_secret(self) -> str:
         """The JWT secret; in development, generated once and kept in ``DATA_DIR``."""

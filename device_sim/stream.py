@@ -184,8 +184,9 @@ class EncodedTrack(GopTrack):
 
     def request_keyframe(self) -> None:
         if self.readyState == "live" and self.stream.make_keyframe is not None:
-            self.restarts += 1
-            self.stream.make_keyframe()
+            if self._answer_request():  # at most one per KEYFRAME_REQUEST_INTERVAL_S
+                self.restarts += 1
+                self.stream.make_keyframe()
         else:
             super().request_keyframe()
 

@@ -12,11 +12,19 @@ the GOP and shows the newest picture instead of replaying seconds of the past.
 They are paced (:class:`Pacing`): sent at once, a 2 s GOP at 2 Mbit/s (~500 RTP packets)
 overflowed the receiver's socket buffer even on loopback, and the lost packets were older
 than aiortc's retransmission history, so the picture stayed broken until the next keyframe.
+
+Keyframe requests are answered at most once per :data:`KEYFRAME_REQUEST_INTERVAL_S`, as
+libwebrtc's sender does (300 ms): a decoder that lost its reference asks again for every
+frame it cannot decode until the keyframe reaches it, a round trip later. aiortc's receiver
+sends a PLI per failed frame: 8 within 60 ms when a session's first packet was lost on a
+5 % loss link (tests/peer/test_lossy_link.py's setting), and each one restarted the whole
+GOP catch-up (or, from the agent's encoder, made another keyframe for every session).
 """
 
 import asyncio
 import fractions
 import logging
+import time
 from typing import Any
 
 from aiortc.mediastreams import VIDEO_CLOCK_RATE, MediaStreamError, MediaStreamTrack
@@ -29,6 +37,7 @@ MAX_GOP_FRAMES = 600  # 40 s at 15 fps: a stream without keyframes for longer is
 CATCH_UP_S = 0.25  # a GOP is paced out over at most this long
 CATCH_UP_GAP_S = 0.008  # and at most this between two of its frames
 POLL_S = 1.0  # the longest a track's wait goes without re-checking that it is live
+KEYFRAME_REQUEST_INTERVAL_S = 0.3  # requests sooner after an answered one are ignored
 
 
 class Gop:
@@ -100,7 +109,9 @@ class GopTrack(MediaStreamTrack):
     calls :meth:`_push` with every frame (shared with every other viewer: read-only) and
     :meth:`_restart_at_keyframe` when it starts over. Stopping the track (aiortc does when
     the connection closes) ends :meth:`recv` and calls :meth:`_left`. :attr:`packets` counts
-    what the sender took, :attr:`restarts` the times the track started over.
+    what the sender took, :attr:`restarts` the times the track started over,
+    :attr:`ignored_requests` the keyframe requests that came within
+    :data:`KEYFRAME_REQUEST_INTERVAL_S` of an answered one (the module docstring says why).
     """
 
     kind = "video"
@@ -110,6 +121,8 @@ class GopTrack(MediaStreamTrack):
         self.name = name
         self.packets = 0
         self.restarts = 0
+        self.ignored_requests = 0
+        self._answered_at: float | None = None  # the last keyframe request answered
         self._gop = gop
         self._queue_frames = queue_frames
         # bounded by _push (queue_frames), not by the queue, so a full queue is a decision
@@ -146,7 +159,7 @@ class GopTrack(MediaStreamTrack):
 
     def request_keyframe(self) -> None:
         """The viewer lost its reference (PLI/FIR): start over (see the class docstring)."""
-        if self.readyState == "live":
+        if self.readyState == "live" and self._answer_request():
             self.restarts += 1
             self._start()
 
@@ -178,6 +191,17 @@ class GopTrack(MediaStreamTrack):
         self._needs_keyframe = True
 
     # for subclasses
+
+    def _answer_request(self) -> bool:
+        """Whether to answer a keyframe request now: not within
+        :data:`KEYFRAME_REQUEST_INTERVAL_S` of the last one answered, whose keyframe is on its
+        way (counted in :attr:`ignored_requests`)."""
+        now = time.monotonic()
+        if self._answered_at is not None and now - self._answered_at < KEYFRAME_REQUEST_INTERVAL_S:
+            self.ignored_requests += 1
+            return False
+        self._answered_at = now
+        return True
 
     def _no_gop(self) -> None:
         """Nothing is cached to start from: e.g. ask the source for a keyframe."""

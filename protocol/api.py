@@ -266,3 +266,86 @@ class Health(Response):
 class Readiness(Response):
     status: Literal["ok", "unavailable"]
     checks: dict[str, bool]
+
+
+# media (docs/protocol.md, "Media") -------------------------------------------------------
+
+MediaKind = Literal["clip", "recording", "snapshot", "upload"]
+MediaState = Literal["recording", "ready", "failed"]
+UploadAnalysisState = Literal["pending", "analysing", "analysed", "failed"]
+
+
+class MediaOut(Response):
+    """A clip, recording, snapshot or uploaded video. ``state``: ``recording`` while its
+    content still grows (a clip during its event), ``ready`` when complete, ``failed``
+    (``error`` says why). Uploads also carry ``analysis`` and ``progress``."""
+
+    id: ObjectIdStr
+    device_id: ObjectIdStr
+    kind: MediaKind
+    content_type: str
+    size: int = Field(ge=0, description="Bytes of content stored now")
+    state: MediaState
+    created_at: datetime
+    expires_at: datetime
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    duration_s: float | None = None
+    thread_id: str | None = Field(default=None, description="The event thread of a clip")
+    filename: str | None = Field(default=None, description="An upload's file name")
+    error: str | None = None
+    analysis: UploadAnalysisState | None = Field(
+        default=None, description="Uploads: where the relay's analysis of the file stands"
+    )
+    progress: float | None = Field(default=None, ge=0.0, le=1.0)
+    content_url: str | None = Field(
+        default=None,
+        description="GET it for the bytes without an Authorization header (a <video src>): "
+        "it carries a token for you that expires in minutes. None while there is no content.",
+    )
+
+
+class MediaList(Response):
+    media: list[MediaOut]
+    next_cursor: str | None = Field(description="Pass as cursor= for the next (older) page")
+
+
+class MediaQuery(Request):
+    kind: MediaKind | None = None
+    limit: int = Field(default=50, ge=1, le=100)
+    cursor: str | None = Field(default=None, max_length=200)
+
+
+class MediaContentQuery(Request):
+    token: str | None = Field(
+        default=None, max_length=200, description="From content_url; replaces Authorization"
+    )
+
+
+class ClipUploadQuery(Request):
+    """``PUT /relays/devices/{id}/clips/{thread_id}``: the body is the whole clip so far."""
+
+    started_at: Rfc3339 | None = Field(default=None, description="When the clip starts")
+    final: bool = Field(default=False, description="True on the last upload of the clip")
+    duration_s: float | None = Field(default=None, ge=0.0, le=86_400.0)
+
+
+class UploadQuery(Request):
+    filename: str | None = Field(
+        default=None, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f/\\]+$"
+    )
+
+
+class UploadProgress(Request):
+    """A relay node's report on an uploaded video it analyses."""
+
+    analysis: UploadAnalysisState
+    progress: float | None = Field(default=None, ge=0.0, le=1.0)
+    error: str | None = Field(default=None, max_length=500)
+
+
+class MediaUsage(Response):
+    used_bytes: int
+    quota_bytes: int
+    retention_days: int
+    by_kind: dict[str, int] = Field(description="Bytes per media kind")

@@ -29,12 +29,16 @@ class ErrorCode(StrEnum):
     TICKET_USED = "ticket_used"
     DEVICE_BOUND = "device_bound_to_another_owner"
     ALREADY_SHARED = "already_shared"
+    CLIP_FINISHED = "clip_finished"
     # 410
     TICKET_EXPIRED = "ticket_expired"
     # 413
     TOO_LARGE = "payload_too_large"
+    MEDIA_QUOTA_EXCEEDED = "media_quota_exceeded"
     # 415
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    # 416
+    RANGE_NOT_SATISFIABLE = "range_not_satisfiable"
     # 422
     INVALID_REQUEST = "invalid_request"
     WEAK_PASSWORD = "weak_password"

@@ -35,6 +35,7 @@ class Event(BaseModel):
     ended_at: datetime | None = None
     snapshot_url: str | None = None
     acknowledged: bool = False
+    clip_id: str | None = Field(default=None, description="The thread's clip: GET /media/{id}")
 
 
 class EventReport(BaseModel):

@@ -1035,35 +1035,60 @@ async def _viewer(cloud: str, email: str, password: str, address: str) -> None:
                 turn=turn_transport(watch.peer),
                 gathered=local_candidates(watch.peer),
             )
-            frames, gap = await _hold(watch, float(command.get("hold_s", 0)))
-            result.update(frames=frames, max_gap_ms=round(gap * 1000))
+            result["ice_ms"] = (watch.stats or {}).get("ice_ms")  # offer -> ICE and DTLS up
+            result.update(await _hold(watch, float(command.get("hold_s", 0))))
+            result["repair"] = _repair(watch.peer)
             result["ended"] = watch.ended.result() if watch.ended.done() else None
             await watch.end()
             report(result)
 
 
-async def _hold(watch: Any, seconds: float) -> tuple[int, float]:
-    """Watch for ``seconds``: frames decoded meanwhile and the longest time without one."""
+async def _hold(watch: Any, seconds: float) -> dict[str, Any]:
+    """Watch for ``seconds``: ``frames`` decoded meanwhile, ``max_gap_ms`` (the longest time
+    without one) and ``behind_ms``: how much further behind the camera the picture is at the
+    end than at the start (wall time less the media time the decoded frames advanced, the
+    least over the last second; about 0 while the viewer keeps up)."""
     if seconds <= 0:
-        return watch.frames, 0.0
+        return {"frames": watch.frames, "max_gap_ms": 0, "behind_ms": 0}
     start = last = time.monotonic()
     count = watch.frames
     first = count
     gap = 0.0
+    origin = watch.peer.last_frame
+    behind = float("inf")
     while (now := time.monotonic()) - start < seconds and not watch.ended.done():
         if watch.frames != count:
             count, last = watch.frames, now
         gap = max(gap, now - last)
+        latest = watch.peer.last_frame
+        if now - start > seconds - 1 and origin is not None and latest is not None:
+            media_s = ((latest.pts or 0) - (origin.pts or 0)) / 90000
+            behind = min(behind, now - start - media_s)
         await asyncio.sleep(0.02)
-    return count - first, gap
+    return {
+        "frames": count - first,
+        "max_gap_ms": round(gap * 1000),
+        "behind_ms": round(behind * 1000) if behind != float("inf") else None,
+    }
+
+
+def _repair(peer: Any) -> dict[str, int] | None:
+    """What the viewer's loss repair did (``device_sim.viewer_peer.ReceiverRepair``)."""
+    repair = peer.repair
+    if repair is None:
+        return None
+    names = ("lost", "repaired", "renacked", "drained", "keyframe_requests")
+    return {name: int(getattr(repair, name)) for name in names}
 
 
 def run_viewer(cloud: str, email: str, password: str, address: str) -> None:
     """In a home: sign in, then for each JSON command line on stdin (``device_id``, ``mode``,
     ``hold_s``, ``timeout_s``) watch and print one ``NATLAB {...}`` line: ``ok``, ``route``,
-    ``ttff_ms``, ``pair`` (local and remote candidate: type, address, port, protocol),
-    ``turn`` (:func:`turn_transport`), ``gathered``, and after ``hold_s`` of watching
-    ``frames`` and ``max_gap_ms``; or ``error`` and ``reason``."""
+    ``ttff_ms``, ``ice_ms`` (from the offer to ICE and DTLS connected), ``pair`` (local and
+    remote candidate: type, address, port, protocol), ``turn`` (:func:`turn_transport`),
+    ``gathered``, and after ``hold_s`` of watching ``frames``, ``max_gap_ms``, ``behind_ms``
+    (:func:`_hold`) and ``repair`` (what the viewer's loss repair did); or ``error`` and
+    ``reason``."""
     asyncio.run(_viewer(cloud, email, password, address))
 
 

@@ -11,6 +11,9 @@ class User(Document):
     email: Annotated[str, Indexed(unique=True)]
     password_hash: str
     created_at: datetime
+    # Media limits of this owner; None: the defaults in Settings (cloud/media/catalog.py).
+    media_retention_days: int | None = None
+    media_quota_bytes: int | None = None
 
     class Settings:
         name = "users"

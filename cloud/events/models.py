@@ -26,6 +26,7 @@ class EventThread(Document):
     updated_at: datetime
     acknowledged: bool = False
     has_snapshot: bool = False
+    clip_id: PydanticObjectId | None = None  # its Media (cloud/media), set by the clip upload
     expires_at: datetime
 
     class Settings:

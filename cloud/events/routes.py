@@ -47,6 +47,7 @@ def event_out(doc: EventThread) -> Event:
         ended_at=doc.ended_at,
         snapshot_url=SNAPSHOT_PATH.format(doc.id) if doc.has_snapshot else None,
         acknowledged=doc.acknowledged,
+        clip_id=str(doc.clip_id) if doc.clip_id else None,
     )
 
 

@@ -1,13 +1,15 @@
 """The cached GOP a new viewer starts from, and its pacing."""
 
+import asyncio
 import time
+from typing import Any
 
 from av import Packet
 
-from peer.gop import CATCH_UP_S, Gop, Pacing
+from peer.gop import CATCH_UP_S, KEYFRAME_REQUEST_INTERVAL_S, Gop, GopTrack, Pacing
 
 
-def packet(pts: int) -> "Packet":
+def packet(pts: int) -> "Packet[Any]":
     p = Packet(bytes([pts % 256]))
     p.pts = pts
     return p
@@ -47,3 +49,24 @@ async def test_pacing_sends_the_first_frame_at_once_and_the_rest_within_the_boun
     assert time.monotonic() - started < CATCH_UP_S + 0.2
     assert pacing.left == 0
     await pacing.wait()  # past the cached frames: no wait
+
+
+async def test_a_burst_of_keyframe_requests_restarts_a_track_once() -> None:
+    """A decoder asks again for every frame it cannot decode until the keyframe comes (aiortc:
+    a PLI per failed frame, 8 in 60 ms): one restart answers them, not one each."""
+    gop = Gop()
+    for n in range(30):
+        gop.add(packet(n * 6000), keyframe=n == 0)
+    track = GopTrack(gop, "viewer", queue_frames=30)
+    await track.recv()  # the sender starts it: the GOP's keyframe first
+
+    for _ in range(8):
+        track.request_keyframe()
+
+    assert (track.restarts, track.ignored_requests) == (1, 7)
+    first = await track.recv()
+    assert bytes(first) == bytes(gop.catch_up(-1)[0])  # the restart sends the keyframe first
+    await asyncio.sleep(KEYFRAME_REQUEST_INTERVAL_S)
+    track.request_keyframe()  # a later loss is answered again
+    assert track.restarts == 2
+    track.stop()

@@ -1,0 +1,135 @@
+"""The media sweeper: expired items go, and owners over their quota lose their oldest
+clips and recordings.
+
+One task per cloud process, owned by ``create_app``'s lifespan (``start`` / ``stop``),
+runs :meth:`Retention.sweep` every ``MEDIA_SWEEP_INTERVAL_S``; each pass is bounded by a
+timeout, and an error is logged and the next pass tries again. Several instances may sweep
+at once: removal is idempotent (``cloud.media.catalog.remove``).
+
+Rules of a pass:
+
+1. Every item whose ``expires_at`` has passed is removed, file (``media.files`` and
+   ``media.chunks``) and document.
+2. Per owner, bytes of unexpired items are summed; an owner over their quota loses
+   finished clips and recordings, oldest first, until under. Uploads and snapshots are
+   kept (an upload over quota is refused when it is made, ``media_quota_exceeded``), and
+   so is a clip still recording (its relay is writing it).
+
+Trade-off: the quota pass sums the whole collection with one aggregation per pass, simple
+and always right; past a few hundred thousand items a running total per owner would be
+cheaper.
+"""
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from beanie import PydanticObjectId
+
+from cloud.auth.models import User
+from cloud.media.catalog import limits_of, live, remove
+from cloud.media.models import Media
+from cloud.media.store import MediaStore
+from cloud.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BATCH = 500  # items removed per query, so one pass never holds a huge list
+TRIMMED_KINDS = ("clip", "recording")
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    expired: int
+    over_quota: int
+
+
+class Retention:
+    def __init__(self, store: MediaStore, settings: Settings) -> None:
+        self._store = store
+        self._settings = settings
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="media-retention")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        interval = self._settings.media_sweep_interval_s
+        while True:
+            try:
+                async with asyncio.timeout(max(60, interval)):
+                    result = await self.sweep()
+                if result.expired or result.over_quota:
+                    log.info(
+                        "media sweep: %d expired, %d over quota removed",
+                        result.expired,
+                        result.over_quota,
+                    )
+            except Exception:
+                log.exception("media sweep failed; trying again in %d s", interval)
+            await asyncio.sleep(interval)
+
+    async def sweep(self) -> SweepResult:
+        return SweepResult(await self.remove_expired(), await self.enforce_quotas())
+
+    async def remove_expired(self) -> int:
+        removed = 0
+        while True:
+            batch = (
+                await Media.find({"expires_at": {"$lte": datetime.now(UTC)}}).limit(BATCH).to_list()
+            )
+            for doc in batch:
+                removed += await remove(self._store, doc)
+            if len(batch) < BATCH:
+                return removed
+
+    async def enforce_quotas(self) -> int:
+        pipeline: list[dict[str, Any]] = [
+            {"$match": live()},
+            {"$group": {"_id": "$owner_id", "bytes": {"$sum": "$size"}}},
+        ]
+        rows = await (await Media.get_pymongo_collection().aggregate(pipeline)).to_list()
+        used = {PydanticObjectId(row["_id"]): int(row["bytes"]) for row in rows}
+        owners = {u.id: u for u in await User.find({"_id": {"$in": list(used)}}).to_list() if u.id}
+        removed = 0
+        for owner_id, total in used.items():
+            quota = limits_of(owners.get(owner_id), self._settings).quota_bytes
+            if total > quota:
+                removed += await self._trim(owner_id, total, quota)
+        return removed
+
+    async def _trim(self, owner_id: PydanticObjectId, total: int, quota: int) -> int:
+        removed = 0
+        condition: dict[str, Any] = {
+            "owner_id": owner_id,
+            "kind": {"$in": list(TRIMMED_KINDS)},
+            "state": {"$ne": "recording"},
+        }
+        while total > quota:
+            batch = (
+                await Media.find({**condition, **live()})
+                .sort("+created_at", "+_id")
+                .limit(BATCH)
+                .to_list()
+            )
+            if not batch:
+                log.warning("owner %s stays over quota: %d of %d bytes", owner_id, total, quota)
+                break
+            for doc in batch:
+                if total <= quota:
+                    break
+                if await remove(self._store, doc):
+                    removed += 1
+                total -= doc.size  # removed by us or by another sweeper: gone either way
+        return removed
