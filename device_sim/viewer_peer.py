@@ -37,6 +37,8 @@ from device_sim.rtc import InvalidDescription, Peer, PeerEnd, PeerEndedError
 from peer.ice import IceServerJson
 from protocol.messages import EndReason
 
+logger = logging.getLogger(__name__)
+
 NACK_RETRY_FIRST_S = 0.1  # before a repair was timed (libwebrtc's default round trip, too)
 NACK_RETRY_MIN_S = 0.02
 NACK_RETRY_MAX_S = 1.0
@@ -75,7 +77,10 @@ class _RetryingNackGenerator(NackGenerator):
     def add(self, packet: RtpPacket) -> bool:
         filled = packet.sequence_number in self.missing
         missed = super().add(packet)
-        self._repair._saw(packet, filled, missed)
+        try:
+            self._repair._saw(packet, filled, missed)
+        except Exception:  # never break aiortc's receive path
+            logger.exception("ReceiverRepair failed on packet %d", packet.sequence_number)
         return missed
 
 
@@ -139,7 +144,10 @@ class ReceiverRepair:
 
         async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
             await handle(packet, arrival_time_ms)
-            self._drain(packet)
+            try:
+                self._drain(packet)
+            except Exception:  # never break aiortc's receive path
+                logger.exception("ReceiverRepair failed to drain the jitter buffer")
 
         async def send_rtcp_pli(media_ssrc: int) -> None:
             self.keyframe_requests += 1
@@ -181,7 +189,10 @@ class ReceiverRepair:
                     # As TCP's timer: doubled until a first NACK's answer is timed again (it may
                     # have fired too early, and Karn's rule times no packet asked for twice).
                     self._backoff = min(self._backoff * 2, NACK_RETRY_MAX_S / NACK_RETRY_MIN_S)
-                    await self._receiver._send_rtcp_nack(self._ssrc, due)
+                    try:
+                        await self._receiver._send_rtcp_nack(self._ssrc, due)
+                    except Exception:  # aiortc's own send drops ConnectionError
+                        logger.exception("ReceiverRepair could not send a NACK")
                     continue
                 wait = min(a.last for a in pending) + retry_s - now
                 await asyncio.sleep(max(wait, 0.005))
