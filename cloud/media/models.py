@@ -59,4 +59,5 @@ class Media(Document):
             # Usage and the quota sweep (oldest first), per owner.
             IndexModel([("owner_id", ASCENDING), ("created_at", ASCENDING)]),
             IndexModel([("expires_at", ASCENDING)]),
+            IndexModel([("file_id", ASCENDING)]),  # the sweep's search for orphaned files
         ]

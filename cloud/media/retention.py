@@ -14,6 +14,9 @@ Rules of a pass:
    finished clips and recordings, oldest first, until under. Uploads and snapshots are
    kept (an upload over quota is refused when it is made, ``media_quota_exceeded``), and
    so is a clip still recording (its relay is writing it).
+3. Once an hour, leftovers of processes that died mid-write, older than
+   :data:`ORPHAN_AGE` (no write lasts that long): stored files no item points at (stored,
+   then the process died before the document was written) and chunks of unfinished files.
 
 Trade-off: the quota pass sums the whole collection with one aggregation per pass, simple
 and always right; past a few hundred thousand items a running total per owner would be
@@ -24,10 +27,11 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from beanie import PydanticObjectId
+from bson import ObjectId
 
 from cloud.auth.models import User
 from cloud.media.catalog import limits_of, live, remove
@@ -38,6 +42,8 @@ from cloud.settings import Settings
 log = logging.getLogger(__name__)
 
 BATCH = 500  # items removed per query, so one pass never holds a huge list
+ORPHAN_AGE = timedelta(days=1)
+ORPHAN_EVERY_S = 3600
 TRIMMED_KINDS = ("clip", "recording")
 
 
@@ -66,10 +72,13 @@ class Retention:
 
     async def _run(self) -> None:
         interval = self._settings.media_sweep_interval_s
+        passes = 0
         while True:
             try:
                 async with asyncio.timeout(max(60, interval)):
                     result = await self.sweep()
+                    if passes % max(1, ORPHAN_EVERY_S // interval) == 0:
+                        await self.collect_orphans()
                 if result.expired or result.over_quota:
                     log.info(
                         "media sweep: %d expired, %d over quota removed",
@@ -78,10 +87,36 @@ class Retention:
                     )
             except Exception:
                 log.exception("media sweep failed; trying again in %d s", interval)
+            passes += 1
             await asyncio.sleep(interval)
 
     async def sweep(self) -> SweepResult:
         return SweepResult(await self.remove_expired(), await self.enforce_quotas())
+
+    async def collect_orphans(self, before: datetime | None = None) -> int:
+        """Remove stored files no item points at and unfinished files, begun before
+        ``before`` (default: :data:`ORPHAN_AGE` ago); returns how many."""
+        cutoff = before or datetime.now(UTC) - ORPHAN_AGE
+        removed = await self._store.remove_unfinished(cutoff)
+        batch: list[ObjectId] = []
+        files = self._store.files_before(cutoff)
+        while True:
+            file_id = await anext(files, None)
+            if file_id is not None:
+                batch.append(file_id)
+            if batch and (file_id is None or len(batch) == BATCH):
+                referenced = {
+                    row["file_id"]
+                    async for row in Media.get_pymongo_collection().find(
+                        {"file_id": {"$in": batch}}, {"file_id": 1}
+                    )
+                }
+                for orphan in (f for f in batch if f not in referenced):
+                    removed += await self._store.delete(orphan)
+                    log.warning("media file %s belonged to no item: removed", orphan)
+                batch = []
+            if file_id is None:
+                return removed
 
     async def remove_expired(self) -> int:
         removed = 0

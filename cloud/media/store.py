@@ -12,6 +12,9 @@ The contract (``tests/cloud/media/test_store.py`` runs it on both implementation
 - ``delete(file_id)`` removes a file and all its chunks; ``False`` if there was none. A
   file deleted while being read ends that read early (its reader sees a short body and
   asks again).
+- ``files_before(t)`` lists the files whose ``put`` began before ``t``, and
+  ``remove_unfinished(t)`` removes what a ``put`` begun before ``t`` left when its process
+  died mid-way (it could not clean up): the sweeper's tools against leftovers of crashes.
 
 Files are immutable. Replacing content is: put a new file, point the document at it,
 delete the old one (``cloud/media/catalog.py``).
@@ -66,6 +69,10 @@ class MediaStore(Protocol):
     ) -> AsyncIterator[bytes]: ...
 
     async def delete(self, file_id: ObjectId) -> bool: ...
+
+    def files_before(self, before: datetime) -> AsyncIterator[ObjectId]: ...
+
+    async def remove_unfinished(self, before: datetime) -> int: ...
 
 
 class GridFSMediaStore:
@@ -171,6 +178,28 @@ class GridFSMediaStore:
             return False
         return True
 
+    async def files_before(self, before: datetime) -> AsyncIterator[ObjectId]:
+        # A file's id is made when its put begins (ObjectIds carry their creation time).
+        query = {"_id": {"$lt": ObjectId.from_datetime(before)}}
+        async for row in self._files.find(query, {"_id": 1}):
+            yield row["_id"]
+
+    async def remove_unfinished(self, before: datetime) -> int:
+        """Chunks with no ``files`` document, of puts begun before ``before``."""
+        query = {"n": 0, "files_id": {"$lt": ObjectId.from_datetime(before)}}
+        started = [row["files_id"] async for row in self._chunks.find(query, {"files_id": 1})]
+        removed = 0
+        for at in range(0, len(started), 500):
+            batch = started[at : at + 500]
+            finished = {
+                row["_id"] async for row in self._files.find({"_id": {"$in": batch}}, {"_id": 1})
+            }
+            unfinished = [file_id for file_id in batch if file_id not in finished]
+            if unfinished:
+                await self._chunks.delete_many({"files_id": {"$in": unfinished}})
+                removed += len(unfinished)
+        return removed
+
 
 class MemoryMediaStore:
     """The in-memory twin: files as lists of chunks, for tests and tools."""
@@ -212,3 +241,11 @@ class MemoryMediaStore:
 
     async def delete(self, file_id: ObjectId) -> bool:
         return self.files.pop(file_id, None) is not None
+
+    async def files_before(self, before: datetime) -> AsyncIterator[ObjectId]:
+        for file_id in list(self.files):
+            if file_id.generation_time < before:
+                yield file_id
+
+    async def remove_unfinished(self, before: datetime) -> int:
+        return 0  # a put here either completes or raises, and cleans up when it raises

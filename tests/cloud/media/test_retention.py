@@ -1,3 +1,4 @@
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -138,3 +139,41 @@ async def test_the_sweeper_runs_on_its_own_and_stops_with_its_owner(
     finally:
         await sweeper.stop()
     assert await Media.get(PydanticObjectId(item["id"])) is None
+
+
+async def test_files_no_item_points_at_and_unfinished_files_are_collected(
+    app: Starlette,
+    client: httpx.AsyncClient,
+    make_account: MakeAccount,
+    activate_device: ActivateDevice,
+) -> None:
+    owner = await make_account("owner")
+    device = await activate_device(owner)
+    item = (await upload(client, owner, device, video(1000))).json()
+    kept = await file_id_of(item["id"])
+    # What processes that died two days ago left: a file stored whose item was never
+    # written, and the chunks of a put cut off mid-way (no files document).
+    stored, cut_off = (
+        ObjectId.from_datetime(datetime.now(UTC) - timedelta(days=days)) for days in (2, 3)
+    )
+    await collection("media.files").insert_one(
+        {"_id": stored, "length": 1, "chunkSize": 255 * 1024, "filename": "x", "metadata": {}}
+    )
+    for files_id in (stored, cut_off):
+        await collection("media.chunks").insert_one({"files_id": files_id, "n": 0, "data": b"x"})
+
+    async def body() -> AsyncIterator[bytes]:
+        yield video(300_000)
+
+    recent = await app.state.media_store.put(body(), filename="in-flight")  # an item to be
+
+    retention: Retention = app.state.media_retention
+    assert await retention.collect_orphans() >= 2
+    assert await collection("media.files").count_documents({"_id": stored}) == 0
+    assert await chunk_count(stored) == 0
+    assert await chunk_count(cut_off) == 0
+    assert await chunk_count(recent.file_id) == 2  # younger than a day: left alone
+    assert await chunk_count(kept) == 1
+    content = await client.get(f"/api/v1/media/{item['id']}/content", headers=owner.headers)
+    assert content.status_code == 200
+    await app.state.media_store.delete(recent.file_id)

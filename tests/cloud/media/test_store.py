@@ -5,6 +5,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -171,6 +172,52 @@ async def test_gridfs_writes_chunks_as_they_arrive_not_the_whole_file_at_the_end
         # when the last one is.
         assert seen_while_sending == [(n, 0) for n in range(1, 7)]
         assert await database["media.files"].count_documents({"_id": stored.file_id}) == 1
+    finally:
+        await client.drop_database(database.name)
+        await client.close()
+
+
+async def test_files_before_lists_the_files_whose_put_began_before_a_time(
+    subject: Subject,
+) -> None:
+    a = await subject.store.put(pieces(b"a"), filename="a")
+    b = await subject.store.put(pieces(b"b"), filename="b")
+    later = datetime.now(UTC) + timedelta(seconds=2)  # ObjectIds count whole seconds
+    listed = [file_id async for file_id in subject.store.files_before(later)]
+    assert {a.file_id, b.file_id} <= set(listed)
+    earlier = datetime.now(UTC) - timedelta(hours=1)
+    assert [file_id async for file_id in subject.store.files_before(earlier)] == []
+
+
+async def test_removing_unfinished_files_keeps_every_finished_one(subject: Subject) -> None:
+    kept = await subject.store.put(pieces(os.urandom(2 * CHUNK)), filename="kept")
+    held = await subject.stored_bytes()
+    assert await subject.store.remove_unfinished(datetime.now(UTC) + timedelta(seconds=2)) == 0
+    assert await subject.stored_bytes() == held
+    assert len(await read_all(subject.store, kept.file_id)) == 2 * CHUNK
+
+
+async def test_gridfs_removes_the_chunks_a_dead_process_left_of_an_unfinished_file(
+    mongodb_url: str,
+) -> None:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url, tz_aware=True)
+    database = client["store_" + secrets.token_hex(4)]
+    store = GridFSMediaStore(database)
+    try:
+        finished = await store.put(pieces(os.urandom(CHUNK + 10)), filename="done")
+        old = ObjectId.from_datetime(datetime.now(UTC) - timedelta(days=2))
+        recent = ObjectId()
+        for files_id in (old, recent):  # what a process killed mid-put leaves: chunks only
+            await database["media.chunks"].insert_many(
+                [{"files_id": files_id, "n": n, "data": os.urandom(100)} for n in range(3)]
+            )
+        cutoff = datetime.now(UTC) - timedelta(days=1)
+        assert await store.remove_unfinished(cutoff) == 1
+        assert await database["media.chunks"].count_documents({"files_id": old}) == 0
+        assert await database["media.chunks"].count_documents({"files_id": recent}) == 3
+        assert await store.remove_unfinished(datetime.now(UTC) + timedelta(seconds=2)) == 1
+        assert await database["media.chunks"].count_documents({"files_id": recent}) == 0
+        assert await database["media.chunks"].count_documents({"files_id": finished.file_id}) == 2
     finally:
         await client.drop_database(database.name)
         await client.close()
