@@ -24,12 +24,14 @@ fully-random``) and ``udp_blocked`` (the router drops UDP: TURN over TCP). A cam
 2. Impairment (item 7): a viewer home behind an ``eim`` router that drops ``--loss`` % of
    the packets it forwards each way (nftables ``numgen random``) and a delay line adding
    ``--rtt-ms`` / 2 each way between it and the public segment; ``--impaired-sessions``
-   sessions to the EIM camera (hole punching) and to the symmetric one (TURN), each watched
-   for ``--hold-s``: frames decoded per second, the longest time without a new frame, how
-   much further behind the camera the picture was at the end of the hold than at its start,
-   and what the viewer's loss repair did (packets lost, asked for again after an unanswered
-   NACK, and PLIs sent; ``device_sim.viewer_peer.ReceiverRepair``). Targets: TTFF <= 3 s,
-   and the video keeps playing (>= 10 fps over the hold, no gap over 1 s).
+   sessions to the EIM camera (hole punching), to the symmetric one (TURN) and to the
+   symmetric one through the relay node (mode ``relay``: the relay's sender answers the
+   viewer's NACKs and PLIs), each watched for ``--hold-s``: frames decoded per second, the
+   longest time without a new frame, how much further behind the camera the picture was at
+   the end of the hold than at its start, and what the viewer's loss repair did (packets
+   lost, asked for again after an unanswered NACK, and PLIs sent;
+   ``device_sim.viewer_peer.ReceiverRepair``). Targets: TTFF <= 3 s, and the video keeps
+   playing (>= 10 fps over the hold, no gap over 1 s).
 """
 
 import argparse
@@ -115,11 +117,16 @@ def turn_text(cell: Cell) -> str:
 
 
 def watch(
-    agent: ViewerAgent, camera: Camera, cell: Cell, sessions: int, hold_s: float = 0.0
+    agent: ViewerAgent,
+    camera: Camera,
+    cell: Cell,
+    sessions: int,
+    hold_s: float = 0.0,
+    mode: str = "auto",
 ) -> None:
     for _ in range(sessions):
         before = len(camera.connected_pairs())
-        result = agent.watch(camera.device_id, mode="auto", hold_s=hold_s, timeout_s=30)
+        result = agent.watch(camera.device_id, mode=mode, hold_s=hold_s, timeout_s=30)
         cell.sessions.append(result)
         time.sleep(0.3)  # the camera logs its pair as it connects; let it flush
         cell.camera_pairs += camera.connected_pairs()[before:]
@@ -173,9 +180,9 @@ def impaired(
         "| lost / asked again / PLIs | verdict |"
     )
     print("|---|---|---|---|---:|---:|---:|---:|---|---|")
-    for camera_nat in (Nat.EIM, Nat.SYMMETRIC):
+    for camera_nat, mode in ((Nat.EIM, "auto"), (Nat.SYMMETRIC, "auto"), (Nat.SYMMETRIC, "relay")):
         cell = Cell(camera_nat, "eim (impaired)")
-        watch(agent, cameras[camera_nat], cell, args.impaired_sessions, args.hold_s)
+        watch(agent, cameras[camera_nat], cell, args.impaired_sessions, args.hold_s, mode)
         fps = [s["frames"] / args.hold_s for s in cell.ok]
         gaps = [int(s["max_gap_ms"]) for s in cell.ok]
         behind = [int(s["behind_ms"]) for s in cell.ok if s.get("behind_ms") is not None]
