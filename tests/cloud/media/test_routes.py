@@ -475,3 +475,28 @@ async def test_a_relay_reports_the_analysis_of_an_upload(
     assert (
         await client.get(f"/api/v1/uploads/{clip['id']}", headers=owner.headers)
     ).status_code == 404
+
+
+async def test_content_streams_through_a_real_server_in_ranges_as_a_player_asks(
+    ws_base: str,
+    client: httpx.AsyncClient,
+    make_account: MakeAccount,
+    activate_device: ActivateDevice,
+) -> None:
+    owner = await make_account("owner")
+    device = await activate_device(owner)
+    data = video(2 * 1024 * 1024)
+    item = (await upload(client, owner, device, data)).json()
+    url = item["content_url"]
+    async with httpx.AsyncClient(base_url=ws_base.replace("ws://", "http://")) as player:
+        whole = await player.get(url)
+        assert (whole.status_code, whole.content) == (200, data)
+        got, start = b"", 0
+        while start < len(data):
+            r = await player.get(url, headers={"Range": f"bytes={start}-{start + 700_000 - 1}"})
+            assert r.status_code == 206
+            got += r.content
+            start += len(r.content)
+        assert got == data
+        tail = await player.get(url, headers={"Range": "bytes=-1"})
+        assert (tail.status_code, tail.content) == (206, data[-1:])
