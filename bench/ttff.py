@@ -28,6 +28,27 @@ viewer's decoded frames are sampled every 20 ms: its frame rate and longest gap 
 joins say whether joiners disturb it. Host candidates are loopback only. Targets on
 loopback: p50 <= 300 ms peer to peer, <= 800 ms through TURN; none for the late joiner
 (tests/e2e/test_relay.py bounds one at 1 s).
+
+``--browser`` measures the browser app instead (``--sessions`` per route, default 20)::
+
+    scripts/hermetic .venv/bin/python bench/ttff.py --browser [--sessions 20] [--before REV]
+
+On the browser tests' network (``tests/web/network.py``: Chromium in a namespace of its
+own, a phone on its own network, joined to the cloud's by a veth; so it must run inside the
+loopback-only namespace of ``scripts/hermetic``), it starts SecantusDB, the cloud and a
+relay node on the veth address and one camera (``device_sim run``, H.264 320x240, host
+candidates ``127.0.0.1`` and the veth address: a camera on the phone's LAN). Debian's
+headless Chromium, with stock flags (mDNS host candidates), signs in to the app and, for
+each session, clicks "Watch" on the camera list (mode auto: the direct path) and, once that
+plays, "End" and then "Relay" (a session through the relay node, which keeps its upstream
+from the camera between viewers). Each measures from the click's event time to the first
+video frame composited for the new stream (``requestVideoFrameCallback``, hooked on the
+video element's ``srcObject`` by an init script), checks the route the page shows, and
+also reads the page's own time to first frame (from its ``session.request``). With
+``--before REV``, a second browser context gets ``cloud/web/static/js/live.js`` as it was at
+git revision REV (served through Playwright's request routing; the cloud is unchanged) and
+the two alternate session by session, so before and after see the same machine load.
+Target: p50 <= 300 ms on both routes.
 """
 
 import argparse
@@ -45,9 +66,11 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from pymongo import MongoClient
+from pymongo.collection import Collection
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -71,6 +94,42 @@ P2P, TURN, LATE = "peer to peer", "TURN (relay-only)", "relay node, late joiner"
 TARGETS = {P2P: 300.0, TURN: 800.0}
 ONLINE_TIMEOUT_S = 30.0
 GOLDEN = 0.618034  # join offsets spread evenly over a GOP
+BROWSER_TARGET_MS = 300.0
+CHROMIUM = "/usr/bin/chromium"
+# Stock Chromium: host candidates behind mDNS names, no loopback candidates (nothing in this
+# layout needs them: the phone reaches the camera and the relay on the veth address).
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# Click -> first composited frame of the stream set next on a <video>: the click's event time
+# and a requestVideoFrameCallback registered whenever a stream is attached.
+FIRST_FRAME_HOOK = """(() => {
+  const marks = (window.__ttff = { click: null, frame: null });
+  document.addEventListener("click", (event) => {
+    marks.click = event.timeStamp;
+    marks.frame = null;
+  }, true);
+  const property = Object.getOwnPropertyDescriptor(HTMLMediaElement.prototype, "srcObject");
+  Object.defineProperty(HTMLMediaElement.prototype, "srcObject", {
+    configurable: true,
+    enumerable: property.enumerable,
+    get() { return property.get.call(this); },
+    set(stream) {
+      property.set.call(this, stream);
+      if (!stream || !("requestVideoFrameCallback" in this)) return;
+      this.requestVideoFrameCallback(() => {
+        if (marks.click !== null && marks.frame === null) marks.frame = performance.now();
+      });
+    },
+  });
+})();"""
+DIRECT, RELAYED = "direct (Watch)", "relay node (Relay)"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -146,8 +205,9 @@ async def wait_online(url: str, token: str, device_id: str) -> None:
 
 def wait_relay_online(mongodb_url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 60
+    client: MongoClient[dict[str, Any]]
     with MongoClient(mongodb_url) as client:
-        relays = client[DATABASE]["relays"]
+        relays: Collection[dict[str, Any]] = client[DATABASE]["relays"]
         while relays.find_one({"relay_id": RELAY_ID, "online": True}) is None:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the relay node did not register:\n{log.read_text()[-3000:]}")
@@ -238,8 +298,166 @@ def camera_process(camera: Camera, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+@dataclass
+class BrowserRun:
+    """One version of the page: its label, and per route the click -> frame times and the
+    page's own times (session.request -> frame), in ms."""
+
+    label: str
+    live_js: str | None  # live.js to serve instead of the cloud's, or None
+    click: dict[str, list[float]] = field(default_factory=lambda: {DIRECT: [], RELAYED: []})
+    page: dict[str, list[float]] = field(default_factory=lambda: {DIRECT: [], RELAYED: []})
+
+
+async def browser_session(page: Any, click: Any, route: str, run: BrowserRun, name: str) -> None:
+    """Click, wait for the first frame and the page's "playing"; record both times."""
+    await page.evaluate("() => { window.__ttff.click = null; window.__ttff.frame = null; }")
+    await click.click()
+    await page.wait_for_function("() => window.__ttff.frame !== null", timeout=30_000)
+    marks = await page.evaluate("() => window.__ttff")
+    await page.locator(".video-box[data-phase=playing]").wait_for(timeout=30_000)
+    shown = await page.locator(".route").get_attribute("data-route")
+    if shown != route:
+        raise RuntimeError(f"{run.label}: {name} played through {shown!r}, not {route!r}")
+    own = await page.locator(".ttff").get_attribute("data-ms")
+    run.click[name].append(float(marks["frame"]) - float(marks["click"]))
+    run.page[name].append(float(own or "nan"))
+
+
+async def browser_measure(
+    browser: Any, url: str, email: str, device_id: str, run: BrowserRun
+) -> Any:
+    """A signed-in phone (browser context) for ``run``; returns its page."""
+    context = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    await context.add_init_script(FIRST_FRAME_HOOK)
+    if run.live_js is not None:
+        body = run.live_js
+
+        async def serve(route: Any) -> None:
+            await route.fulfill(status=200, content_type="text/javascript", body=body)
+
+        await context.route("**/static/js/live.js", serve)
+    page = await context.new_page()
+    page.set_default_timeout(30_000)
+    await page.goto(url)
+    await page.get_by_label("Email").fill(email)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    online = f"li.camera[data-device-id='{device_id}'][data-online=true]"
+    await page.locator(online).wait_for(timeout=30_000)
+    return page
+
+
+async def browser_round(page: Any, device_id: str, run: BrowserRun | None) -> None:
+    """Watch (direct), End, Relay, back to the list; ``run`` None: a warm-up."""
+    scratch = BrowserRun("warm-up", None)
+    target = run or scratch
+    card = page.locator(f"li.camera[data-device-id='{device_id}'][data-online=true]")
+    await card.wait_for()
+    await browser_session(page, card.get_by_role("link", name="Watch"), "direct", target, DIRECT)
+    await page.get_by_role("button", name="End").click()
+    await page.locator(".video-box[data-phase=ended]").wait_for()
+    relay = page.get_by_role("radio", name="Relay")
+    await browser_session(page, relay, "relay", target, RELAYED)
+    await page.locator("a.back").click()  # back to the camera list
+    await asyncio.sleep(0.3)  # the sessions end; the relay keeps its upstream for a while
+
+
+async def browser_main(sessions: int, before: str | None) -> None:
+    from playwright.async_api import async_playwright
+
+    from tests.web.network import HOST_ADDRESS, phone_network, unavailable
+    from tests.web.stack import camera as camera_process_on
+    from tests.web.stack import cloud_at, relay_node
+
+    reason = unavailable()
+    if reason is not None:
+        sys.exit(f"bench/ttff.py --browser {reason}: scripts/hermetic .venv/bin/python ...")
+    runs = [BrowserRun("current live.js", None)]
+    if before is not None:
+        old = subprocess.run(
+            ["git", "show", f"{before}:cloud/web/static/js/live.js"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        runs.insert(0, BrowserRun(f"live.js at {before}", old))
+    relay_secret = secrets.token_urlsafe(24)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="vc-ttff-browser-") as name, ExitStack() as stack:
+        tmp = Path(name)
+        phone = stack.enter_context(phone_network())
+        mongodb_url = stack.enter_context(secantus_server(tmp / "db"))
+        env = {
+            "MONGODB_URL": mongodb_url,
+            "MONGODB_DATABASE": DATABASE,
+            "JWT_SECRET": secrets.token_urlsafe(48),
+            "DATA_DIR": str(tmp),
+            "RELAY_SECRET": relay_secret,
+        }
+        url = stack.enter_context(cloud_at(HOST_ADDRESS, env, tmp / "cloud.log"))
+        addresses = ["127.0.0.1", HOST_ADDRESS]
+        relay = stack.enter_context(
+            relay_node(url, RELAY_ID, relay_secret, addresses, tmp / "relay.log")
+        )
+        wait_relay_online(mongodb_url, relay, tmp / "relay.log")
+        email, token = await register(url)
+        device_id, state = await onboard(url, token, tmp, "browser")
+        process = camera_process_on(state, addresses, tmp / "camera.log", "--fps", "15")
+        stack.callback(stop, process)
+        await wait_online(url, token, device_id)
+        async with async_playwright() as playwright:
+            launcher = phone.wrap(CHROMIUM, tmp)
+            browser = await playwright.chromium.launch(
+                executable_path=launcher, args=CHROMIUM_FLAGS
+            )
+            try:
+                pages = [await browser_measure(browser, url, email, device_id, r) for r in runs]
+                for page in pages:
+                    await browser_round(page, device_id, None)
+                for n in range(sessions):
+                    for run, page in zip(runs, pages, strict=True):
+                        await browser_round(page, device_id, run)
+                    print(f"  {n + 1}/{sessions}", end="\r", flush=True)
+                print()
+            finally:
+                await browser.close()
+    elapsed = time.monotonic() - started
+
+    print(
+        f"browser time to first frame (Watch click -> first composited frame), "
+        f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPUs, Chromium, "
+        f"{sessions} sessions per route and version, alternating ({elapsed:.0f} s)"
+    )
+    print(
+        f"{'live.js':<22}{'route':<21}{'p50 ms':>7}{'p95':>7}{'min':>7}{'max':>7}{'mean':>7}"
+        f"{'page p50':>10}  target"
+    )
+    for run in runs:
+        for route, values in run.click.items():
+            p50 = percentile(values, 50)
+            cells = [p50, percentile(values, 95), min(values), max(values)]
+            cells.append(statistics.mean(values))
+            verdict = "PASS" if p50 <= BROWSER_TARGET_MS else "MISS"
+            text = "".join(f"{v:>7.0f}" for v in cells)
+            own = percentile(run.page[route], 50)
+            print(
+                f"{run.label:<22}{route:<21}{text}{own:>10.0f}  "
+                f"p50 <= {BROWSER_TARGET_MS:.0f}  {verdict}"
+            )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--browser", action="store_true", help="the browser app in headless Chromium"
+    )
+    parser.add_argument(
+        "--before",
+        metavar="REV",
+        help="--browser: also measure live.js as it was at this git revision",
+    )
     parser.add_argument("--sessions", type=int, default=20, help="sessions per route")
     parser.add_argument(
         "--keyframe-interval", type=int, default=250, help="synthetic cameras, in frames"
@@ -247,6 +465,9 @@ async def main() -> None:
     parser.add_argument("--joiners", type=int, default=20, help="late joiners through the relay")
     parser.add_argument("--rtsp-keyframe-s", type=float, default=4.0, help="the stand-in's GOP")
     args = parser.parse_args()
+    if args.browser:
+        await browser_main(args.sessions, args.before)
+        return
     use_host_addresses(["127.0.0.1"])
     kfi = str(args.keyframe_interval)
     synthetic = ["--size", "640x480", "--fps", "15", "--keyframe-interval", kfi]

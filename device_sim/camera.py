@@ -16,6 +16,11 @@ and the camera answers what comes over it (sessions end with the connection):
   ``session.ice`` candidates are added; ICE that does not connect in time ends the session
   with ``ice_failed``; once connected, ``session.stats`` says how (selected pair, ICE
   duration); ``session.end`` closes the peer.
+
+A browser trickles its candidates right behind its offer, and the camera answers each offer
+in a task of its own once its video source has a keyframe, so they often arrive before the
+session's peer exists: they are held per session (:class:`~peer.ice.EarlyCandidates`, bounded
+in number and time) and handed to the peer when it is made, in their order.
 """
 
 import asyncio
@@ -26,6 +31,7 @@ from typing import Any
 
 from device_sim.identity import assertion
 from device_sim.state import CameraState
+from peer.ice import EarlyCandidates
 from peer.signaling import SignalingClient, SignalingStats
 from protocol.messages import (
     Hello,
@@ -66,6 +72,7 @@ class Camera:
         self.backoff_max_s = backoff_max_s
         self.stats = CameraStats()
         self._peers: dict[str, Any] = {}
+        self._early = EarlyCandidates(f"camera {state.device_id[-6:]}")
         self._tasks: set[asyncio.Task[None]] = set()
         self.tag = f"camera {state.device_id[-6:]}"
         self.signaling = SignalingClient(
@@ -101,11 +108,15 @@ class Camera:
             case SessionOffer():
                 self._spawn(self._offer(message))
             case SessionIce():
+                candidate = message.candidate
+                json = None if candidate is None else candidate.dump()
                 peer = self._peers.get(message.session_id)
                 if peer is not None:
-                    candidate = message.candidate
-                    await peer.add_candidate(None if candidate is None else candidate.dump())
+                    await peer.add_candidate(json)
+                else:  # its offer is still being answered, or not here yet
+                    self._early.hold(message.session_id, json)
             case SessionEnd():
+                self._early.discard(message.session_id)
                 peer = self._peers.pop(message.session_id, None)
                 if peer is not None:
                     log.info(
@@ -149,6 +160,11 @@ class Camera:
             connect_timeout_s=self.connect_timeout_s,
         )
         self._peers[session_id] = peer
+        # Trickled right behind the offer: held until now (and checked then). Before answer()
+        # the peer only queues them, without suspending, so none that comes later overtakes
+        # them; it hands them to aiortc once answer() has set the offer.
+        for candidate in self._early.take(session_id):
+            await peer.add_candidate(candidate)
         self.stats.sessions += 1
         try:
             answer = await peer.answer(message.sdp)

@@ -11,10 +11,18 @@ browsers by learning that address as a peer-reflexive candidate (RFC 8445 sectio
 which aioice does too, as long as its ICE is still running. :class:`RemoteCandidates`
 therefore keeps mDNS candidates from aioice and, once it has kept any, holds end-of-
 candidates back: the session's own connect timeout bounds the wait instead.
+
+Browsers trickle: their offer may leave before gathering, with every candidate in a
+``session.ice`` right behind it. Those can reach an aiortc peer before it has applied the
+offer, or even before it has seen it (a camera answers each offer in a task of its own, once
+its video source is ready). Nothing is dropped for that: :class:`EarlyCandidates` holds the
+candidates of sessions a peer has no connection for yet, :class:`RemoteCandidates` those of
+a connection whose remote description is not set yet, each within bounds.
 """
 
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiortc import (
@@ -30,6 +38,8 @@ from aiortc.sdp import candidate_from_sdp
 logger = logging.getLogger(__name__)
 
 MAX_PENDING_CANDIDATES = 100  # held before the remote description; more are dropped
+EARLY_SESSIONS = 64  # sessions whose candidates are held before the peer knows them
+EARLY_TTL_S = 30.0  # how long such candidates are held
 ICE_URL_SCHEMES = ("stun", "stuns", "turn", "turns")
 CandidateJson = Mapping[str, Any]
 IceServerJson = Mapping[str, Any]
@@ -142,10 +152,11 @@ class RemoteCandidates:
         sdp, hidden = without_mdns(sdp)
         self.hidden += hidden
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+        # Candidates added meanwhile join the queue, so that they reach aiortc in their order
+        # (aioice refuses any candidate after end-of-candidates).
+        while self._pending:
+            await self._hand_over(pc, self._pending.pop(0))
         self._pc = pc
-        pending, self._pending = self._pending, []
-        for candidate in pending:
-            await self._hand_over(pc, candidate)
 
     async def add(self, candidate: CandidateJson | None) -> None:
         """Add one remote candidate; ``None``: end of candidates. Raises
@@ -170,3 +181,86 @@ class RemoteCandidates:
             )
             return
         await pc.addIceCandidate(candidate)
+
+
+class EarlyCandidates:
+    """Remote candidates of sessions the peer has no connection for yet, by session id.
+
+    A peer calls :meth:`hold` for a ``session.ice`` candidate (browser JSON, ``None`` for
+    end of candidates) of a session it does not know yet, and :meth:`take` when it makes
+    that session's connection, adding what it gets, in order, to its
+    :class:`RemoteCandidates` (which holds them on until the offer is applied). Bounds: up to
+    ``max_per_session`` candidates for each of up to ``max_sessions`` sessions, each
+    session's kept for ``ttl_s`` after its first; beyond them candidates are dropped with a
+    warning (so a session whose offer never comes, or that ended before its last candidates
+    arrived, is forgotten after ``ttl_s``). No timer runs: expiry happens on each call.
+    """
+
+    def __init__(
+        self,
+        name: str = "",
+        *,
+        max_sessions: int = EARLY_SESSIONS,
+        max_per_session: int = MAX_PENDING_CANDIDATES,
+        ttl_s: float = EARLY_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.max_sessions = max_sessions
+        self.max_per_session = max_per_session
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._held: dict[str, tuple[float, list[CandidateJson | None]]] = {}
+
+    def __len__(self) -> int:
+        """Sessions with candidates held now."""
+        self._expire()
+        return len(self._held)
+
+    def hold(self, session_id: str, candidate: CandidateJson | None) -> bool:
+        """Hold ``candidate`` for ``session_id``; False when a bound dropped it. Raises
+        :class:`ValueError` when it is malformed (as :meth:`RemoteCandidates.add` would)."""
+        candidate_from_json(candidate)
+        self._expire()
+        entry = self._held.get(session_id)
+        if entry is None:
+            if len(self._held) >= self.max_sessions:
+                logger.warning(
+                    "%s: candidate of session %s dropped: %d sessions already wait for their offer",
+                    self.name,
+                    session_id,
+                    len(self._held),
+                )
+                return False
+            entry = self._held[session_id] = (self._clock(), [])
+        if len(entry[1]) >= self.max_per_session:
+            logger.warning(
+                "%s: candidate of session %s dropped: too many before its offer",
+                self.name,
+                session_id,
+            )
+            return False
+        entry[1].append(candidate)
+        return True
+
+    def take(self, session_id: str) -> list[CandidateJson | None]:
+        """The candidates held for ``session_id``, in their order, forgetting them."""
+        self._expire()
+        entry = self._held.pop(session_id, None)
+        return [] if entry is None else entry[1]
+
+    def discard(self, session_id: str) -> None:
+        """Forget ``session_id``'s candidates (the session ended)."""
+        self._held.pop(session_id, None)
+
+    def _expire(self) -> None:
+        oldest = self._clock() - self.ttl_s
+        for session_id in [s for s, (since, _) in self._held.items() if since <= oldest]:
+            held = len(self._held.pop(session_id)[1])
+            logger.info(
+                "%s: %d candidates of session %s dropped: no offer within %g s",
+                self.name,
+                held,
+                session_id,
+                self.ttl_s,
+            )

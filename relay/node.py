@@ -24,7 +24,7 @@ import httpx
 from aiortc import RTCPeerConnection
 
 from peer import codecs, reach
-from peer.ice import RemoteCandidates, rtc_configuration
+from peer.ice import EarlyCandidates, RemoteCandidates, rtc_configuration
 from peer.signaling import SignalingClient
 from protocol.messages import (
     EndReason,
@@ -91,6 +91,9 @@ class RelayNode:
         self.stats = {"events_sent": 0, "events_failed": 0, "frames_analysed": 0}
         self.analysis = Analysis(settings, detector, self.stats, self._spawn)
         self._tasks: set[asyncio.Task[None]] = set()
+        # session.ice of sessions not known here yet (the cloud sends relay.session before
+        # the viewer can offer, so this is a safety net): handed over when they are
+        self._early = EarlyCandidates(f"relay {settings.relay_id}")
         self.signaling = SignalingClient(
             settings.cloud_url.replace("http", "ws", 1) + "/ws/v1/relay",
             lambda: Hello(token=settings.credential),
@@ -163,6 +166,7 @@ class RelayNode:
                 )
                 if upstream is not None:
                     upstream.session_id = message.session_id
+                    await self._hand_over_early(message.session_id, upstream.remote)
                     ice_servers = [server.dump() for server in message.ice_servers]
                     self._spawn(self._offer_upstream(upstream, ice_servers), upstream.tasks)
             case SessionOffer() if message.session_id in self.downstreams:
@@ -176,17 +180,29 @@ class RelayNode:
                     upstream.negotiated.set()
                     log.info("relay: camera %s sends %s", upstream.device_id, upstream.codec)
             case SessionIce():
+                # A viewer trickles right behind its offer: its downstream holds them until
+                # the offer is applied (RemoteCandidates), which may wait for the camera.
                 remote = self._remote_of(message.session_id)
-                if remote is not None:
-                    candidate = message.candidate
-                    try:
-                        await remote.add(None if candidate is None else candidate.dump())
-                    except ValueError as exc:
-                        log.warning("relay: session %s: %s", message.session_id, exc)
+                candidate = message.candidate
+                json = None if candidate is None else candidate.dump()
+                try:
+                    if remote is not None:
+                        await remote.add(json)
+                    else:
+                        self._early.hold(message.session_id, json)
+                except ValueError as exc:
+                    log.warning("relay: session %s: %s", message.session_id, exc)
             case SessionEnd():
+                self._early.discard(message.session_id)
                 await self._ended(message)
             case Status(ok=False):
                 await self._refused(message)
+
+    async def _hand_over_early(self, session_id: str, remote: RemoteCandidates) -> None:
+        """Candidates that came before the session was known here, in their order (before
+        the description, ``add`` only queues them: later ones cannot overtake them)."""
+        for candidate in self._early.take(session_id):
+            await remote.add(candidate)
 
     def _upstream_of(self, session_id: str) -> Upstream | None:
         return next((u for u in self.upstreams.values() if u.session_id == session_id), None)
@@ -222,7 +238,8 @@ class RelayNode:
     # upstream: the relay watches the camera ------------------------------------------------------
 
     async def _open_downstream(self, session_id: str, device_id: str) -> None:
-        self.downstreams[session_id] = Downstream(session_id, device_id)
+        down = self.downstreams[session_id] = Downstream(session_id, device_id)
+        await self._hand_over_early(session_id, down.remote)
         upstream = self.upstreams.get(device_id)
         if upstream is None:
             upstream = Upstream(device_id, Fanout(device_id), secrets.token_hex(6))

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -43,8 +44,7 @@ FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--allow-loopback-in-peer-connection",
-]
+]  # stock otherwise: host candidates behind mDNS names, none on loopback
 PHONE_SCREEN = {
     "viewport": {"width": 390, "height": 844},
     "device_scale_factor": 1,
@@ -153,6 +153,7 @@ class Phone:
         self.errors: list[str] = []
         self.console: list[str] = []
         self.offers: list[str] = []  # the SDP of every session.offer the page sent
+        self.signaling: list[dict[str, Any]] = []  # every session.offer and .ice, in order
         page.on("pageerror", lambda error: self.errors.append(str(error)))
         page.on("websocket", lambda socket: socket.on("framesent", self._sent))
         page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
@@ -213,6 +214,26 @@ class Phone:
             return
         if isinstance(message, dict) and message.get("type") == "session.offer":
             self.offers.append(message["sdp"])
+        if isinstance(message, dict) and message.get("type") in ("session.offer", "session.ice"):
+            self.signaling.append(message)
+
+    def expect_full_trickle(self) -> None:
+        """The latest session's offer left before gathering, with no candidate in it, and
+        every candidate followed it in a session.ice, mDNS names (stock Chromium), then the
+        end (null): the camera or relay that played it kept those that came right behind."""
+        offer = next(m for m in reversed(self.signaling) if m["type"] == "session.offer")
+        assert "a=candidate:" not in offer["sdp"]
+        after = self.signaling[self.signaling.index(offer) + 1 :]
+        trickled = [
+            m["candidate"]
+            for m in after
+            if m["type"] == "session.ice" and m["session_id"] == offer["session_id"]
+        ]
+        assert len(trickled) >= 2, trickled
+        assert trickled[-1] is None, trickled
+        hosts = [c["candidate"].split()[4] for c in trickled[:-1] if " typ host" in c["candidate"]]
+        assert hosts, trickled
+        assert all(host.endswith(".local") for host in hosts), hosts
 
     async def expect_codec(self, codec: str, text: str) -> None:
         """The live view names the codec it receives (from the browser's statistics), and
@@ -363,6 +384,7 @@ async def test_an_owner_onboards_by_qr_watches_sees_motion_and_shares_with_a_fri
     # offers it first; Chromium's own order puts VP8 first).
     await card.get_by_role("link", name="Watch").click()
     assert await owner.playing() == "direct"
+    owner.expect_full_trickle()  # the camera kept the candidates right behind the offer
     await expect(page.locator(".route")).to_have_text("Direct")
     await expect(page.locator(".route-reason")).to_have_text("Direct, same network")
     await owner.expect_codec("H264", "H.264")
@@ -372,6 +394,7 @@ async def test_an_owner_onboards_by_qr_watches_sees_motion_and_shares_with_a_fri
     # updates one row (new -> update -> end).
     await page.get_by_role("radio", name="Relay").click()
     assert await owner.playing() == "relay"
+    owner.expect_full_trickle()  # and so did the relay node
     await expect(page.locator(".route")).to_have_text("Relay node")
     await expect(page.locator(".route-reason")).to_have_text("Through a relay node")
     await owner.expect_codec("H264", "H.264")

@@ -10,11 +10,15 @@
 // A refusal (a `status` error, or a `session.end` answering the request, e.g. an offline
 // camera) is final: the relay would not help.
 //
-// Candidates: "half trickle". The offer waits up to GATHER_WAIT_MS for gathering, so the
-// candidates found by then (all of them on a LAN) travel inside the SDP, and only later ones
-// (TURN allocations, slow interfaces) are trickled. aiortc peers (the camera, the relay)
-// register a session only once they start answering its offer, so candidates trickled right
-// behind the offer could reach them first and be dropped; inside the SDP they cannot be.
+// Candidates: full trickle. The offer leaves as soon as setLocalDescription has resolved,
+// before gathering (so without candidates), and every candidate follows in a session.ice as
+// the browser finds it, then `null` at the end of gathering. The first frame does not wait
+// for gathering (a silent STUN/TURN server would hold it for seconds): the camera's answer
+// carries all its candidates and the browser, as the controlling ICE agent, checks them at
+// once. Candidates may reach an aiortc peer (the camera, the relay node) before it has
+// applied the offer, even before it has seen it: both hold them per session until the offer
+// is applied (peer/ice.py, EarlyCandidates and RemoteCandidates), and stock browsers' mDNS
+// host candidates are learnt from their checks as peer-reflexive ones.
 //
 // Codecs: the offer prefers H.264 (packetization mode 1, the cameras' codec), then VP8
 // (synthetic sources), with the browser's resiliency codecs (rtx, red, FEC) kept after them;
@@ -36,7 +40,6 @@ const CONNECT_RELAY_MS = 15000;
 const REQUEST_TIMEOUT_MS = 10000;
 const ANSWER_TIMEOUT_MS = 10000;
 const FIRST_FRAME_MS = 10000;
-const GATHER_WAIT_MS = 1000;
 // Direct-attempt failures that a relay can get around.
 const FALLBACK_REASONS = new Set(["ice_failed", "timeout"]);
 // session.stats bounds (docs/protocol.md, "Session statistics")
@@ -196,7 +199,7 @@ class Attempt {
     this.remoteSet = false;
     this.pendingRemote = [];
     this.offerSent = false;
-    this.gatheringDone = false;
+    this.heldLocal = [];
     this.unsubscribe = [];
     this.closed = false;
     this.endedByCloud = false;
@@ -255,14 +258,14 @@ class Attempt {
     connected.then(() => {
       this.connectedAt = performance.now();
     });
-    await this.pc.setLocalDescription(await this.pc.createOffer());
-    await Promise.race([this.#gathered(), sleep(GATHER_WAIT_MS), this.failed]);
+    await Promise.race([this.pc.setLocalDescription(await this.pc.createOffer()), this.failed]);
     this.offerSentAt = performance.now();
     this.signaling.send({
       type: "session.offer", session_id: this.sessionId, sdp: this.pc.localDescription.sdp,
     });
     this.offerSent = true;
-    if (this.gatheringDone) this.#sendCandidate(null);
+    // candidates found before setLocalDescription resolved (none, usually), in their order
+    for (const candidate of this.heldLocal.splice(0)) this.#sendCandidate(candidate);
     await race(this.answered(), this.failed, ANSWER_TIMEOUT_MS, "timeout",
       "The camera did not answer in time.");
     await race(connected, this.failed, connectMs, "timeout",
@@ -369,11 +372,11 @@ class Attempt {
   }
 
   #localCandidate(candidate) {
+    if (this.closed) return;
     if (candidate && !candidate.candidate) return; // end of one generation; null follows
-    if (!candidate) this.gatheringDone = true;
-    // before the offer is sent, candidates are in its SDP (see the header)
+    // every candidate goes behind the offer, never before it (see the header)
     if (this.offerSent) this.#sendCandidate(candidate);
-    if (!candidate) this.gatheringResolve?.();
+    else this.heldLocal.push(candidate);
   }
 
   #sendCandidate(candidate) {
@@ -389,16 +392,6 @@ class Attempt {
     });
   }
 
-  #gathered() {
-    if (this.gatheringDone || this.pc.iceGatheringState === "complete") {
-      this.gatheringDone = true;
-      return Promise.resolve();
-    }
-    return new Promise((resolve) => {
-      this.gatheringResolve = resolve;
-    });
-  }
-
   #show(track) {
     if (this.closed) return;
     const video = this.video;
@@ -409,10 +402,6 @@ class Attempt {
     video.play().catch(() => {}); // muted + playsinline: autoplay is allowed
   }
 }
-
-const sleep = (ms) => new Promise((resolve) => {
-  setTimeout(resolve, ms);
-});
 
 /** The contract's end reason for why this side ended a session (docs/protocol.md list). */
 function wireReason(reason) {
