@@ -60,4 +60,5 @@ class Media(Document):
             IndexModel([("owner_id", ASCENDING), ("created_at", ASCENDING)]),
             IndexModel([("expires_at", ASCENDING)]),
             IndexModel([("file_id", ASCENDING)]),  # the sweep's search for orphaned files
+            IndexModel([("state", ASCENDING), ("updated_at", ASCENDING)]),  # stale recordings
         ]

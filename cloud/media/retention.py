@@ -14,7 +14,10 @@ Rules of a pass:
    finished clips and recordings, oldest first, until under. Uploads and snapshots are
    kept (an upload over quota is refused when it is made, ``media_quota_exceeded``), and
    so is a clip still recording (its relay is writing it).
-3. Once an hour, leftovers of processes that died mid-write, older than
+3. A clip or recording still ``recording`` with no upload for :data:`STALE_RECORDING` (its
+   relay died or lost the camera before the final upload) becomes ``failed``: what it has
+   stays playable until it expires, and it counts as finished for rule 2.
+4. Once an hour, leftovers of processes that died mid-write, older than
    :data:`ORPHAN_AGE` (no write lasts that long): stored files no item points at (stored,
    then the process died before the document was written) and chunks of unfinished files.
 
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 500  # items removed per query, so one pass never holds a huge list
 ORPHAN_AGE = timedelta(days=1)
+STALE_RECORDING = timedelta(hours=1)  # clips are capped at minutes; recordings at 10 min
 ORPHAN_EVERY_S = 3600
 TRIMMED_KINDS = ("clip", "recording")
 
@@ -91,7 +95,21 @@ class Retention:
             await asyncio.sleep(interval)
 
     async def sweep(self) -> SweepResult:
+        await self.fail_stale_recordings()
         return SweepResult(await self.remove_expired(), await self.enforce_quotas())
+
+    async def fail_stale_recordings(self) -> int:
+        result = await Media.get_pymongo_collection().update_many(
+            {"state": "recording", "updated_at": {"$lt": datetime.now(UTC) - STALE_RECORDING}},
+            {
+                "$set": {
+                    "state": "failed",
+                    "error": "no upload for an hour: the recording never finished",
+                    "updated_at": datetime.now(UTC),
+                }
+            },
+        )
+        return result.modified_count
 
     async def collect_orphans(self, before: datetime | None = None) -> int:
         """Remove stored files no item points at and unfinished files, begun before

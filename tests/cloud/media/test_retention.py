@@ -177,3 +177,29 @@ async def test_files_no_item_points_at_and_unfinished_files_are_collected(
     content = await client.get(f"/api/v1/media/{item['id']}/content", headers=owner.headers)
     assert content.status_code == 200
     await app.state.media_store.delete(recent.file_id)
+
+
+async def test_a_recording_its_relay_stopped_uploading_fails_and_stays_playable(
+    app: Starlette,
+    relay: Peer,
+    client: httpx.AsyncClient,
+    make_account: MakeAccount,
+    activate_device: ActivateDevice,
+) -> None:
+    owner = await make_account("owner")
+    device = await activate_device(owner)
+    data = video(1000)
+    stale = (await put_clip(client, device, "stale", data)).json()
+    fresh = (await put_clip(client, device, "fresh", video(1000))).json()
+    await Media.get_pymongo_collection().update_one(
+        {"_id": ObjectId(stale["id"])},
+        {"$set": {"updated_at": datetime.now(UTC) - timedelta(hours=2)}},
+    )
+    retention: Retention = app.state.media_retention
+    await retention.sweep()
+    shown = (await client.get(f"/api/v1/media/{stale['id']}", headers=owner.headers)).json()
+    assert shown["state"] == "failed"
+    assert "never finished" in shown["error"]
+    assert (await client.get(shown["content_url"])).content == data
+    still = (await client.get(f"/api/v1/media/{fresh['id']}", headers=owner.headers)).json()
+    assert (still["state"], still["error"]) == ("recording", None)
