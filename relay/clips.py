@@ -10,16 +10,18 @@ media: no HTTP (``upload`` is injected), no clock but the packets' ``pts`` (1/90
 :class:`relay.media.Fanout` stamps them) and the uploader's pacing.
 
 The files, as measured in headless Chromium (tests/web/test_clips_play.py) and libavformat
-(tests/relay/test_clips.py; the experiments behind these choices are in the commit message):
+(tests/relay/test_clips.py):
 
 - A growing H.264 clip is a fragmented MP4 (``empty_moov``, a fragment at least every
   :data:`FRAGMENT_S`), written into one growing buffer, so any prefix handed out is a
-  playable file and remuxing a growing clip costs nothing more per upload than a copy of the
-  buffer. Chromium plays such a prefix but reports a wrong ``duration`` even for the
-  complete fragmented file (2 s for a 6 s clip, trailer and ``mfra`` written), so the final
-  clip is remuxed once more, from that buffer, into a plain MP4 whose ``moov`` (with the
-  duration) comes first: ``faststart`` needs a file to reopen, so the ``moov`` space is
-  reserved up front (``moov_size``) instead. That file reports the right duration.
+  playable file and an upload costs a copy of the buffer, not a remux (bench/clips.py,
+  docs/benchmarks.md "Clip remuxing": 0.05 % of a core for a 720p 2 Mbit/s clip; remuxing
+  from scratch at every upload, 1-2 %). Chromium plays such a prefix to its end but
+  reports a wrong ``duration`` even for the complete fragmented file (2 s for a 6 s clip,
+  trailer and ``mfra`` written), so the final clip is remuxed once more, from that buffer,
+  into a plain MP4 whose ``moov`` (with the duration) comes first: ``faststart`` needs a
+  file to reopen, so the ``moov`` space is reserved up front (``moov_size``) instead. That
+  file reports the right duration.
 - A VP8 clip is WebM. A prefix plays (``duration`` is ``Infinity`` until the end); closing
   the muxer writes the duration and cues, and the final file reports the right duration.
 - FFmpeg's ``mp4`` muxer takes the Annex B packets as they are: with Annex B extradata it
