@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,17 @@ def _video(args: argparse.Namespace) -> Any:
     )
 
 
+def _motion(video: Any) -> Callable[[], bool] | None:
+    """The camera's own motion detection: the synthetic scene knows its motion episodes; a
+    bridged camera's own detection (ONVIF events) is not read, so it reports none."""
+    from device_sim.media import SyntheticVideo
+
+    pictures = getattr(video, "pictures", None)
+    if isinstance(pictures, SyntheticVideo):
+        return lambda: pictures.in_motion(pictures.elapsed())
+    return None
+
+
 async def onboard(args: argparse.Namespace) -> int:
     from device_sim.redaction import redact
 
@@ -113,7 +125,7 @@ async def run(args: argparse.Namespace) -> int:
     except (StateError, SourceError) as exc:
         print(exc, file=sys.stderr)
         return 1
-    camera = Camera(state, video, connect_timeout_s=args.connect_timeout)
+    camera = Camera(state, video, motion=_motion(video), connect_timeout_s=args.connect_timeout)
     stop = _stop_event()
     print(
         f"camera {state.device_id} ({state.device_name}) connecting to {state.signaling_url}",

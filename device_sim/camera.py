@@ -26,6 +26,7 @@ in number and time) and handed to the peer when it is made, in their order.
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ from device_sim.state import CameraState
 from peer.ice import EarlyCandidates
 from peer.signaling import SignalingClient, SignalingStats
 from protocol.messages import (
+    DeviceMotion,
     Hello,
     ServerMessage,
     SessionAnswer,
@@ -48,6 +50,7 @@ from protocol.messages import (
 log = logging.getLogger(__name__)
 
 SOURCE_WAIT_S = 3.0  # how long a session waits for a video source's first keyframe
+MOTION_POLL_S = 0.2  # how often the camera's own motion detection is read
 
 
 @dataclass
@@ -56,18 +59,25 @@ class CameraStats(SignalingStats):
 
 
 class Camera:
-    """One camera. ``video`` is a source with ``track()`` (None: signaling only)."""
+    """One camera. ``video`` is a source with ``track()`` (None: signaling only).
+
+    ``motion`` is the camera's own motion detection (None: it has none): while connected the
+    camera reports each change of it to the cloud (``device.motion``), as real cameras
+    report on-device motion, so that ``on_motion`` analysis attaches a relay node for it.
+    """
 
     def __init__(
         self,
         state: CameraState,
         video: Any | None = None,
         *,
+        motion: Callable[[], bool] | None = None,
         connect_timeout_s: float = 10.0,
         backoff_max_s: float = 30.0,
     ) -> None:
         self.state = state
         self.video = video
+        self.motion = motion
         self.connect_timeout_s = connect_timeout_s
         self.backoff_max_s = backoff_max_s
         self.stats = CameraStats()
@@ -81,6 +91,7 @@ class Camera:
             self._handle,
             name=self.tag,
             on_offline=self._close_peers,
+            while_online=None if motion is None else self._report_motion,
             backoff_max_s=backoff_max_s,
             stats=self.stats,
         )
@@ -125,6 +136,18 @@ class Camera:
                     await peer.close()
             case Status(ok=False, error=error):
                 log.warning("%s: cloud says %s", self.tag, error and error.dump())
+
+    async def _report_motion(self) -> None:
+        """While online: tell the cloud when the camera's own motion detection changes
+        (each connection starts without motion, so an ongoing one is reported at once)."""
+        assert self.motion is not None
+        reported = False
+        while True:
+            if (active := self.motion()) != reported:
+                await self.signaling.send(DeviceMotion(active=active))
+                log.info("%s: motion %s", self.tag, "started" if active else "stopped")
+                reported = active
+            await asyncio.sleep(MOTION_POLL_S)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

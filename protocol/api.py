@@ -2,7 +2,8 @@
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AwareDatetime,
@@ -12,6 +13,7 @@ from pydantic import (
     Field,
     StringConstraints,
     field_validator,
+    model_validator,
 )
 
 from protocol.errors import ErrorCode
@@ -182,6 +184,45 @@ class MotionSettings(Request):
     )
 
 
+AnalysisMode = Literal["continuous", "on_motion"]
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+ClockTime = Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+
+
+class ArmedWindow(Request):
+    """A weekly window in which the camera is armed: ``start`` to ``end`` on each of ``days``
+    (local time of the schedule's ``timezone``; an ``end`` at or before ``start`` runs past
+    midnight into the next day)."""
+
+    days: list[Weekday] = Field(min_length=1, max_length=7)
+    start: ClockTime
+    end: ClockTime
+
+
+class Schedule(Request):
+    """When an armed camera is analysed (outside every window it counts as disarmed)."""
+
+    timezone: str = Field(default="UTC", min_length=1, max_length=64, description="IANA name")
+    windows: list[ArmedWindow] = Field(min_length=1, max_length=28)
+
+    @model_validator(mode="after")
+    def _known_timezone(self) -> Self:
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {self.timezone[:64]!r}") from None
+        return self
+
+
+class AnalysisState(Response):
+    """Who analyses the camera now: ``active`` (a relay node, ``relay_id``, is assigned to
+    it), ``waiting_for_relay`` (armed and online, but no relay node can take it),
+    ``disarmed`` (off, or outside its schedule) or ``offline`` (the camera is)."""
+
+    state: Literal["active", "waiting_for_relay", "disarmed", "offline"]
+    relay_id: str | None = None
+
+
 class DeviceOut(Response):
     id: ObjectIdStr
     name: str
@@ -192,6 +233,10 @@ class DeviceOut(Response):
     last_seen: datetime | None
     activated_at: datetime
     motion: MotionSettings
+    armed: bool
+    analysis_mode: AnalysisMode
+    schedule: Schedule | None
+    analysis: AnalysisState
 
 
 class DeviceList(Response):
@@ -203,6 +248,11 @@ class DeviceUpdate(Request):
 
     name: DeviceName | None = None
     motion: MotionSettings | None = None
+    armed: bool | None = Field(default=None, strict=True)
+    analysis_mode: AnalysisMode | None = None
+    schedule: Schedule | None = Field(
+        default=None, description="A weekly schedule; null removes it (always armed)"
+    )
 
 
 class RelayDeviceOut(Response):

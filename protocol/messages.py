@@ -213,12 +213,29 @@ def turn_protocol(urls: Iterable[str]) -> TransportProtocol | None:
 
 
 class RelayLoad(Message):
-    """relay -> cloud: how busy the relay is (0 idle .. 1 full); sent with each heartbeat."""
+    """relay -> cloud: how busy the relay is (0 idle .. 1 full); sent with each heartbeat.
+
+    ``capacity``: how many cameras the node can analyse at once (the cloud assigns armed
+    cameras by the room left); a node that does not say takes none.
+    """
 
     type: Literal["relay.load"] = "relay.load"
     load: float = Field(ge=0.0, le=1.0)
     sessions: int = Field(ge=0)
     cameras: int = Field(default=0, ge=0)
+    capacity: int = Field(default=0, ge=0, le=10_000)
+
+
+class DeviceMotion(Message):
+    """camera -> cloud: motion the camera detected itself started (``active``) or stopped.
+
+    Cameras in ``on_motion`` analysis mode are watched by a relay node only while it lasts.
+    """
+
+    type: Literal["device.motion"] = "device.motion"
+    id: RequestId | None = None
+    active: bool
+    score: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 # server -> client ---------------------------------------------------------------------
@@ -251,6 +268,22 @@ class RelaySession(Message):
     type: Literal["relay.session"] = "relay.session"
     session_id: SessionId
     device_id: DeviceId
+
+
+class AssignedCamera(Message):
+    device_id: DeviceId
+    mode: Literal["continuous", "on_motion"]
+    motion: bool = False  # on_motion: the camera reports motion now
+
+
+class RelayAssign(Message):
+    """cloud -> relay: every camera this node analyses, sent whenever the set changes
+    (it replaces the previous one). The node keeps an upstream to each ``continuous``
+    camera, and to each ``on_motion`` camera while its ``motion`` lasts; it may request
+    sessions of these cameras whether or not a viewer is routed through it."""
+
+    type: Literal["relay.assign"] = "relay.assign"
+    cameras: list[AssignedCamera]
 
 
 class DevicePresence(Message):
@@ -305,7 +338,8 @@ ClientMessage = Annotated[
     | SessionStats
     | Ping
     | Pong
-    | RelayLoad,
+    | RelayLoad
+    | DeviceMotion,
     Field(discriminator="type"),
 ]
 _client = TypeAdapter[ClientMessage](ClientMessage)
@@ -321,6 +355,7 @@ CLIENT_TYPES = frozenset(
         "ping",
         "pong",
         "relay.load",
+        "device.motion",
     }
 )
 
@@ -329,6 +364,7 @@ ServerMessage = Annotated[
     Welcome
     | SessionCreated
     | RelaySession
+    | RelayAssign
     | SessionOffer
     | SessionAnswer
     | SessionIce
@@ -348,6 +384,7 @@ SERVER_TYPES = frozenset(
         "welcome",
         "session.created",
         "relay.session",
+        "relay.assign",
         "session.offer",
         "session.answer",
         "session.ice",

@@ -1,22 +1,28 @@
 """What a relay node makes of the cameras it watches: motion on every sampled frame, YOLO
 (off the event loop) only while there is motion and the node's detection budget allows it,
-and event threads reported to the cloud (``POST /relays/events``)."""
+event threads reported to the cloud (``POST /relays/events``), and a clip of each thread
+(:mod:`relay.clips`: from the camera's pre-roll to the thread's end plus a post-roll, the
+camera's own packets) uploaded while the thread runs
+(``PUT /relays/devices/{id}/clips/{thread_id}``)."""
 
 import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import numpy as np
-from av import VideoFrame
+from av import Packet, VideoFrame
 from numpy.typing import NDArray
 
 from relay.budget import DetectionBudget
+from relay.clips import CLOCK_RATE, ClipError, ClipRecorder, ClipSettings, PreRoll
 from relay.detector import Detector, DetectorError
-from relay.events import EventThreads, snapshot_jpeg
+from relay.events import EventRecord, EventThreads, snapshot_jpeg
 from relay.media import Fanout
 from relay.motion import MotionConfig, MotionDetector
 from relay.settings import RelaySettings
@@ -72,6 +78,7 @@ class Analysis:
         """Analyse one camera's picture until its fan-out closes."""
         motion = MotionDetector(await self._motion_config(device))
         threads = EventThreads()
+        clips = Clips(device, fanout, self.settings.clips, self._upload_clip)
         try:
             async for frame in fanout.frames(self.settings.analysis_fps):
                 t = time.time()
@@ -89,6 +96,7 @@ class Analysis:
                     except DetectorError:
                         detections = None  # busy: the next frame will do
                 for record in threads.update(t, moved, detections):
+                    clips.follow(record)
                     jpeg = (
                         await asyncio.to_thread(snapshot_jpeg, picture) if record.snapshot else None
                     )
@@ -105,6 +113,27 @@ class Analysis:
                     await self._report(
                         record.to_report(device).model_dump(mode="json", exclude_none=True)
                     )
+            await clips.close()
+
+    async def _upload_clip(self, clip: "ClipUpload", data: bytes, final: bool, kind: str) -> None:
+        """Store the clip so far (it replaces the previous upload); raises on failure, so
+        that the recorder tries again with the next one."""
+        assert self.http is not None
+        params = {
+            "final": "true" if final else "false",
+            "started_at": datetime.fromtimestamp(clip.started_at, UTC).isoformat(),
+        }
+        if clip.duration_s is not None:
+            params["duration_s"] = f"{clip.duration_s:.3f}"
+        response = await self.http.put(
+            f"/api/v1/relays/devices/{clip.device}/clips/{clip.thread_id}",
+            params=params,
+            content=data,
+            headers={"Content-Type": kind},
+        )
+        if response.status_code >= 300:
+            raise ClipError(f"clip refused ({response.status_code}): {response.text[:200]}")
+        self.stats["clip_uploads"] = self.stats.get("clip_uploads", 0) + 1
 
     async def _report(self, body: dict[str, Any]) -> None:
         assert self.http is not None
@@ -119,3 +148,91 @@ class Analysis:
             log.warning("relay: event refused (%s): %s", response.status_code, response.text[:200])
         else:
             self.stats["events_sent"] += 1
+
+
+@dataclass(frozen=True)
+class ClipUpload:
+    """Which clip an upload is: the camera, the event thread, the wall-clock time of its
+    first frame, and (on the final upload) its duration."""
+
+    device: str
+    thread_id: str
+    started_at: float
+    duration_s: float | None
+
+
+UploadClip = Callable[[ClipUpload, bytes, bool, str], Awaitable[None]]
+
+
+class Clips:
+    """One camera's pre-roll and the clips of its open event threads.
+
+    The fan-out hands every packet to the pre-roll and to each recording clip; a thread's
+    ``new`` starts its clip from the pre-roll (``pre_roll_s`` before the thread's first
+    hit), its ``end`` lets the clip take its post-roll and finish. Event times are wall
+    clock and packets carry the camera's ``pts``: the newest packet's arrival links the two.
+    """
+
+    def __init__(
+        self, device: str, fanout: Fanout, settings: ClipSettings, upload: UploadClip
+    ) -> None:
+        self.device = device
+        self.fanout = fanout
+        self.settings = settings
+        self.preroll = PreRoll(settings.pre_roll_s)
+        self.recorders: dict[str, ClipRecorder] = {}
+        self._upload = upload
+        self._newest: tuple[int, float] | None = None  # (pts, time.time() it arrived)
+        self._stop_listening = fanout.add_listener(self._packet)
+
+    def _packet(self, packet: "Packet[Any]", keyframe: bool) -> None:
+        self._newest = (packet.pts or 0, time.time())
+        self.preroll.add(packet, keyframe)
+        for recorder in self.recorders.values():
+            recorder.add(packet, keyframe)
+
+    def _pts_at(self, t: float) -> int | None:
+        if self._newest is None:
+            return None
+        pts, at = self._newest
+        return pts - round((at - t) * CLOCK_RATE)
+
+    def _time_at(self, pts: int) -> float:
+        newest_pts, at = self._newest or (pts, time.time())
+        return at - (newest_pts - pts) / CLOCK_RATE
+
+    def follow(self, record: EventRecord) -> None:
+        """Start, or end, the clip of ``record``'s thread."""
+        if record.state == "new" and self.fanout.codec is not None:
+            self._forget_done()
+            start = self._pts_at(record.started_at)
+            thread_id = record.thread_id
+            first = self.preroll.since((start or 0) - round(self.settings.pre_roll_s * CLOCK_RATE))
+            started_at = self._time_at(first[0][0].pts or 0) if first else record.started_at
+
+            async def upload(data: bytes, final: bool, kind: str) -> None:
+                recorder = self.recorders.get(thread_id)
+                duration = recorder.muxer.duration_s if recorder is not None and final else None
+                clip = ClipUpload(self.device, thread_id, started_at, duration)
+                await self._upload(clip, data, final, kind)
+
+            self.recorders[thread_id] = ClipRecorder(
+                self.fanout.codec,
+                self.preroll,
+                upload,
+                start_pts=start,
+                settings=self.settings,
+                name=f"{self.device}/{record.kind}",
+            )
+        elif record.state == "end" and (recorder := self.recorders.get(record.thread_id)):
+            recorder.end(self._pts_at(record.ended_at or record.started_at))
+
+    def _forget_done(self) -> None:
+        for thread_id in [t for t, r in self.recorders.items() if r.done]:
+            del self.recorders[thread_id]
+
+    async def close(self) -> None:
+        """The camera's analysis stops: finish every clip and upload it."""
+        self._stop_listening()
+        await asyncio.gather(*(r.close() for r in self.recorders.values()))
+        self.recorders.clear()

@@ -1,12 +1,15 @@
 """The relay node: the camera's viewer upstream, the viewers' camera downstream, and analytics.
 
 Signaling (docs/protocol.md): the node holds ``/ws/v1/relay`` with its credential (a
-:class:`~peer.signaling.SignalingClient`), reports ``relay.load`` every few seconds, and for
-each ``relay.session`` (a viewer routed through it) makes sure it watches that camera: one
-upstream aiortc connection per camera (its own ``session.request``, allowed while it serves
-a viewer of it), fanned out to every viewer by :class:`relay.media.Fanout` without
-re-encoding. The upstream closes ``upstream_grace_s`` after its last viewer leaves; when the
-camera goes away, its viewers' sessions end with ``device_offline``. Sessions end with the
+:class:`~peer.signaling.SignalingClient`), reports ``relay.load`` (with the number of cameras
+it can analyse) every few seconds, and watches a camera while it serves a viewer of it
+(``relay.session``) or the cloud assigned the camera to it for analysis (``relay.assign``:
+``continuous`` cameras all the time, ``on_motion`` ones while the camera reports motion).
+One upstream aiortc connection per camera (its own ``session.request``), fanned out to every
+viewer by :class:`relay.media.Fanout` without re-encoding and analysed once: watching an
+analysed camera adds no upstream. An upstream closes ``upstream_grace_s`` after nobody needs
+it any more; when the camera goes away, its viewers' sessions end with ``device_offline``,
+and an assigned camera is asked for again at the next load report. Sessions end with the
 connection to the cloud.
 
 Analytics: each upstream's decoded picture is sampled at ``analysis_fps`` and analysed by
@@ -27,9 +30,11 @@ from peer import codecs, reach
 from peer.ice import EarlyCandidates, RemoteCandidates, rtc_configuration
 from peer.signaling import SignalingClient
 from protocol.messages import (
+    AssignedCamera,
     EndReason,
     Hello,
     Message,
+    RelayAssign,
     RelayLoad,
     RelaySession,
     ServerMessage,
@@ -88,6 +93,7 @@ class RelayNode:
         self.detector = detector
         self.upstreams: dict[str, Upstream] = {}
         self.downstreams: dict[str, Downstream] = {}
+        self.assigned: dict[str, AssignedCamera] = {}  # the cloud's latest relay.assign
         self.stats = {"events_sent": 0, "events_failed": 0, "frames_analysed": 0}
         self.analysis = Analysis(settings, detector, self.stats, self._spawn)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -139,7 +145,15 @@ class RelayNode:
                 )
             sessions = len(self.downstreams)
             load = min(1.0, sessions / self.settings.max_sessions)
-            await self.send(RelayLoad(load=load, sessions=sessions, cameras=len(self.upstreams)))
+            await self.send(
+                RelayLoad(
+                    load=load,
+                    sessions=sessions,
+                    cameras=len(self.upstreams),
+                    capacity=self.settings.analysis_capacity,
+                )
+            )
+            await self._reconcile()  # asks again for assigned cameras whose upstream ended
             if self.settings.health_file:
                 await asyncio.to_thread(Path(self.settings.health_file).touch)
             await asyncio.sleep(LOAD_EVERY_S)
@@ -160,6 +174,10 @@ class RelayNode:
         match message:
             case RelaySession():
                 await self._open_downstream(message.session_id, message.device_id)
+            case RelayAssign():
+                self.assigned = {camera.device_id: camera for camera in message.cameras}
+                log.info("relay: the cloud assigned %d cameras", len(self.assigned))
+                await self._reconcile()
             case SessionCreated():
                 upstream = next(
                     (u for u in self.upstreams.values() if u.request_id == message.id), None
@@ -237,18 +255,37 @@ class RelayNode:
 
     # upstream: the relay watches the camera ------------------------------------------------------
 
-    async def _open_downstream(self, session_id: str, device_id: str) -> None:
-        down = self.downstreams[session_id] = Downstream(session_id, device_id)
-        await self._hand_over_early(session_id, down.remote)
+    def _analyses(self, device_id: str) -> bool:
+        """Whether the cloud wants this node to watch the camera for analysis now."""
+        camera = self.assigned.get(device_id)
+        return camera is not None and (camera.mode == "continuous" or camera.motion)
+
+    async def _reconcile(self) -> None:
+        """Watch every camera assigned for analysis; let go of the others nobody watches."""
+        for device_id in list(self.assigned):
+            if self._analyses(device_id):
+                await self._upstream_for(device_id)
+        for upstream in list(self.upstreams.values()):
+            self._close_when_unused(upstream)
+
+    async def _upstream_for(self, device_id: str) -> Upstream:
+        """The camera's upstream, opened if there is none (it stays while needed)."""
         upstream = self.upstreams.get(device_id)
         if upstream is None:
             upstream = Upstream(device_id, Fanout(device_id), secrets.token_hex(6))
             self.upstreams[device_id] = upstream
+            log.info("relay: watching %s", device_id)
             await self.send(SessionRequest(id=upstream.request_id, device_id=device_id, mode="p2p"))
             self._spawn(self.analysis.watch(device_id, upstream.fanout), upstream.tasks)
         if upstream.closing is not None:
             upstream.closing.cancel()
             upstream.closing = None
+        return upstream
+
+    async def _open_downstream(self, session_id: str, device_id: str) -> None:
+        down = self.downstreams[session_id] = Downstream(session_id, device_id)
+        await self._hand_over_early(session_id, down.remote)
+        upstream = await self._upstream_for(device_id)
         upstream.viewers.add(session_id)
 
     async def _offer_upstream(self, upstream: Upstream, ice_servers: list[dict[str, Any]]) -> None:
@@ -354,7 +391,14 @@ class RelayNode:
         if upstream is None or keep_upstream:
             return
         upstream.viewers.discard(down.session_id)
-        if not upstream.viewers and upstream.closing is None:
+        self._close_when_unused(upstream)
+
+    def _unused(self, upstream: Upstream) -> bool:
+        return not upstream.viewers and not self._analyses(upstream.device_id)
+
+    def _close_when_unused(self, upstream: Upstream) -> None:
+        """Close the upstream ``upstream_grace_s`` from now unless someone needs it by then."""
+        if self._unused(upstream) and upstream.closing is None:
             loop = asyncio.get_running_loop()
             upstream.closing = loop.call_later(
                 self.settings.upstream_grace_s,
@@ -363,8 +407,8 @@ class RelayNode:
 
     async def _close_if_unused(self, upstream: Upstream) -> None:
         upstream.closing = None
-        if not upstream.viewers and self.upstreams.get(upstream.device_id) is upstream:
-            log.info("relay: last viewer of %s left; closing its upstream", upstream.device_id)
+        if self._unused(upstream) and self.upstreams.get(upstream.device_id) is upstream:
+            log.info("relay: nobody watches %s any more; closing its upstream", upstream.device_id)
             await self._close_upstream(upstream)
 
     def _watch_connection(
@@ -397,6 +441,7 @@ class RelayNode:
         self._spawn(deadline(), upstream.tasks if upstream is not None else None)
 
     async def _close_all(self) -> None:
+        self.assigned = {}  # the cloud sends them again on the next connection
         for down in list(self.downstreams.values()):
             await self._close_downstream(down, keep_upstream=True)
         self.downstreams.clear()

@@ -4,6 +4,8 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from relay.clips import ClipSettings
+
 
 @dataclass(frozen=True)
 class RelaySettings:
@@ -14,8 +16,10 @@ class RelaySettings:
     analysis_fps: float = 5.0
     detections_per_s: float = 4.0
     max_sessions: int = 50
+    analysis_capacity: int = 16  # cameras the cloud may assign to this node (relay.load)
     upstream_grace_s: float = 5.0
     health_file: str = ""  # touched at every load report, for container health checks
+    clips: ClipSettings = field(default_factory=ClipSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "RelaySettings":
@@ -28,7 +32,13 @@ class RelaySettings:
             yolo_model="" if model.lower() == "none" else model,
             analysis_fps=float(env.get("ANALYSIS_FPS", "5")),
             detections_per_s=float(env.get("DETECTIONS_PER_S", "4")),
+            analysis_capacity=int(env.get("ANALYSIS_CAPACITY", "16")),
             health_file=env.get("HEALTH_FILE", ""),
+            clips=ClipSettings(
+                pre_roll_s=float(env.get("CLIP_PRE_ROLL_S", "5")),
+                post_roll_s=float(env.get("CLIP_POST_ROLL_S", "5")),
+                max_clip_s=float(env.get("CLIP_MAX_S", "120")),
+            ),
         )
 
     @property

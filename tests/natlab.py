@@ -620,6 +620,15 @@ class Lab:
         home.host.run(
             sys.executable, "-m", "device_sim", "onboard", "--qr", str(png), "--state", str(state)
         )
+        # Disarmed: the lab measures the routes viewers take, and an analysed camera would
+        # already have a relay node's upstream (docs/protocol.md, "Arming and analysis").
+        device_id = json.loads(state.read_text())["device_id"]
+        with httpx.Client(base_url=self.services.cloud_url, timeout=15) as http:
+            disarmed = http.patch(
+                f"/api/v1/devices/{device_id}", json={"armed": False}, headers=dict(headers)
+            )
+        if disarmed.status_code != 200:
+            raise LabError(f"disarm: {disarmed.status_code} {disarmed.text}")
         return state
 
     def start_camera(self, home: Home, state: Path, *options: str) -> Camera:

@@ -23,9 +23,22 @@ class Device(Document):
     # Raised by each connection that brings the camera online (its time in ns); presence
     # writes of an older connection match nothing (cloud.signaling.presence).
     presence_epoch: int = 0
+    # Unattended analysis (cloud.analysis): armed cameras are assigned to a relay node.
+    armed: bool = True
+    analysis_mode: Literal["continuous", "on_motion"] = "continuous"
+    schedule: dict[str, Any] | None = None  # protocol.api.Schedule; None: always armed
+    analysis_relay: str | None = None  # the relay node analysing it; None: none assigned
+    motion_active: bool = False  # on_motion: the camera reports motion now (device.motion)
+    motion_at: datetime | None = None
 
     class Settings:
         name = "devices"
+        indexes = [
+            IndexModel([("analysis_relay", ASCENDING)]),
+            IndexModel(
+                [("armed", ASCENDING), ("online", ASCENDING), ("analysis_relay", ASCENDING)]
+            ),
+        ]
 
 
 class Share(Document):

@@ -8,6 +8,7 @@ from pymongo.errors import DuplicateKeyError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cloud.analysis.assignment import LiveRelay, analysis_state, live_relays, schedule_of
 from cloud.auth.models import User
 from cloud.auth.routes import normalise_email
 from cloud.auth.tokens import now
@@ -26,6 +27,7 @@ from cloud.devices.models import Device, Share
 from cloud.devices.sessions import SessionList, SessionQuery, list_sessions
 from cloud.errors import Conflict, Invalid, NotFound
 from cloud.http import Endpoint, parse_body, reply
+from cloud.media.catalog import delete_device_media, media_store
 from protocol.api import (
     DeviceList,
     DeviceOut,
@@ -40,7 +42,8 @@ from protocol.errors import ErrorCode
 log = logging.getLogger(__name__)
 
 
-def device_out(access: DeviceAccess) -> DeviceOut:
+def device_out(access: DeviceAccess, live: dict[str, LiveRelay]) -> DeviceOut:
+    """The device as its owner or a viewer sees it; ``live``: the relay nodes up now."""
     d = access.device
     return DeviceOut(
         id=str(d.id),
@@ -52,6 +55,10 @@ def device_out(access: DeviceAccess) -> DeviceOut:
         last_seen=d.last_seen,
         activated_at=d.activated_at,
         motion=motion_of(d),
+        armed=d.armed,
+        analysis_mode=d.analysis_mode,
+        schedule=schedule_of(d),
+        analysis=analysis_state(d, live, now()),
     )
 
 
@@ -61,12 +68,13 @@ def motion_of(device: Device) -> MotionSettings:
 
 async def list_devices(request: Request) -> Response:
     found = await visible_devices(user(request))
-    return reply(DeviceList(devices=[device_out(a) for a in found]))
+    live = await live_relays()
+    return reply(DeviceList(devices=[device_out(a, live) for a in found]))
 
 
 async def get_device(request: Request) -> Response:
     access = await authorize(user(request), request.path_params["device_id"], Action.VIEW)
-    return reply(device_out(access))
+    return reply(device_out(access, await live_relays()))
 
 
 async def update_device(request: Request) -> Response:
@@ -77,10 +85,19 @@ async def update_device(request: Request) -> Response:
         changes["name"] = body.name
     if body.motion is not None:
         changes["motion"] = body.motion.model_dump()
+    if body.armed is not None:
+        changes["armed"] = body.armed
+    if body.analysis_mode is not None:
+        changes["analysis_mode"] = body.analysis_mode
+    if "schedule" in body.model_fields_set:  # null removes it
+        changes["schedule"] = None if body.schedule is None else body.schedule.model_dump()
     if not changes:
-        raise Invalid("send a name, motion settings, or both")
+        raise Invalid("send at least one of name, motion, armed, analysis_mode, schedule")
     await access.device.set(changes)
-    return reply(device_out(access))
+    if {"armed", "analysis_mode", "schedule"} & changes.keys():
+        log.info("device %s analysis: %s", access.device.id, changes)
+        context(request).signaling.reassign()
+    return reply(device_out(access, await live_relays()))
 
 
 async def delete_device(request: Request) -> Response:
@@ -90,6 +107,8 @@ async def delete_device(request: Request) -> Response:
     await Share.find(Share.device_id == device.id).delete()
     await device.delete()
     await context(request).signaling.enforce(change)
+    if device.id is not None:  # its clips, recordings, snapshots and uploads go with it
+        await delete_device_media(media_store(request), device.id)
     log.info("device %s removed by its owner", device.id)
     return reply(None, 204)
 

@@ -14,6 +14,7 @@ class RelayNode(Document):
     online: bool = True
     load: float = 0.0  # 0..1, reported by the relay
     sessions: int = 0
+    capacity: int = 0  # cameras it can analyse at once (relay.load)
 
     class Settings:
         name = "relays"

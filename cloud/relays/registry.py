@@ -12,8 +12,10 @@ from datetime import UTC, datetime, timedelta
 
 from beanie import PydanticObjectId
 
+from cloud.devices.models import Device
 from cloud.relays.models import RelayNode
 from cloud.signaling.models import SessionRecord
+from protocol.messages import RelayLoad
 
 STALE_S = 30
 RELAY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -41,22 +43,37 @@ async def register(relay_id: str, connection_id: str) -> None:
                 "online": True,
                 "load": 0.0,
                 "sessions": 0,
+                "capacity": 0,  # until its first relay.load says
             }
         },
         upsert=True,
     )
 
 
-async def report(relay_id: str, connection_id: str, load: float, sessions: int) -> None:
+async def report(relay_id: str, connection_id: str, load: RelayLoad) -> None:
     await RelayNode.get_pymongo_collection().update_one(
         {"relay_id": relay_id, "connection_id": connection_id},
-        {"$set": {"last_seen": datetime.now(UTC), "load": load, "sessions": sessions}},
+        {
+            "$set": {
+                "last_seen": datetime.now(UTC),
+                "load": load.load,
+                "sessions": load.sessions,
+                "capacity": load.capacity,
+            }
+        },
     )
 
 
 async def unregister(relay_id: str, connection_id: str) -> None:
     await RelayNode.get_pymongo_collection().update_one(
         {"relay_id": relay_id, "connection_id": connection_id}, {"$set": {"online": False}}
+    )
+
+
+async def expired(relay_id: str) -> None:
+    """The relay's presence expired with its instance: it is offline, whatever connection."""
+    await RelayNode.get_pymongo_collection().update_one(
+        {"relay_id": relay_id}, {"$set": {"online": False}}
     )
 
 
@@ -73,8 +90,8 @@ async def is_registered(relay_id: str) -> bool:
 async def allocate(device_id: str) -> RelayNode | None:
     """The relay for a new session of ``device_id``, or None when no relay is available.
 
-    A relay already watching the camera is preferred (its upstream then serves one more
-    viewer); otherwise the least loaded live relay.
+    A relay already watching the camera (for a viewer, or analysing it) is preferred: its
+    upstream then serves one more viewer. Otherwise the least loaded live relay.
     """
     fresh = datetime.now(UTC) - timedelta(seconds=STALE_S)
     candidates = (
@@ -92,4 +109,7 @@ async def allocate(device_id: str) -> RelayNode | None:
         }
     ).to_list()
     busy = {record.viewer_id for record in watching}
+    device = await Device.get(PydanticObjectId(device_id))
+    if device is not None and device.analysis_relay is not None:
+        busy.add(device.analysis_relay)  # it keeps an upstream to the camera (cloud.analysis)
     return next((r for r in candidates if r.relay_id in busy), candidates[0])

@@ -93,4 +93,15 @@ class StatsReport:
     stats: SessionStats
 
 
-Delivery = Send | Publish | Close | Subscribe | PresenceChanged | Record | StatsReport
+@dataclass(frozen=True)
+class MotionReport:
+    """A camera reported motion it detected itself (``device.motion``): the edge records it
+    for the analysis assignment (cloud.analysis)."""
+
+    device_id: str
+    active: bool
+
+
+Delivery = (
+    Send | Publish | Close | Subscribe | PresenceChanged | Record | StatsReport | MotionReport
+)

@@ -36,6 +36,7 @@ from cloud.signaling.deliveries import (
     Close,
     Delivery,
     Envelope,
+    MotionReport,
     PresenceChanged,
     Publish,
     Record,
@@ -59,6 +60,7 @@ from cloud.signaling.sessions import (
 from protocol.errors import ErrorCode
 from protocol.messages import (
     ClientMessage,
+    DeviceMotion,
     EndReason,
     GoAway,
     IceServer,
@@ -234,6 +236,20 @@ class Hub:
                     )
             case SessionEnd():
                 pass
+            case DeviceMotion() if info.role == "device":
+                if info.motion is None:
+                    info.motion = Bucket(self.limits.motion_per_s)
+                if not info.motion.allow(now):
+                    return self.strike(
+                        conn,
+                        message.id,
+                        ErrorCode.RATE_LIMITED,
+                        f"over {self.limits.motion_per_s:g} device.motion messages/s",
+                    )
+                out: list[Delivery] = [MotionReport(info.principal, message.active)]
+                if message.id:
+                    out.append(Send(conn, Status(id=message.id, ok=True)))
+                return out
             case _:
                 return self.strike(
                     conn,

@@ -43,7 +43,15 @@ async def came_online(device_id: str) -> tuple[int, datetime] | None:
     epoch = time.time_ns()
     result = await Device.get_pymongo_collection().update_one(
         {"_id": PydanticObjectId(device_id), "presence_epoch": {"$not": {"$gte": epoch}}},
-        {"$set": {"online": True, "last_seen": seen, "presence_epoch": epoch}},
+        # A new connection starts without motion: what the last one reported no longer holds.
+        {
+            "$set": {
+                "online": True,
+                "last_seen": seen,
+                "presence_epoch": epoch,
+                "motion_active": False,
+            }
+        },
     )
     return (epoch, seen) if result.modified_count == 1 else None
 

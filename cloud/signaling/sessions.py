@@ -16,6 +16,7 @@ class Limits:
     sdp_per_s: float = 5.0
     ice_per_s: float = 20.0
     stats_per_s: float = 2.0  # session.stats: one per side per session is the norm
+    motion_per_s: float = 2.0  # device.motion: a start and a stop per episode
     viewers_per_camera: int = 10
     sessions_per_viewer: int = 20
     accept_timeout_s: float = 5.0
@@ -53,6 +54,7 @@ class Connection:
     grant: str | None = None  # a camera's binding
     strikes: int = 0
     stats: Bucket = field(default_factory=lambda: Bucket(Limits.stats_per_s))
+    motion: Bucket | None = None  # a camera's device.motion, made on its first report
 
 
 @dataclass

@@ -15,6 +15,7 @@ about a second even when the bus lost its broadcast.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -26,8 +27,10 @@ from beanie import PydanticObjectId
 from pymongo.errors import PyMongoError
 from starlette.websockets import WebSocketDisconnect
 
+from cloud.analysis import assignment
+from cloud.analysis.threads import end_threads_of
 from cloud.auth.tokens import AccessTokens, UserPrincipal
-from cloud.devices.access import Action, audience, authorize
+from cloud.devices.access import Action, audience, authorize, binding
 from cloud.devices.models import AccessChange
 from cloud.errors import CloudError, Unavailable
 from cloud.ice import ice_servers
@@ -40,6 +43,7 @@ from cloud.signaling.deliveries import (
     CLOSE_TRY_AGAIN,
     Close,
     Delivery,
+    MotionReport,
     PresenceChanged,
     Publish,
     Record,
@@ -56,10 +60,12 @@ from cloud.signaling.presence import CameraPresence
 from cloud.signaling.sessions import Limits
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (
+    AssignedCamera,
     DevicePresence,
     EventPush,
     Hello,
     Message,
+    RelayAssign,
     RelayLoad,
     SessionRequest,
     Status,
@@ -76,6 +82,7 @@ SEND_TIMEOUT_S = 5.0
 TICK_S = 1.0
 SWEEP_S = 2.0
 ACCESS_POLL_S = 0.5
+ASSIGN_S = 1.0  # analysis assignment (cloud.analysis), sooner when a camera reports motion
 # How far before the last read access changes are read again: covers the clocks of
 # instances that differ and a record that became visible after a read had begun.
 ACCESS_LOOKBACK_S = 10.0
@@ -120,6 +127,9 @@ class Signaling:
         self.presence = CameraPresence(self.hub.cameras, bus, self._push_presence)
         self._access_read_at = _now()
         self._tasks: list[asyncio.Task[None]] = []
+        self._assign_soon = asyncio.Event()
+        self._unwelcomed: dict[str, list[Message | dict[str, Any]]] = {}  # see welcome()
+        self._assigned: dict[str, list[AssignedCamera]] = {}  # sent to each relay connection
         # Presence lives presence_ttl_s unless refreshed (every quarter of it); clients are
         # asked to send an application ping every heartbeat_s.
         self.presence_ttl_s = float(settings.presence_ttl_s)
@@ -139,6 +149,9 @@ class Signaling:
                 self._every(self.refresh_s, self._refresh), name="presence-refresh"
             ),
             asyncio.create_task(self._every(ACCESS_POLL_S, self._read_access), name="access"),
+            asyncio.create_task(
+                self._every(ASSIGN_S, self._assign, self._assign_soon), name="analysis"
+            ),
         ]
 
     async def drain(self) -> None:
@@ -157,9 +170,21 @@ class Signaling:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _every(self, period: float, step: Callable[[], Awaitable[None]]) -> None:
+    async def _every(
+        self,
+        period: float,
+        step: Callable[[], Awaitable[None]],
+        sooner: asyncio.Event | None = None,
+    ) -> None:
+        """Run ``step`` every ``period`` (or as soon as ``sooner`` is set), logging failures."""
         while True:
-            await asyncio.sleep(period)
+            if sooner is None:
+                await asyncio.sleep(period)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(period):
+                        await sooner.wait()
+                sooner.clear()
             try:
                 await step()
             except BusUnavailable:
@@ -173,6 +198,24 @@ class Signaling:
         async with self._lock:
             deliveries = self.hub.tick(time.monotonic())
         await self.execute(deliveries)
+
+    def reassign(self) -> None:
+        """Run the analysis assignment now rather than at its next period (arming changed)."""
+        self._assign_soon.set()
+
+    async def _assign(self) -> None:
+        """Assign armed cameras to relay nodes, and tell the nodes connected here theirs."""
+        await assignment.assign()
+        relays = {c.id: c.principal for c in self.hub.connections.values() if c.role == "relay"}
+        cameras = await assignment.cameras_of(set(relays.values()))
+        for conn in set(self._assigned) - set(relays):
+            del self._assigned[conn]
+        for conn, relay_id in relays.items():
+            theirs = cameras.get(relay_id, [])
+            if self._assigned.get(conn, []) != theirs:  # a new connection has none yet
+                self._assigned[conn] = theirs
+                log.info("relay %s analyses %d cameras", relay_id, len(theirs))
+                await self._send(conn, RelayAssign(cameras=theirs))
 
     async def _refresh(self) -> None:
         """This instance is alive: keep the presence of its cameras from expiring.
@@ -197,7 +240,11 @@ class Signaling:
         for device_id in await self.bus.claim_expired_presence():
             log.info("presence of %s expired", device_id)
             await self._publish(Publish(BROADCAST, {"kind": "gone", "device": device_id}))
-            if not device_id.startswith("relay:"):
+            if device_id.startswith("relay:"):  # the relay's instance died
+                relay_id = device_id.removeprefix("relay:")
+                await registry.expired(relay_id)
+                await end_threads_of(relay_id, self.push)
+            else:
                 await self.presence.expired(device_id)
 
     async def _read_access(self) -> None:
@@ -264,6 +311,9 @@ class Signaling:
                         await keep_record(d)
                     case StatsReport():
                         await keep_stats(d)
+                    case MotionReport():
+                        await assignment.report_motion(d.device_id, d.active)
+                        self.reassign()
             except BusUnavailable:
                 if strict:
                     raise
@@ -274,6 +324,10 @@ class Signaling:
                 log.exception("failed to carry out %s", type(d).__name__)
 
     async def _send(self, conn: str, message: Message | dict[str, Any]) -> None:
+        held = self._unwelcomed.get(conn)
+        if held is not None:
+            held.append(message)
+            return
         socket = self.sockets.get(conn)
         if socket is None or not socket.is_open:
             return
@@ -294,8 +348,10 @@ class Signaling:
             if change.online:
                 await self.bus.set_presence(change.device_id, change.conn, self.presence_ttl_s)
             else:
+                relay_id = change.device_id.removeprefix("relay:")
                 await self.bus.clear_presence(change.device_id, change.conn)
-                await registry.unregister(change.device_id.removeprefix("relay:"), change.conn)
+                await registry.unregister(relay_id, change.conn)
+                await end_threads_of(relay_id, self.push)
             return
         if change.online:
             await self.bus.set_presence(change.device_id, change.conn, self.presence_ttl_s)
@@ -372,19 +428,27 @@ class Signaling:
         down: the caller closes the connection (1013) and :meth:`detach` follows."""
         if role == "relay":
             await registry.register(principal, conn)
-        async with self._lock:
-            deliveries = self.hub.connect(conn, role, principal, grant)
+        # Frames for the connection before its welcome (a push on a channel it just
+        # subscribed) wait for it: the welcome is always the first frame.
+        self._unwelcomed[conn] = []
         try:
-            await self.execute(deliveries, strict=True)
-        except BusUnavailable as exc:
-            raise Unavailable("signaling is unavailable; try again shortly", 5) from exc
-        if conn not in self.hub.connections:
-            return  # refused by the hub (a revoked binding) and closed
-        # Welcome once the connection's channels are held: reachable from then on.
-        welcome = Welcome(
-            role=role, principal_id=principal, connection_id=conn, heartbeat_s=self.heartbeat_s
-        )
-        await self.sockets[conn].send_text(welcome.text())
+            async with self._lock:
+                deliveries = self.hub.connect(conn, role, principal, grant)
+            try:
+                await self.execute(deliveries, strict=True)
+            except BusUnavailable as exc:
+                raise Unavailable("signaling is unavailable; try again shortly", 5) from exc
+            if conn not in self.hub.connections:
+                return  # refused by the hub (a revoked binding) and closed
+            # Welcome once the connection's channels are held: reachable from then on.
+            welcome = Welcome(
+                role=role, principal_id=principal, connection_id=conn, heartbeat_s=self.heartbeat_s
+            )
+            await self.sockets[conn].send_text(welcome.text())
+        finally:
+            held = self._unwelcomed.pop(conn, [])
+        for message in held:
+            await self._send(conn, message)
 
     async def detach(self, conn: str, role: Role, principal: str) -> None:
         async with self._lock:
@@ -412,7 +476,7 @@ class Signaling:
         if isinstance(message, SessionRequest):
             deliveries = await self._request(conn, role, principal, message)
         elif isinstance(message, RelayLoad) and role == "relay":
-            await registry.report(principal, conn, message.load, message.sessions)
+            await registry.report(principal, conn, message)
             return
         else:
             async with self._lock:
@@ -423,13 +487,20 @@ class Signaling:
         self, conn: str, role: Role, principal: str, request: SessionRequest
     ) -> list[Delivery]:
         if role == "relay":
-            # A relay watches a camera only while it serves a viewer of that camera.
+            # A relay watches a camera while it serves a viewer of it, or analyses it.
             async with self._lock:
                 grants = self.hub.relay_serves(conn, request.device_id)
+            if grants is None:
+                device = await assignment.assigned_to(principal, request.device_id)
+                grants = None if device is None else (binding(device),)
+            async with self._lock:
                 if grants is not None:
                     return self.hub.request_session(conn, request, time.monotonic(), None, grants)
                 return self.hub.strike(
-                    conn, request.id, ErrorCode.FORBIDDEN, "this relay serves no viewer of it"
+                    conn,
+                    request.id,
+                    ErrorCode.FORBIDDEN,
+                    "this relay neither serves a viewer of it nor analyses it",
                 )
         if role != "user":
             async with self._lock:

@@ -137,6 +137,19 @@ async def new_owners_camera(stack: RelayStack, name: str) -> AsyncIterator[tuple
         stop(camera)
 
 
+async def disarmed(stack: RelayStack, owner: Owner, device_id: str) -> None:
+    """Disarm the camera and wait until no relay node analyses it any more."""
+    async with httpx.AsyncClient(base_url=stack.url, timeout=15) as http:
+        r = await http.patch(
+            f"/api/v1/devices/{device_id}", json={"armed": False}, headers=owner.headers
+        )
+        assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 15  # the next assignment, and the node's grace period
+    while any(stack.open_sessions(r, device_id) for r in stack.relays):
+        assert time.monotonic() < deadline, "a relay node kept analysing a disarmed camera"
+        await asyncio.sleep(0.3)
+
+
 @pytest.mark.timeout(240)
 async def test_relayed_viewers_share_one_upstream_and_a_motion_episode_makes_one_event_thread(
     relay_stack: RelayStack,
@@ -306,6 +319,7 @@ async def test_a_viewer_whose_ice_fails_leaves_the_fan_out_and_the_unused_upstre
 ) -> None:
     stack = relay_stack
     async with new_owners_camera(stack, "hall") as (owner, device_id):
+        await disarmed(stack, owner, device_id)  # else its analysis keeps an upstream
         token = owner.headers["Authorization"].removeprefix("Bearer ")
         view = await connect(stack.url.replace("http", "ws", 1), "/ws/v1/client", token)
         assert (await view.recv())["type"] == "welcome"
@@ -336,7 +350,7 @@ async def test_a_viewer_whose_ice_fails_leaves_the_fan_out_and_the_unused_upstre
             assert time.monotonic() < deadline, "the relay node kept pulling the camera"
             await asyncio.sleep(0.3)
         await view.socket.close()
-        assert "last viewer of" in stack.relay_log(serving)
+        assert f"nobody watches {device_id} any more" in stack.relay_log(serving)
 
 
 @pytest.mark.timeout(180)

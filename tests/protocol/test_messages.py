@@ -20,6 +20,7 @@ from protocol.messages import (
     CLIENT_TYPES,
     MAX_FRAME_BYTES,
     SERVER_TYPES,
+    AssignedCamera,
     DeviceActivated,
     DevicePresence,
     EventPush,
@@ -28,6 +29,7 @@ from protocol.messages import (
     Message,
     Ping,
     Pong,
+    RelayAssign,
     ServerMessage,
     SessionRequest,
     Welcome,
@@ -122,6 +124,13 @@ def pushes_and_welcome() -> list[Message | dict[str, Any]]:
     return [
         Welcome(role="device", principal_id="d1", connection_id="i1.abc", heartbeat_s=20),
         Welcome(role="relay", principal_id="relay-a", connection_id="i1.def", heartbeat_s=1),
+        RelayAssign(
+            cameras=[
+                AssignedCamera(device_id="d1", mode="continuous"),
+                AssignedCamera(device_id="d2", mode="on_motion", motion=True),
+            ]
+        ),
+        RelayAssign(cameras=[]),
         # Pushes travel in wire form (a dict), as Signaling.push publishes them.
         DevicePresence(device_id="d1", online=True, last_seen=seen).dump(),
         DevicePresence(device_id="d1", online=False, last_seen=None).dump(),

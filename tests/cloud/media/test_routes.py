@@ -6,6 +6,7 @@ from beanie import PydanticObjectId
 from starlette.applications import Starlette
 
 from cloud.auth.models import User
+from cloud.media.models import Media
 from cloud.media.tokens import ContentTokens
 from cloud.settings import Settings
 from tests.cloud.media.conftest import (
@@ -500,3 +501,20 @@ async def test_content_streams_through_a_real_server_in_ranges_as_a_player_asks(
         assert got == data
         tail = await player.get(url, headers={"Range": "bytes=-1"})
         assert (tail.status_code, tail.content) == (206, data[-1:])
+
+
+async def test_removing_a_camera_removes_its_media_and_their_chunks(
+    client: httpx.AsyncClient, make_account: MakeAccount, activate_device: ActivateDevice
+) -> None:
+    owner = await make_account("owner")
+    device, other = await activate_device(owner), await activate_device(owner, "Other")
+    before = await chunk_count()
+    for camera in (device, device, other):
+        assert (await upload(client, owner, camera, video(300_000))).status_code == 201
+    assert len(await stored_file_ids(device.id)) == 2
+    removed = await client.delete(f"/api/v1/devices/{device.id}", headers=owner.headers)
+    assert removed.status_code == 204
+    assert await stored_file_ids(device.id) == set()
+    assert await Media.find({"device_id": PydanticObjectId(device.id)}).count() == 0
+    assert await chunk_count() == before + 2  # the other camera's upload only (2 chunks)
+    assert len(await stored_file_ids(other.id)) == 1

@@ -9,13 +9,14 @@ from cloud.signaling.deliveries import (
     CLOSE_REPLACED,
     Close,
     Delivery,
+    MotionReport,
     PresenceChanged,
     Publish,
     Send,
     Subscribe,
 )
 from cloud.signaling.hub import Hub
-from protocol.messages import IceServer, Message, SessionRequest, decode
+from protocol.messages import IceServer, Message, SessionRequest, Status, decode
 
 ICE = [IceServer(urls=["stun:127.0.0.1:3478"])]
 
@@ -455,3 +456,26 @@ def test_a_relay_that_is_gone_before_the_session_opens_means_relay_failed() -> N
         "session_id": c.last("v1")["session_id"],
         "reason": "relay_failed",
     }
+
+
+def test_a_camera_reports_its_own_motion_and_nobody_else_can() -> None:
+    hub = Hub(instance="A", ice_servers=lambda principal: ICE)
+    hub.connect("c1", "device", "d1", "bind:d1:k")
+    hub.connect("v1", "user", "u1")
+    motion = '{"type": "device.motion", "id": "m1", "active": true}'
+    out = hub.receive("c1", decode(motion), 1000.0)
+    assert out == [MotionReport("d1", True), Send("c1", Status(id="m1", ok=True))]
+    refused = hub.receive("v1", decode(motion), 1000.0)
+    assert [d for d in refused if isinstance(d, MotionReport)] == []
+    assert isinstance(refused[0], Send)
+    assert refused[0].message.dump()["error"]["code"] == "invalid_request"
+
+
+def test_a_camera_flooding_motion_reports_is_limited() -> None:
+    hub = Hub(instance="A", ice_servers=lambda principal: ICE)
+    hub.connect("c1", "device", "d1", "bind:d1:k")
+    frame = decode('{"type": "device.motion", "active": false}')
+    reports = [hub.receive("c1", frame, 1000.0) for _ in range(5)]
+    recorded = sum(isinstance(d, MotionReport) for out in reports for d in out)
+    assert recorded == 2  # the bucket's burst; the rest are answered rate_limited
+    assert reports[-1][0].message.dump()["error"]["code"] == "rate_limited"  # type: ignore[union-attr]

@@ -2,13 +2,20 @@
 
 import json
 import time
+from typing import Any
 
 import httpx
 import jwt
 import websockets
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cloud.auth.tokens import AccessTokens
+from cloud.settings import Settings
+from cloud.signaling.bus import MemoryBus
+from cloud.signaling.deliveries import Delivery, Send
+from cloud.signaling.ws import Signaling
 from device_sim.identity import assertion
+from protocol.messages import DevicePresence
 from tests.conftest import Account, ActivatedDevice, ActivateDevice, MakeAccount, share
 from tests.peers import AUDIENCE, Peer, camera, connect, viewer
 
@@ -363,3 +370,41 @@ async def test_after_removal_and_onboarding_by_someone_else_the_old_owner_hears_
         assert [m["type"] for m in old.seen] == ["welcome", "status"]
     listed = await client.get("/api/v1/devices", headers=first.headers)
     assert listed.json() == {"devices": []}
+
+
+class RecordingSocket:
+    def __init__(self) -> None:
+        self.frames: list[dict[str, object]] = []
+
+    @property
+    def is_open(self) -> bool:
+        return True
+
+    async def send_text(self, text: str) -> None:
+        self.frames.append(json.loads(text))
+
+    async def close(self, code: int, reason: str) -> None:
+        pass
+
+
+async def test_the_welcome_is_the_first_frame_even_when_a_push_overtakes_it(
+    settings: Settings,
+) -> None:
+    """A push on a channel the connection has just subscribed (presence, an event) may come
+    while its welcome is still being made; it goes out after the welcome."""
+    bus = MemoryBus()
+    await bus.start()
+    tokens = AccessTokens(settings.resolved_jwt_secret(), settings.public_url, 900)
+    signaling = Signaling(settings, bus, tokens, "test")
+    socket = RecordingSocket()
+    conn = signaling.attach(socket, "user", "u1")
+    connect = signaling.hub.connect
+
+    def connect_and_push(*args: Any) -> list[Delivery]:
+        push = DevicePresence(device_id="d1", online=True)
+        return [*connect(*args), Send(conn, push)]
+
+    signaling.hub.connect = connect_and_push  # type: ignore[method-assign]
+    await signaling.welcome(conn, "user", "u1", None)
+    assert [frame["type"] for frame in socket.frames] == ["welcome", "device.presence"]
+    await bus.close()

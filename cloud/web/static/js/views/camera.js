@@ -2,7 +2,7 @@
 // sharing (list, add, remove) and removing the camera from the account.
 
 import { busy, confirmAction, errorBox, fields, fill, h } from "../dom.js";
-import { dot, presenceText } from "./cameras.js";
+import { analysisText, dot, presenceText } from "./cameras.js";
 
 export const NAME = "camera";
 
@@ -59,7 +59,42 @@ function render(app, section, device, offs) {
 }
 
 function ownerTools(app, device, paintHead) {
-  return [renameForm(app, device, paintHead), shares(app, device), removal(app, device)];
+  return [
+    renameForm(app, device, paintHead), arming(app, device), shares(app, device),
+    removal(app, device),
+  ];
+}
+
+// Arm/Disarm and the analysis mode: a relay node watches an armed camera for motion and
+// objects whether or not anyone is watching it.
+function arming(app, device) {
+  const error = errorBox();
+  const state = h("p", { class: "muted analysis", role: "status" });
+  const toggle = h("button", { type: "button", class: "arm" });
+  const mode = h("select", { name: "analysis_mode", "aria-label": "When to analyse" },
+    h("option", { value: "continuous" }, "All the time"),
+    h("option", { value: "on_motion" }, "When the camera detects motion"));
+  const paint = (current) => {
+    Object.assign(device, current);
+    app.devices.put(current);
+    state.textContent = analysisText(current);
+    state.dataset.state = current.analysis?.state ?? "";
+    toggle.textContent = current.armed ? "Disarm" : "Arm";
+    toggle.setAttribute("aria-pressed", String(current.armed));
+    mode.value = current.analysis_mode;
+  };
+  const save = (change, label) => busy(toggle, label, error, async () => {
+    paint(await app.api.patch(`/api/v1/devices/${device.id}`, change));
+  });
+  toggle.addEventListener("click", () => save({ armed: !device.armed }, "Saving…"));
+  mode.addEventListener("change", () => save({ analysis_mode: mode.value }, "Saving…"));
+  paint(device);
+  return h("div", { class: "card stack arming", "aria-label": "Analysis" },
+    h("h2", {}, "Analysis"),
+    state,
+    h("span", { class: "with-button" }, mode, toggle),
+    h("p", { class: "hint" }, "Armed cameras are analysed for motion, people and vehicles even when nobody is watching; events appear in Events."),
+    error);
 }
 
 function renameForm(app, device, paintHead) {

@@ -10,6 +10,17 @@ export function presenceText(device, now) {
   return device.last_seen ? `Offline · last seen ${ago(device.last_seen, now)}` : "Offline · not seen yet";
 }
 
+// What unattended analysis does for this camera now (docs/protocol.md, "Arming and analysis").
+export function analysisText(device) {
+  switch (device.analysis?.state) {
+    case "active": return device.analysis_mode === "on_motion"
+      ? "Armed · analysed when it detects motion" : "Armed · analysed";
+    case "waiting_for_relay": return "Armed · waiting for an analysis node";
+    case "disarmed": return device.armed ? "Disarmed by its schedule" : "Disarmed";
+    default: return device.armed ? "Armed · analysed once online" : "Disarmed";
+  }
+}
+
 export function dot(device) {
   return h("span", {
     class: `dot ${device.online ? "online" : "offline"}`,
@@ -50,6 +61,8 @@ export function mount(app) {
             h("strong", { class: "camera-name" }, device.name),
             device.role === "viewer" && h("span", { class: "badge" }, "Shared with you")),
           h("span", { class: "muted presence" }, presenceText(device, now)),
+          h("span", { class: "muted small analysis", dataset: { state: device.analysis?.state } },
+            analysisText(device)),
           h("span", { class: "muted small" }, device.camera_model)),
       ),
       h("div", { class: "row" },

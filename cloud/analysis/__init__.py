@@ -1,0 +1,2 @@
+"""Unattended analysis: which relay node analyses which armed camera (docs/protocol.md,
+"Arming and analysis")."""

@@ -1,0 +1,159 @@
+"""Which relay node analyses which armed camera.
+
+Every armed, online camera inside its schedule is *wanted*; each wanted camera is assigned
+to one live relay node (``Device.analysis_relay``), chosen by the room it has left: the
+``capacity`` it reports in ``relay.load`` minus the cameras it has. A node is live while
+its connection is registered and it reported within :data:`LIVE_S`. Assignments that no
+longer hold (the node left, the camera went offline, was disarmed, or its schedule closed)
+are released, and the camera goes to another node in the same step.
+
+:func:`assign` runs on every cloud instance every second; every write is a compare-and-set
+on the field it read, so instances never fight over a camera. A node learns its cameras from
+the instance that holds its connection (:func:`cameras_of`, sent as ``relay.assign``). A node
+killed outright loses its connection at once and its cameras move within two steps; a node
+whose *instance* died is released when its presence expires (``PRESENCE_TTL_S``).
+
+Cost per step: one query for the live nodes, one per node counting its cameras, and
+indexed queries for assignments to release and wanted cameras without a node: an idle
+fleet whose assignments hold reads nothing per camera.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from beanie import PydanticObjectId
+
+from cloud.analysis.schedule import in_schedule
+from cloud.devices.models import Device
+from cloud.relays.models import RelayNode
+from protocol.api import AnalysisState, Schedule
+from protocol.messages import AssignedCamera
+
+log = logging.getLogger(__name__)
+
+LIVE_S = 20.0  # four relay.load reports missed: the node is gone
+BATCH = 500  # wanted cameras assigned per step at most
+
+
+@dataclass(frozen=True)
+class LiveRelay:
+    relay_id: str
+    capacity: int
+
+
+async def live_relays(now: datetime | None = None) -> dict[str, LiveRelay]:
+    fresh = (now or datetime.now(UTC)) - timedelta(seconds=LIVE_S)
+    nodes = await RelayNode.find({"online": True}, RelayNode.last_seen > fresh).to_list()
+    return {n.relay_id: LiveRelay(n.relay_id, n.capacity) for n in nodes}
+
+
+def schedule_of(device: Device) -> Schedule | None:
+    return None if device.schedule is None else Schedule.model_validate(device.schedule)
+
+
+def wanted(device: Device, now: datetime) -> bool:
+    """Whether the camera should be analysed now (armed, online, inside its schedule)."""
+    return device.armed and device.online and in_schedule(schedule_of(device), now)
+
+
+def analysis_state(device: Device, live: dict[str, LiveRelay], now: datetime) -> AnalysisState:
+    if not device.armed or not in_schedule(schedule_of(device), now):
+        return AnalysisState(state="disarmed")
+    if not device.online:
+        return AnalysisState(state="offline")
+    if device.analysis_relay is not None and device.analysis_relay in live:
+        return AnalysisState(state="active", relay_id=device.analysis_relay)
+    return AnalysisState(state="waiting_for_relay")
+
+
+async def _move(device_id: PydanticObjectId | None, was: str | None, to: str | None) -> bool:
+    """Compare-and-set the camera's node; False when another instance moved it first."""
+    result = await Device.get_pymongo_collection().update_one(
+        {"_id": device_id, "analysis_relay": was}, {"$set": {"analysis_relay": to}}
+    )
+    return result.modified_count == 1
+
+
+async def assign(now: datetime | None = None) -> None:
+    """One step: release assignments that no longer hold, then assign wanted cameras."""
+    now = now or datetime.now(UTC)
+    live = await live_relays(now)
+    assigned = {r: await Device.find({"analysis_relay": r}).count() for r in live}
+
+    stale = await Device.find(
+        {
+            "analysis_relay": {"$ne": None},
+            "$or": [
+                {"analysis_relay": {"$nin": list(live)}},
+                {"online": False},
+                {"armed": False},
+                {"schedule": {"$ne": None}},  # checked below
+            ],
+        }
+    ).to_list()
+    for device in stale:
+        if device.analysis_relay in live and wanted(device, now):
+            continue
+        if await _move(device.id, device.analysis_relay, None):
+            if device.analysis_relay in assigned:
+                assigned[device.analysis_relay] -= 1
+            log.info("analysis of %s released from %s", device.id, device.analysis_relay)
+
+    waiting = await Device.find(
+        # armed unless it says otherwise: devices created before arming have no field
+        {"armed": {"$ne": False}, "online": True, "analysis_relay": None},
+        limit=BATCH,
+    ).to_list()
+    for device in waiting:
+        if not wanted(device, now):
+            continue
+        room = {r: node.capacity - assigned.get(r, 0) for r, node in live.items()}
+        best = max(room, key=lambda r: (room[r], r), default=None)
+        if best is None or room[best] <= 0:
+            return  # every node is full (or there is none): the cameras wait
+        if await _move(device.id, None, best):
+            assigned[best] = assigned.get(best, 0) + 1
+            log.info("analysis of %s assigned to %s", device.id, best)
+
+
+async def cameras_of(
+    relay_ids: set[str], now: datetime | None = None
+) -> dict[str, list[AssignedCamera]]:
+    """What each of these nodes must analyse now (``relay.assign``), in a stable order."""
+    now = now or datetime.now(UTC)
+    out: dict[str, list[AssignedCamera]] = {r: [] for r in relay_ids}
+    if not relay_ids:
+        return out
+    devices = (
+        await Device.find({"analysis_relay": {"$in": sorted(relay_ids)}}).sort("+_id").to_list()
+    )
+    for device in devices:
+        if device.analysis_relay in out and wanted(device, now):
+            out[device.analysis_relay].append(
+                AssignedCamera(
+                    device_id=str(device.id),
+                    mode=device.analysis_mode,
+                    motion=device.motion_active,
+                )
+            )
+    return out
+
+
+async def assigned_to(relay_id: str, device_id: str) -> Device | None:
+    """The device if it is assigned to this node and wanted now (the node may watch it)."""
+    if not PydanticObjectId.is_valid(device_id):
+        return None
+    device = await Device.find_one({"_id": PydanticObjectId(device_id), "analysis_relay": relay_id})
+    if device is None or not wanted(device, datetime.now(UTC)):
+        return None
+    return device
+
+
+async def report_motion(device_id: str, active: bool) -> None:
+    """The camera says it sees motion (or no longer does): on_motion nodes attach on it.
+    Each connection of the camera starts without (cloud.signaling.presence)."""
+    await Device.get_pymongo_collection().update_one(
+        {"_id": PydanticObjectId(device_id)},
+        {"$set": {"motion_active": active, "motion_at": datetime.now(UTC)}},
+    )

@@ -1,0 +1,172 @@
+"""Arming and assignment through the real app: a relay node over its WebSocket, a camera
+over its own, the owner over HTTP. The app's assignment runs every second."""
+
+import asyncio
+import secrets
+import time
+from typing import Any
+
+import httpx
+
+from tests.conftest import RELAY_SECRET, Account, ActivatedDevice, ActivateDevice, MakeAccount
+from tests.peers import Peer, camera, connect
+
+DEVICES = "/api/v1/devices"
+OFFLINE = {"state": "offline", "relay_id": None}
+DISARMED = {"state": "disarmed", "relay_id": None}
+WAITING = {"state": "waiting_for_relay", "relay_id": None}
+
+
+async def relay_node(ws_base: str, capacity: int) -> tuple[str, Peer]:
+    relay_id = "relay-" + secrets.token_hex(4)
+    relay = await connect(ws_base, "/ws/v1/relay", f"{relay_id}:{RELAY_SECRET}")
+    assert (await relay.recv())["type"] == "welcome"
+    await relay.send({"type": "relay.load", "load": 0, "sessions": 0, "capacity": capacity})
+    return relay_id, relay
+
+
+async def assigned(relay: Peer, device: ActivatedDevice, timeout: float = 8.0) -> dict[str, Any]:
+    """The node's next relay.assign that says something about ``device`` (absent: {})."""
+    deadline = time.monotonic() + timeout
+    while True:
+        message = await relay.expect("relay.assign", max(0.1, deadline - time.monotonic()))
+        mine = [c for c in message["cameras"] if c["device_id"] == device.id]
+        return mine[0] if mine else {}
+
+
+async def analysis(client: httpx.AsyncClient, owner: Account, device: ActivatedDevice) -> Any:
+    r = await client.get(f"{DEVICES}/{device.id}", headers=owner.headers)
+    assert r.status_code == 200, r.text
+    return r.json()["analysis"]
+
+
+async def until_analysis(
+    client: httpx.AsyncClient, owner: Account, device: ActivatedDevice, want: dict[str, Any]
+) -> None:
+    deadline = time.monotonic() + 8
+    while (got := await analysis(client, owner, device)) != want:
+        assert time.monotonic() < deadline, got
+        await asyncio.sleep(0.2)
+
+
+async def test_an_armed_camera_is_analysed_by_a_node_with_room_while_armed_and_online(
+    ws_base: str,
+    client: httpx.AsyncClient,
+    make_account: MakeAccount,
+    activate_device: ActivateDevice,
+) -> None:
+    owner = await make_account("armed")
+    device = await activate_device(owner, "Porch")
+    listed = (await client.get(f"{DEVICES}/{device.id}", headers=owner.headers)).json()
+    assert (listed["armed"], listed["analysis_mode"], listed["schedule"]) == (
+        True,
+        "continuous",
+        None,
+    )
+    assert listed["analysis"] == {
+        "state": "offline",
+        "relay_id": None,
+    }  # armed by default, not connected yet
+
+    _, full = await relay_node(ws_base, capacity=0)  # a node without room takes none
+    relay_id, relay = await relay_node(ws_base, capacity=1000)
+    cam = await camera(ws_base, device)
+    assert await assigned(relay, device) == {
+        "device_id": device.id,
+        "mode": "continuous",
+        "motion": False,
+    }
+    await until_analysis(client, owner, device, {"state": "active", "relay_id": relay_id})
+    assert [m for m in full.seen if m["type"] == "relay.assign"] == []
+
+    # The node may watch it with no viewer routed through it; a node it is not assigned to
+    # may not.
+    await relay.send({"type": "session.request", "id": "up", "device_id": device.id})
+    assert (await relay.expect("session.created"))["device_id"] == device.id
+    await full.send({"type": "session.request", "id": "up", "device_id": device.id})
+    refused = await full.expect("status")
+    assert refused["error"]["code"] == "forbidden"
+
+    disarmed = await client.patch(
+        f"{DEVICES}/{device.id}", json={"armed": False}, headers=owner.headers
+    )
+    assert disarmed.status_code == 200, disarmed.text
+    assert disarmed.json()["analysis"] == DISARMED
+    assert await assigned(relay, device) == {}  # let go
+
+    await client.patch(
+        f"{DEVICES}/{device.id}",
+        json={"armed": True, "analysis_mode": "on_motion"},
+        headers=owner.headers,
+    )
+    assert (await assigned(relay, device))["motion"] is False
+    await cam.send({"type": "device.motion", "id": "m1", "active": True})
+    assert (await cam.expect("status"))["ok"] is True
+    assert (await assigned(relay, device))["motion"] is True
+
+    await cam.socket.close()
+    assert await assigned(relay, device) == {}  # offline: nothing to analyse
+    await until_analysis(client, owner, device, OFFLINE)
+    cam = await camera(ws_base, device)  # a new connection starts without motion
+    assert (await assigned(relay, device))["motion"] is False
+
+    await relay.socket.close()
+    await until_analysis(client, owner, device, WAITING)
+    await full.socket.close()
+    await cam.socket.close()
+
+
+async def test_a_schedule_disarms_the_camera_outside_its_windows(
+    client: httpx.AsyncClient, make_account: MakeAccount, activate_device: ActivateDevice
+) -> None:
+    owner = await make_account("schedule")
+    device = await activate_device(owner)
+    url = f"{DEVICES}/{device.id}"
+    never = {  # a minute on one day of the week, a day away from now
+        "timezone": "UTC",
+        "windows": [{"days": ["mon"], "start": "00:00", "end": "00:01"}],
+    }
+    today = time.gmtime().tm_wday
+    never["windows"][0]["days"] = [["mon", "tue", "wed", "thu", "fri", "sat", "sun"][today - 3]]
+    r = await client.patch(url, json={"schedule": never}, headers=owner.headers)
+    assert r.status_code == 200, r.text
+    assert (r.json()["schedule"], r.json()["analysis"]) == (
+        never,
+        DISARMED,
+    )
+    r = await client.patch(url, json={"schedule": None}, headers=owner.headers)
+    assert (r.json()["schedule"], r.json()["analysis"]) == (
+        None,
+        OFFLINE,
+    )
+    for bad in (
+        {"schedule": {"windows": []}},
+        {"schedule": {"timezone": "Mars/Olympus", "windows": never["windows"]}},
+        {"schedule": {"windows": [{"days": ["mon"], "start": "24:00", "end": "01:00"}]}},
+        {"analysis_mode": "sometimes"},
+        {"armed": "yes"},
+    ):
+        r = await client.patch(url, json=bad, headers=owner.headers)
+        assert (r.status_code, r.json()["error"]["code"]) == (422, "invalid_request"), bad
+
+
+async def test_only_the_owner_arms_a_camera(
+    client: httpx.AsyncClient, make_account: MakeAccount, activate_device: ActivateDevice
+) -> None:
+    owner, friend = await make_account("owner"), await make_account("friend")
+    device = await activate_device(owner)
+    await client.post(
+        f"{DEVICES}/{device.id}/shares", json={"email": friend.email}, headers=owner.headers
+    )
+    url = f"{DEVICES}/{device.id}"
+    shared = await client.get(url, headers=friend.headers)
+    assert shared.json()["analysis"] == {
+        "state": "offline",
+        "relay_id": None,
+    }  # a viewer sees the state
+    r = await client.patch(url, json={"armed": False}, headers=friend.headers)
+    assert r.status_code == 403
+    stranger = await make_account("stranger")
+    assert (
+        await client.patch(url, json={"armed": False}, headers=stranger.headers)
+    ).status_code == 404
