@@ -27,6 +27,7 @@ from cloud.db import Database
 from cloud.devices import routes as device_routes
 from cloud.events import routes as event_routes
 from cloud.http import EXCEPTION_HANDLERS, Endpoint, RequestContextMiddleware, routes
+from cloud.media import recordings as media_recordings
 from cloud.media import routes as media_routes
 from cloud.media.models import Media
 from cloud.media.retention import Retention
@@ -59,6 +60,7 @@ ENDPOINTS: list[Endpoint] = [
     *event_routes.ENDPOINTS,
     *relay_routes.ENDPOINTS,
     *media_routes.ENDPOINTS,
+    *media_recordings.ENDPOINTS,
 ]
 
 

@@ -399,3 +399,10 @@ class MediaUsage(Response):
     quota_bytes: int
     retention_days: int
     by_kind: dict[str, int] = Field(description="Bytes per media kind")
+
+
+class RecordingRequest(Request):
+    """``POST /devices/{id}/recordings``: record the camera from now (plus its pre-roll
+    when a relay node was already watching it) for ``duration_s``."""
+
+    duration_s: int = Field(strict=True, ge=1, le=600, description="Seconds, at most 10 minutes")

@@ -270,17 +270,28 @@ class RelaySession(Message):
     device_id: DeviceId
 
 
+class RecordingOrder(Message):
+    """A recording the owner asked for: the node records the camera until ``until``
+    (with its pre-roll when it was already watching) and uploads it as media ``id``."""
+
+    id: str = Field(min_length=1, max_length=64)
+    until: datetime
+
+
 class AssignedCamera(Message):
     device_id: DeviceId
     mode: Literal["continuous", "on_motion"]
     motion: bool = False  # on_motion: the camera reports motion now
+    armed: bool = True  # False: watched only for ``recordings``, no events
+    recordings: list[RecordingOrder] = Field(default_factory=list)
 
 
 class RelayAssign(Message):
-    """cloud -> relay: every camera this node analyses, sent whenever the set changes
-    (it replaces the previous one). The node keeps an upstream to each ``continuous``
-    camera, and to each ``on_motion`` camera while its ``motion`` lasts; it may request
-    sessions of these cameras whether or not a viewer is routed through it."""
+    """cloud -> relay: every camera this node analyses or records, sent whenever the set
+    changes (it replaces the previous one). The node keeps an upstream to each armed
+    ``continuous`` camera, to each ``on_motion`` camera while its ``motion`` lasts, and to
+    each camera with ``recordings`` until they end; it may request sessions of these cameras
+    whether or not a viewer is routed through it."""
 
     type: Literal["relay.assign"] = "relay.assign"
     cameras: list[AssignedCamera]

@@ -7,6 +7,7 @@ camera's own packets) uploaded while the thread runs
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -19,12 +20,13 @@ import numpy as np
 from av import Packet, VideoFrame
 from numpy.typing import NDArray
 
+from protocol.messages import RecordingOrder
 from relay.budget import DetectionBudget
 from relay.clips import CLOCK_RATE, ClipError, ClipRecorder, ClipSettings, PreRoll
 from relay.detector import Detector, DetectorError
 from relay.events import EventRecord, EventThreads, snapshot_jpeg
 from relay.media import Fanout
-from relay.motion import MotionConfig, MotionDetector
+from relay.motion import STILL, MotionConfig, MotionDetector
 from relay.settings import RelaySettings
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,21 @@ class Analysis:
         self.stats = stats
         self.http: httpx.AsyncClient | None = None
         self._spawn = spawn
+        self._clips: dict[str, Clips] = {}  # by device, while watched
+        self._recordings: set[str] = set()  # ids of the recordings taken here
+        self._waiting: dict[str, list[RecordingOrder]] = {}  # by device, until it is watched
+
+    def record(self, device: str, order: RecordingOrder) -> None:
+        """Record the camera as the owner asked (once per order, however often it is sent);
+        a camera not watched yet starts it as soon as it is."""
+        if order.id in self._recordings:
+            return
+        self._recordings.add(order.id)
+        clips = self._clips.get(device)
+        if clips is None:
+            self._waiting.setdefault(device, []).append(order)
+        else:
+            clips.record(order)
 
     async def _motion_config(self, device_id: str) -> MotionConfig:
         """The camera's motion settings from the cloud (defaults if they cannot be read)."""
@@ -74,16 +91,21 @@ class Analysis:
             )
             return MotionConfig()
 
-    async def watch(self, device: str, fanout: Fanout) -> None:
-        """Analyse one camera's picture until its fan-out closes."""
+    async def watch(self, device: str, fanout: Fanout, armed: Callable[[], bool]) -> None:
+        """Analyse one camera's picture until its fan-out closes; events only while
+        ``armed()`` (a camera watched for a viewer or a recording alone gives none)."""
+        clips = self._clips[device] = Clips(device, fanout, self.settings.clips, self._upload_clip)
+        for order in self._waiting.pop(device, []):
+            clips.record(order)
         motion = MotionDetector(await self._motion_config(device))
         threads = EventThreads()
-        clips = Clips(device, fanout, self.settings.clips, self._upload_clip)
         try:
             async for frame in fanout.frames(self.settings.analysis_fps):
                 t = time.time()
                 picture: NDArray[np.uint8] = await asyncio.to_thread(bgr, frame)
                 moved = motion.update(picture, t)
+                if not armed():
+                    moved = STILL  # open threads end after their quiet time
                 self.stats["frames_analysed"] += 1
                 detections = None
                 if (
@@ -114,6 +136,8 @@ class Analysis:
                         record.to_report(device).model_dump(mode="json", exclude_none=True)
                     )
             await clips.close()
+            if self._clips.get(device) is clips:
+                del self._clips[device]
 
     async def _upload_clip(self, clip: "ClipUpload", data: bytes, final: bool, kind: str) -> None:
         """Store the clip so far (it replaces the previous upload); raises on failure, so
@@ -126,7 +150,7 @@ class Analysis:
         if clip.duration_s is not None:
             params["duration_s"] = f"{clip.duration_s:.3f}"
         response = await self.http.put(
-            f"/api/v1/relays/devices/{clip.device}/clips/{clip.thread_id}",
+            clip.path,
             params=params,
             content=data,
             headers={"Content-Type": kind},
@@ -152,11 +176,10 @@ class Analysis:
 
 @dataclass(frozen=True)
 class ClipUpload:
-    """Which clip an upload is: the camera, the event thread, the wall-clock time of its
-    first frame, and (on the final upload) its duration."""
+    """Where an upload goes (an event clip's or a recording's path on the cloud), the
+    wall-clock time of its first frame, and (on the final upload) its duration."""
 
-    device: str
-    thread_id: str
+    path: str
     started_at: float
     duration_s: float | None
 
@@ -165,12 +188,15 @@ UploadClip = Callable[[ClipUpload, bytes, bool, str], Awaitable[None]]
 
 
 class Clips:
-    """One camera's pre-roll and the clips of its open event threads.
+    """One camera's pre-roll, and what is cut from it: the clips of its open event threads
+    and the recordings the owner asked for.
 
-    The fan-out hands every packet to the pre-roll and to each recording clip; a thread's
-    ``new`` starts its clip from the pre-roll (``pre_roll_s`` before the thread's first
-    hit), its ``end`` lets the clip take its post-roll and finish. Event times are wall
-    clock and packets carry the camera's ``pts``: the newest packet's arrival links the two.
+    The fan-out hands every packet to the pre-roll and to each recorder. A thread's ``new``
+    starts its clip from the pre-roll (``pre_roll_s`` before the thread's first hit), its
+    ``end`` lets the clip take its post-roll and finish. A recording starts from the
+    pre-roll too (what the node holds of the seconds before it was asked for) and ends at its
+    ``until``. Event times are wall clock and packets carry the camera's ``pts``: the newest
+    packet's arrival links the two.
     """
 
     def __init__(
@@ -180,7 +206,8 @@ class Clips:
         self.fanout = fanout
         self.settings = settings
         self.preroll = PreRoll(settings.pre_roll_s)
-        self.recorders: dict[str, ClipRecorder] = {}
+        self.recorders: dict[str, ClipRecorder] = {}  # by upload path
+        self._orders: list[RecordingOrder] = []  # recordings waiting for the first packet
         self._upload = upload
         self._newest: tuple[int, float] | None = None  # (pts, time.time() it arrived)
         self._stop_listening = fanout.add_listener(self._packet)
@@ -190,6 +217,10 @@ class Clips:
         self.preroll.add(packet, keyframe)
         for recorder in self.recorders.values():
             recorder.add(packet, keyframe)
+        if self._orders and keyframe:
+            orders, self._orders = self._orders, []
+            for order in orders:
+                self.record(order)
 
     def _pts_at(self, t: float) -> int | None:
         if self._newest is None:
@@ -201,38 +232,60 @@ class Clips:
         newest_pts, at = self._newest or (pts, time.time())
         return at - (newest_pts - pts) / CLOCK_RATE
 
+    def _start(
+        self, path: str, start: float, settings: ClipSettings, name: str
+    ) -> ClipRecorder | None:
+        """A recorder from ``pre_roll_s`` before wall-clock ``start``, uploading to ``path``."""
+        codec = self.fanout.codec
+        if codec is None:
+            return None
+        self._forget_done()
+        start_pts = self._pts_at(start)
+        first = self.preroll.since((start_pts or 0) - round(settings.pre_roll_s * CLOCK_RATE))
+        started_at = self._time_at(first[0][0].pts or 0) if first else start
+
+        async def upload(data: bytes, final: bool, kind: str) -> None:
+            recorder = self.recorders.get(path)
+            duration = recorder.muxer.duration_s if recorder is not None and final else None
+            await self._upload(ClipUpload(path, started_at, duration), data, final, kind)
+
+        recorder = ClipRecorder(
+            codec, self.preroll, upload, start_pts=start_pts, settings=settings, name=name
+        )
+        self.recorders[path] = recorder
+        return recorder
+
     def follow(self, record: EventRecord) -> None:
         """Start, or end, the clip of ``record``'s thread."""
-        if record.state == "new" and self.fanout.codec is not None:
-            self._forget_done()
-            start = self._pts_at(record.started_at)
-            thread_id = record.thread_id
-            first = self.preroll.since((start or 0) - round(self.settings.pre_roll_s * CLOCK_RATE))
-            started_at = self._time_at(first[0][0].pts or 0) if first else record.started_at
-
-            async def upload(data: bytes, final: bool, kind: str) -> None:
-                recorder = self.recorders.get(thread_id)
-                duration = recorder.muxer.duration_s if recorder is not None and final else None
-                clip = ClipUpload(self.device, thread_id, started_at, duration)
-                await self._upload(clip, data, final, kind)
-
-            self.recorders[thread_id] = ClipRecorder(
-                self.fanout.codec,
-                self.preroll,
-                upload,
-                start_pts=start,
-                settings=self.settings,
-                name=f"{self.device}/{record.kind}",
-            )
-        elif record.state == "end" and (recorder := self.recorders.get(record.thread_id)):
+        path = f"/api/v1/relays/devices/{self.device}/clips/{record.thread_id}"
+        if record.state == "new":
+            self._start(path, record.started_at, self.settings, f"{self.device}/{record.kind}")
+        elif record.state == "end" and (recorder := self.recorders.get(path)):
             recorder.end(self._pts_at(record.ended_at or record.started_at))
 
+    def record(self, order: RecordingOrder) -> None:
+        """Record from now (with the pre-roll held) until ``order.until``."""
+        now = time.time()
+        until = order.until.timestamp()
+        if until <= now:
+            return
+        settings = dataclasses.replace(
+            self.settings, post_roll_s=0.0, max_clip_s=self.settings.pre_roll_s + until - now + 1
+        )
+        path = f"/api/v1/relays/recordings/{order.id}"
+        recorder = self._start(path, now, settings, f"{self.device}/recording")
+        if recorder is None:  # no packet yet: at the first keyframe
+            self._orders.append(order)
+            return
+        recorder.end(self._pts_at(until))
+        log.info("relay: recording %s of %s until %s", order.id, self.device, order.until)
+
     def _forget_done(self) -> None:
-        for thread_id in [t for t, r in self.recorders.items() if r.done]:
-            del self.recorders[thread_id]
+        for path in [p for p, r in self.recorders.items() if r.done]:
+            del self.recorders[path]
 
     async def close(self) -> None:
-        """The camera's analysis stops: finish every clip and upload it."""
+        """The camera's analysis stops: finish every clip and recording and upload it."""
         self._stop_listening()
         await asyncio.gather(*(r.close() for r in self.recorders.values()))
         self.recorders.clear()

@@ -256,15 +256,27 @@ class RelayNode:
     # upstream: the relay watches the camera ------------------------------------------------------
 
     def _analyses(self, device_id: str) -> bool:
-        """Whether the cloud wants this node to watch the camera for analysis now."""
+        """Whether the cloud wants this node to watch the camera now: to analyse it, or to
+        record it."""
         camera = self.assigned.get(device_id)
-        return camera is not None and (camera.mode == "continuous" or camera.motion)
+        if camera is None:
+            return False
+        analysed = camera.armed and (camera.mode == "continuous" or camera.motion)
+        return analysed or bool(camera.recordings)
+
+    def _armed(self, device_id: str) -> bool:
+        """Whether this node reports the camera's events (the cloud assigned it, armed)."""
+        camera = self.assigned.get(device_id)
+        return camera is not None and camera.armed
 
     async def _reconcile(self) -> None:
-        """Watch every camera assigned for analysis; let go of the others nobody watches."""
-        for device_id in list(self.assigned):
+        """Watch every camera assigned for analysis or recording, and record what the owner
+        asked for; let go of the others nobody watches."""
+        for device_id, camera in list(self.assigned.items()):
             if self._analyses(device_id):
                 await self._upstream_for(device_id)
+            for order in camera.recordings:
+                self.analysis.record(device_id, order)
         for upstream in list(self.upstreams.values()):
             self._close_when_unused(upstream)
 
@@ -276,7 +288,10 @@ class RelayNode:
             self.upstreams[device_id] = upstream
             log.info("relay: watching %s", device_id)
             await self.send(SessionRequest(id=upstream.request_id, device_id=device_id, mode="p2p"))
-            self._spawn(self.analysis.watch(device_id, upstream.fanout), upstream.tasks)
+            watch = self.analysis.watch(
+                device_id, upstream.fanout, armed=lambda: self._armed(device_id)
+            )
+            self._spawn(watch, upstream.tasks)
         if upstream.closing is not None:
             upstream.closing.cancel()
             upstream.closing = None

@@ -26,9 +26,10 @@ from beanie import PydanticObjectId
 
 from cloud.analysis.schedule import in_schedule
 from cloud.devices.models import Device
+from cloud.media.models import Media
 from cloud.relays.models import RelayNode
 from protocol.api import AnalysisState, Schedule
-from protocol.messages import AssignedCamera
+from protocol.messages import AssignedCamera, RecordingOrder
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +53,23 @@ def schedule_of(device: Device) -> Schedule | None:
     return None if device.schedule is None else Schedule.model_validate(device.schedule)
 
 
+def armed(device: Device, now: datetime) -> bool:
+    """Armed, and inside its schedule: events are wanted."""
+    return device.armed and in_schedule(schedule_of(device), now)
+
+
+def recording(device: Device, now: datetime) -> bool:
+    """A recording the owner asked for is running."""
+    return device.recording_until is not None and device.recording_until > now
+
+
 def wanted(device: Device, now: datetime) -> bool:
-    """Whether the camera should be analysed now (armed, online, inside its schedule)."""
-    return device.armed and device.online and in_schedule(schedule_of(device), now)
+    """Whether a relay node should watch the camera now: online, and armed or recorded."""
+    return device.online and (armed(device, now) or recording(device, now))
 
 
 def analysis_state(device: Device, live: dict[str, LiveRelay], now: datetime) -> AnalysisState:
-    if not device.armed or not in_schedule(schedule_of(device), now):
+    if not armed(device, now):
         return AnalysisState(state="disarmed")
     if not device.online:
         return AnalysisState(state="offline")
@@ -101,8 +112,12 @@ async def assign(now: datetime | None = None) -> None:
             log.info("analysis of %s released from %s", device.id, device.analysis_relay)
 
     waiting = await Device.find(
-        # armed unless it says otherwise: devices created before arming have no field
-        {"armed": {"$ne": False}, "online": True, "analysis_relay": None},
+        {
+            "online": True,
+            "analysis_relay": None,
+            # armed unless it says otherwise (devices created before arming have no field)
+            "$or": [{"armed": {"$ne": False}}, {"recording_until": {"$gt": now}}],
+        },
         limit=BATCH,
     ).to_list()
     for device in waiting:
@@ -128,13 +143,24 @@ async def cameras_of(
     devices = (
         await Device.find({"analysis_relay": {"$in": sorted(relay_ids)}}).sort("+_id").to_list()
     )
+    orders: dict[PydanticObjectId, list[RecordingOrder]] = {}
+    recorded = [d.id for d in devices if recording(d, now)]
+    if recorded:
+        running = {"kind": "recording", "state": "recording", "until": {"$gt": now}}
+        found = await Media.find({**running, "device_id": {"$in": recorded}}).sort("+_id").to_list()
+        for media in found:
+            assert media.until is not None
+            order = RecordingOrder(id=str(media.id), until=media.until)
+            orders.setdefault(media.device_id, []).append(order)
     for device in devices:
-        if device.analysis_relay in out and wanted(device, now):
+        if device.analysis_relay in out and device.id is not None and wanted(device, now):
             out[device.analysis_relay].append(
                 AssignedCamera(
                     device_id=str(device.id),
                     mode=device.analysis_mode,
                     motion=device.motion_active,
+                    armed=armed(device, now),
+                    recordings=orders.get(device.id, []),
                 )
             )
     return out

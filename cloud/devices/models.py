@@ -30,6 +30,7 @@ class Device(Document):
     analysis_relay: str | None = None  # the relay node analysing it; None: none assigned
     motion_active: bool = False  # on_motion: the camera reports motion now (device.motion)
     motion_at: datetime | None = None
+    recording_until: datetime | None = None  # the end of the last recording asked for
 
     class Settings:
         name = "devices"

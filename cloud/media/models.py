@@ -30,6 +30,7 @@ class Media(Document):
     ended_at: datetime | None = None
     duration_s: float | None = None
     thread_id: str | None = None  # clips: the event thread (unique per device)
+    until: datetime | None = None  # recordings: when the recording asked for ends
     filename: str | None = None  # uploads
     error: str | None = None  # failed: why
     # Uploads only: the relay's analysis of the file (not served yet: stays "pending").

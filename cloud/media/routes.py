@@ -86,7 +86,7 @@ def media_out(doc: Media, tokens: ContentTokens | None, viewer: UserPrincipal | 
     )
 
 
-def _out(request: Request, doc: Media) -> MediaOut:
+def media_for(request: Request, doc: Media) -> MediaOut:
     return media_out(doc, content_tokens(request), user(request))
 
 
@@ -103,7 +103,7 @@ async def _visible(request: Request, action: Action, param: str = "media_id") ->
     return doc
 
 
-def _declared_length(request: Request) -> int | None:
+def declared_length(request: Request) -> int | None:
     declared = request.headers.get("content-length", "")
     return int(declared) if declared.isascii() and declared.isdigit() else None
 
@@ -138,18 +138,18 @@ async def list_media(request: Request) -> Response:
     docs = await Media.find(conditions).sort("-created_at", "-_id").limit(query.limit + 1).to_list()
     page = docs[: query.limit]
     cursor = _next_cursor(page[-1]) if len(docs) > query.limit else None
-    return reply(MediaList(media=[_out(request, d) for d in page], next_cursor=cursor))
+    return reply(MediaList(media=[media_for(request, d) for d in page], next_cursor=cursor))
 
 
 async def get_media(request: Request) -> Response:
-    return reply(_out(request, await _visible(request, Action.VIEW)))
+    return reply(media_for(request, await _visible(request, Action.VIEW)))
 
 
 async def get_upload(request: Request) -> Response:
     doc = await _visible(request, Action.VIEW, "upload_id")
     if doc.kind != "upload":
         raise NotFound("no such upload")
-    return reply(_out(request, doc))
+    return reply(media_for(request, doc))
 
 
 async def require_viewer(request: Request) -> UserPrincipal:
@@ -252,7 +252,7 @@ async def create_upload(request: Request) -> Response:
             ErrorCode.MEDIA_QUOTA_EXCEEDED,
         )
     cap = min(settings.media_upload_max_bytes, room)
-    declared = _declared_length(request)
+    declared = declared_length(request)
     if cap <= 0 or (declared is not None and declared > cap):
         raise too_large
     intake = Intake(request.stream(), cap, too_large, UPLOAD_TYPES)
@@ -282,7 +282,7 @@ async def create_upload(request: Request) -> Response:
         await media_store(request).delete(stored.file_id)
         raise
     log.info("upload %s (%s, %d bytes) to device %s", doc.id, doc.content_type, doc.size, device.id)
-    return reply(_out(request, doc), 201)
+    return reply(media_for(request, doc), 201)
 
 
 # relays ---------------------------------------------------------------------------------
@@ -303,7 +303,7 @@ async def upload_clip(request: Request) -> Response:
         raise UnsupportedMediaType("send a clip as video/mp4 or video/webm")
     cap = settings.media_clip_max_bytes
     too_large = TooLarge(f"clips are limited to {cap} bytes")
-    declared = _declared_length(request)
+    declared = declared_length(request)
     if declared is not None and declared > cap:
         raise too_large
     store = media_store(request)

@@ -217,3 +217,63 @@ async def test_on_motion_a_node_attaches_for_the_cameras_own_motion_and_disarmed
         await asyncio.sleep(0.3)
     assert await off.threads() == []
     assert not any(stack.open_sessions(r, off.id) for r in stack.relays)
+
+
+async def recorded(camera: Camera, duration_s: int) -> tuple[dict[str, Any], datetime]:
+    """Ask for a recording; (the recording once ready, when it was asked for)."""
+    async with httpx.AsyncClient(base_url=camera.stack.url, timeout=15) as http:
+        asked = await http.post(
+            f"/api/v1/devices/{camera.id}/recordings",
+            json={"duration_s": duration_s},
+            headers=camera.owner.headers,
+        )
+    assert asked.status_code == 201, asked.text
+    made = asked.json()
+    assert (made["kind"], made["state"], made["size"]) == ("recording", "recording", 0)
+    deadline = time.monotonic() + duration_s + 20
+    while (got := await camera.get(f"/api/v1/media/{made['id']}"))["state"] != "ready":
+        assert time.monotonic() < deadline, got
+        await asyncio.sleep(0.3)
+    return got, datetime.fromisoformat(made["created_at"])
+
+
+@pytest.mark.timeout(150)
+async def test_a_recording_on_request_of_a_disarmed_camera_and_of_an_analysed_one(
+    stack: RelayStack, camera_factory: Any
+) -> None:
+    camera: Camera = await camera_factory("hall", "8:4", armed=False)
+    await camera.analysis("disarmed", timeout=30)
+    await camera.owner.online()
+    async with httpx.AsyncClient(base_url=stack.url, timeout=15) as http:
+        url = f"/api/v1/devices/{camera.id}/recordings"
+        for bad in ({"duration_s": 0}, {"duration_s": 601}, {"duration_s": "5"}, {}):
+            r = await http.post(url, json=bad, headers=camera.owner.headers)
+            assert (r.status_code, r.json()["error"]["code"]) == (422, "invalid_request"), bad
+        stranger = await Owner.register(stack.url)
+        r = await http.post(url, json={"duration_s": 5}, headers=stranger.headers)
+        assert r.status_code == 404
+
+    # Disarmed: a node attaches for the recording only; the motion during it is no event.
+    recording, asked_at = await recorded(camera, 6)
+    assert recording["content_type"] == "video/mp4"
+    assert 3 <= recording["duration_s"] <= 7, recording
+    assert datetime.fromisoformat(recording["started_at"]) >= asked_at  # nothing held before
+    async with httpx.AsyncClient(base_url=stack.url, timeout=15) as http:
+        content = await http.get(recording["content_url"])
+    with av.open(io.BytesIO(content.content)) as container:
+        frames = sum(1 for _ in container.decode(container.streams.video[0]))
+    assert frames >= 10 * 3
+    assert await camera.threads() == []
+    deadline = time.monotonic() + 20  # the recording over: the node lets go after its grace
+    while any(stack.open_sessions(r, camera.id) for r in stack.relays):
+        assert time.monotonic() < deadline, "a node stayed on after the recording"
+        await asyncio.sleep(0.3)
+
+    # Analysed: the recording starts with the seconds the node held before it was asked.
+    await camera.patch(armed=True)
+    await camera.analysis("active", timeout=15)
+    await asyncio.sleep(7)  # the node's pre-roll fills
+    recording, asked_at = await recorded(camera, 3)
+    held = (asked_at - datetime.fromisoformat(recording["started_at"])).total_seconds()
+    assert held >= 4, recording
+    assert 7 <= recording["duration_s"] <= 11, recording
