@@ -296,6 +296,13 @@ async def wait_exit(process: subprocess.Popen[bytes], timeout_s: float) -> int |
     return process.poll()
 
 
+PLAYABLE = """v => new Promise((ok, fail) => {
+  if (v.readyState >= 2) return ok();
+  v.addEventListener("loadeddata", () => ok());
+  v.addEventListener("error", () => fail(new Error("the clip did not play: " + v.error?.message)));
+})"""
+
+
 @pytest.mark.timeout(420)
 async def test_an_owner_onboards_by_qr_watches_sees_motion_and_shares_with_a_friend(
     stack: Stack, browser: Browser, tmp_path: Path
@@ -429,6 +436,11 @@ async def test_an_owner_onboards_by_qr_watches_sees_motion_and_shares_with_a_fri
     await row.get_by_role("button", name="Mark seen").click()
     await expect(row).to_have_attribute("data-acknowledged", "true")
     await expect(row.locator(".acked")).to_have_text("✓ Seen")
+    # Its clip, cut by the relay node from the camera's own H.264, plays in the row.
+    await row.get_by_role("button", name="▶ Clip").click()
+    clip = row.locator("video")
+    await clip.evaluate(PLAYABLE)
+    assert 5 < await clip.evaluate("v => v.duration") < 60  # pre-roll + thread + post-roll
     await owner.shot("08-events")
 
     # Manage: rename, then share with a friend.
@@ -438,6 +450,13 @@ async def test_an_owner_onboards_by_qr_watches_sees_motion_and_shares_with_a_fri
     await page.get_by_label("Camera name").fill("Front porch")
     await page.get_by_role("button", name="Rename").click()
     await expect(page.locator(".camera-title")).to_have_text("Front porch")
+    # Armed by default and analysed by the relay node; the owner disarms and arms it again.
+    arming = page.locator(".arming")
+    await expect(arming.locator(".analysis")).to_have_text("Armed · analysed")
+    await arming.get_by_role("button", name="Disarm").click()
+    await expect(arming.locator(".analysis")).to_have_text("Disarmed")
+    await arming.get_by_role("button", name="Arm").click()
+    await expect(arming.locator(".analysis")).to_have_text(re.compile(r"^Armed"))
     await page.get_by_label("Share with (email)").fill(friend_email)
     await page.get_by_role("button", name="Share", exact=True).click()
     share = page.locator(f".shares li[data-email='{friend_email}']")

@@ -95,7 +95,7 @@ export class EventFeed {
   }
 
   #add(event, where) {
-    const row = { event, element: h("li", { class: "event" }), url: null, snapshotFor: null };
+    const row = { event, element: h("li", { class: "event" }), url: null, snapshotFor: null, clip: null };
     this.rows.set(event.thread_id, row);
     if (where === "start") this.list.prepend(row.element);
     else this.list.append(row.element);
@@ -110,8 +110,17 @@ export class EventFeed {
       acknowledged: String(event.acknowledged), snapshot: row.url ? "loaded" : "none",
     });
     const image = h("img", { alt: `${kindText(event.kind)} snapshot`, hidden: !row.url, src: row.url ?? null });
-    const thumb = h("div", { class: "thumb" }, image,
-      !row.url && h("span", { class: "thumb-empty", "aria-hidden": "true" }, "◔"));
+    // The clip plays in place of the snapshot: a signed URL (docs/protocol.md, "Media"),
+    // since a <video> cannot send the app's bearer token; it seeks with Range requests.
+    const thumb = row.clip
+      ? h("div", { class: "thumb clip" },
+        h("video", { src: row.clip, controls: true, autoplay: true, muted: true, playsinline: true,
+          "aria-label": `${kindText(event.kind)} clip` }))
+      : h("div", { class: "thumb" }, image,
+        !row.url && h("span", { class: "thumb-empty", "aria-hidden": "true" }, "◔"));
+    const play = event.clip_id && !row.clip
+      ? h("button", { type: "button", class: "small play-clip", onclick: () => this.#play(row) }, "▶ Clip")
+      : null;
     const live = event.state !== "end";
     const ack = event.acknowledged
       ? h("span", { class: "acked" }, "✓ Seen")
@@ -128,6 +137,7 @@ export class EventFeed {
         h("span", { class: "muted small" }, `${device?.name ?? "A camera"} · ${clockTime(event.started_at)}${lasted}`),
         h("span", { class: "event-foot" },
           h("span", { class: "muted small" }, scoreText(event.kind, event.score)),
+          play,
           live ? ack : null)),
     );
     this.#snapshot(row);
@@ -148,6 +158,18 @@ export class EventFeed {
     } catch {
       if (row.snapshotFor === key) row.snapshotFor = null; // try again with the next change
     }
+  }
+
+  async #play(row) {
+    try {
+      const media = await this.app.api.get(`/api/v1/media/${row.event.clip_id}`);
+      row.clip = media.content_url;
+    } catch (error) {
+      this.error.textContent = error.message;
+      this.error.hidden = false;
+      return;
+    }
+    this.#paint(row);
   }
 
   async #ack(row) {
