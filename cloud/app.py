@@ -29,8 +29,10 @@ from cloud.events import routes as event_routes
 from cloud.http import EXCEPTION_HANDLERS, Endpoint, RequestContextMiddleware, routes
 from cloud.media import recordings as media_recordings
 from cloud.media import routes as media_routes
+from cloud.media import snapshots as media_snapshots
 from cloud.media.models import Media
 from cloud.media.retention import Retention
+from cloud.media.snapshots import SnapshotTicket
 from cloud.media.store import GridFSMediaStore
 from cloud.media.tokens import ContentTokens
 from cloud.onboarding import routes as onboarding_routes
@@ -61,6 +63,7 @@ ENDPOINTS: list[Endpoint] = [
     *relay_routes.ENDPOINTS,
     *media_routes.ENDPOINTS,
     *media_recordings.ENDPOINTS,
+    *media_snapshots.ENDPOINTS,
 ]
 
 
@@ -130,7 +133,7 @@ def create_app(settings: Settings) -> Starlette:
             # Media (cloud/media): its documents, the GridFS bucket, signed URLs, the sweeper.
             assert database.client is not None
             media_db = database.client[settings.database_name]
-            await init_beanie(database=media_db, document_models=[Media])
+            await init_beanie(database=media_db, document_models=[Media, SnapshotTicket])
             app.state.media_store = GridFSMediaStore(media_db)
             app.state.content_tokens = ContentTokens(
                 settings.resolved_media_url_secret(), settings.media_url_ttl_s

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
 from device_sim.identity import assertion
 from device_sim.state import CameraState
 from peer.ice import EarlyCandidates
@@ -43,6 +45,7 @@ from protocol.messages import (
     SessionIce,
     SessionOffer,
     SessionStats,
+    SnapshotRequest,
     Status,
     turn_protocol,
 )
@@ -134,8 +137,32 @@ class Camera:
                         "%s: session %s ended: %s", self.tag, message.session_id, message.reason
                     )
                     await peer.close()
+            case SnapshotRequest():
+                self._spawn(self._snapshot(message.id))
             case Status(ok=False, error=error):
                 log.warning("%s: cloud says %s", self.tag, error and error.dump())
+
+    async def _snapshot(self, request_id: str) -> None:
+        """Upload a JPEG of the picture now, as the cloud asked (with a fresh assertion)."""
+        from device_sim.sources import snapshot_jpeg
+
+        jpeg = None if self.video is None else await asyncio.to_thread(snapshot_jpeg, self.video)
+        if jpeg is None:
+            log.warning("%s: snapshot %s asked before any picture", self.tag, request_id)
+            return
+        token = assertion(self.state.key, self.state.device_id, self.state.cloud_url)
+        try:
+            async with httpx.AsyncClient(base_url=self.state.cloud_url, timeout=10) as http:
+                response = await http.put(
+                    f"/api/v1/devices/snapshots/{request_id}",
+                    content=jpeg,
+                    headers={"Authorization": f"Bearer {token}", "Content-Type": "image/jpeg"},
+                )
+        except httpx.HTTPError as exc:
+            log.warning("%s: snapshot upload failed: %s", self.tag, exc)
+            return
+        if response.status_code != 204:
+            log.warning("%s: snapshot refused (%s)", self.tag, response.status_code)
 
     async def _report_motion(self) -> None:
         """While online: tell the cloud when the camera's own motion detection changes

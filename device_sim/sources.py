@@ -32,11 +32,13 @@ from typing import Any
 
 import av
 import av.error
+import cv2
+import numpy as np
 from aiortc.mediastreams import VIDEO_CLOCK_RATE, MediaStreamError
 from av.bitstream import BitStreamFilterContext
 from av.video.frame import PictureType
 
-from device_sim.media import VideoSource
+from device_sim.media import SyntheticVideo, VideoSource
 from device_sim.redaction import redact, scrub
 from device_sim.stream import EncodedStream, EncodedTrack
 from peer.codecs import H264, VP8
@@ -372,3 +374,19 @@ def open_source(
         keyframe_interval=keyframe_interval,
         name=spec,
     )
+
+
+def snapshot_jpeg(source: Source) -> bytes | None:
+    """A JPEG of the source's picture now (CPU-bound: call it in a thread), ``None`` when it
+    has none yet. The agent's own synthetic scene draws it; any other source decodes its
+    stream's current GOP (an RTSP camera's, or what the agent encoded last)."""
+    pictures = getattr(source, "pictures", None)
+    if isinstance(pictures, SyntheticVideo):
+        image = pictures.picture(pictures.index_at(pictures.elapsed()))
+    else:
+        frame = source.stream.picture()
+        if frame is None:
+            return None
+        image = np.asarray(frame.to_ndarray(format="bgr24"), dtype=np.uint8)
+    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return bytes(encoded) if ok else None

@@ -30,8 +30,9 @@ import logging
 import time
 from collections.abc import Callable
 
+import av
 from aiortc.mediastreams import VIDEO_CLOCK_RATE, MediaStreamError
-from av import Packet
+from av import Packet, VideoFrame
 
 from peer.codecs import (
     H264,
@@ -122,6 +123,19 @@ class EncodedStream:
             self._learn_codec()
         for track in self._tracks:
             track._push(packet, keyframe)
+
+    def picture(self) -> "VideoFrame | None":
+        """The stream's latest frame, decoded from its cached GOP (CPU-bound: call it in a
+        thread); ``None`` before the first keyframe."""
+        frames = self._gop.frames()
+        if not frames:
+            return None
+        decoder = av.CodecContext.create("h264" if self.mime == H264 else "libvpx", "r")
+        latest = None
+        for packet in frames:
+            for frame in decoder.decode(Packet(bytes(packet))):
+                latest = frame
+        return latest
 
     def restart(self) -> None:
         """The source starts over (reconnected, looped): frames so far are no reference."""

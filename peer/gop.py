@@ -62,6 +62,10 @@ class Gop:
     def clear(self) -> None:
         self._frames = []
 
+    def frames(self) -> list["Packet[Any]"]:
+        """The cached frames, from the keyframe (read-only)."""
+        return list(self._frames)
+
     def catch_up(self, after_pts: int) -> list["Packet[Any]"]:
         """Copies of the cached frames stamped one tick apart, ending at the newest frame's
         ``pts`` but never at or before ``after_pts`` (what the viewer was sent last)."""

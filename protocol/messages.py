@@ -297,6 +297,16 @@ class RelayAssign(Message):
     cameras: list[AssignedCamera]
 
 
+class SnapshotRequest(Message):
+    """cloud -> camera or relay node: upload a JPEG of the camera's current picture now
+    (``PUT /devices/snapshots/{id}`` with the camera's assertion, or
+    ``PUT /relays/snapshots/{id}`` with the relay's credential); someone waits for it."""
+
+    type: Literal["snapshot.request"] = "snapshot.request"
+    id: str = Field(min_length=1, max_length=64)
+    device_id: DeviceId
+
+
 class DevicePresence(Message):
     type: Literal["device.presence"] = "device.presence"
     device_id: DeviceId
@@ -376,6 +386,7 @@ ServerMessage = Annotated[
     | SessionCreated
     | RelaySession
     | RelayAssign
+    | SnapshotRequest
     | SessionOffer
     | SessionAnswer
     | SessionIce
@@ -396,6 +407,7 @@ SERVER_TYPES = frozenset(
         "session.created",
         "relay.session",
         "relay.assign",
+        "snapshot.request",
         "session.offer",
         "session.answer",
         "session.ice",

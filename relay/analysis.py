@@ -159,6 +159,28 @@ class Analysis:
             raise ClipError(f"clip refused ({response.status_code}): {response.text[:200]}")
         self.stats["clip_uploads"] = self.stats.get("clip_uploads", 0) + 1
 
+    async def snapshot(self, request_id: str, fanout: Fanout | None) -> None:
+        """Upload a JPEG of the latest decoded frame a snapshot request asked for (nothing
+        when there is none yet: the one waiting gives up after its deadline)."""
+        frame = fanout.latest_frame if fanout is not None else None
+        if frame is None or self.http is None:
+            log.warning("relay: snapshot %s asked before any picture", request_id)
+            return
+        jpeg = await asyncio.to_thread(
+            lambda: snapshot_jpeg(bgr(frame), max_width=frame.width, quality=85)
+        )
+        try:
+            response = await self.http.put(
+                f"/api/v1/relays/snapshots/{request_id}",
+                content=jpeg,
+                headers={"Content-Type": "image/jpeg"},
+            )
+        except httpx.HTTPError as exc:
+            log.warning("relay: snapshot %s upload failed: %s", request_id, exc)
+            return
+        if response.status_code != 204:
+            log.warning("relay: snapshot %s refused (%s)", request_id, response.status_code)
+
     async def _report(self, body: dict[str, Any]) -> None:
         assert self.http is not None
         try:

@@ -44,6 +44,7 @@ from protocol.messages import (
     SessionIce,
     SessionOffer,
     SessionRequest,
+    SnapshotRequest,
     Status,
 )
 from relay.analysis import Analysis
@@ -174,6 +175,10 @@ class RelayNode:
         match message:
             case RelaySession():
                 await self._open_downstream(message.session_id, message.device_id)
+            case SnapshotRequest():
+                upstream = self.upstreams.get(message.device_id)
+                fanout = upstream.fanout if upstream is not None else None
+                self._spawn(self.analysis.snapshot(message.id, fanout))
             case RelayAssign():
                 self.assigned = {camera.device_id: camera for camera in message.cameras}
                 log.info("relay: the cloud assigned %d cameras", len(self.assigned))

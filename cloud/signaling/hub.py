@@ -74,6 +74,7 @@ from protocol.messages import (
     SessionOffer,
     SessionRequest,
     SessionStats,
+    SnapshotRequest,
     Status,
     StatusError,
 )
@@ -430,6 +431,8 @@ class Hub:
             if kind == "gone":
                 return self.device_gone(str(envelope["device"]))
             return []
+        if kind == "snapshot":  # to a camera (its device channel) or a relay node (its conn)
+            return self._snapshot(channel, envelope)
         if channel.startswith("dev."):
             return self._to_camera(channel.removeprefix("dev."), envelope)
         if channel.startswith("conn."):
@@ -447,6 +450,19 @@ class Hub:
             message = envelope["message"]
             return [Send(c, message) for c in self._user_conns(channel.removeprefix("user."))]
         return []
+
+    def _snapshot(self, channel: str, envelope: Envelope) -> list[Delivery]:
+        """Ask the camera, or the relay node watching it, for a JPEG (a snapshot request)."""
+        device_id = str(envelope["device"])
+        if channel.startswith("dev."):
+            conn = self.cameras.get(device_id)
+        else:
+            conn = channel.removeprefix("conn.")
+            info = self.connections.get(conn)
+            conn = conn if info is not None and info.role == "relay" else None
+        if conn is None:
+            return []  # gone meanwhile: the one waiting gives up after its deadline
+        return [Send(conn, SnapshotRequest(id=str(envelope["request"]), device_id=device_id))]
 
     def _to_camera(self, device_id: str, envelope: Envelope) -> list[Delivery]:
         kind, session_id = envelope.get("kind"), str(envelope.get("session", ""))

@@ -199,6 +199,11 @@ class Signaling:
             deliveries = self.hub.tick(time.monotonic())
         await self.execute(deliveries)
 
+    async def ask_snapshot(self, channel: str, request_id: str, device_id: str) -> None:
+        """Send a snapshot request to the camera or relay node holding ``channel``."""
+        envelope = {"kind": "snapshot", "request": request_id, "device": device_id}
+        await self._publish(Publish(channel, envelope))
+
     def reassign(self) -> None:
         """Run the analysis assignment now rather than at its next period (arming changed)."""
         self._assign_soon.set()

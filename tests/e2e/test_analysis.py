@@ -12,7 +12,9 @@ from datetime import datetime
 from typing import Any
 
 import av
+import cv2
 import httpx
+import numpy as np
 import pytest
 from bson import ObjectId
 from pymongo import MongoClient
@@ -219,6 +221,15 @@ async def test_on_motion_a_node_attaches_for_the_cameras_own_motion_and_disarmed
     assert not any(stack.open_sessions(r, off.id) for r in stack.relays)
 
 
+async def snapshot(camera: Camera) -> tuple[str, tuple[int, ...]]:
+    """A snapshot of the camera: who answered, and the picture's shape."""
+    async with httpx.AsyncClient(base_url=camera.stack.url, timeout=15) as http:
+        r = await http.get(f"/api/v1/devices/{camera.id}/snapshot", headers=camera.owner.headers)
+    assert r.status_code == 200, r.text
+    picture = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_GRAYSCALE)
+    return r.headers["x-snapshot-source"], tuple(picture.shape)
+
+
 async def recorded(camera: Camera, duration_s: int) -> tuple[dict[str, Any], datetime]:
     """Ask for a recording; (the recording once ready, when it was asked for)."""
     async with httpx.AsyncClient(base_url=camera.stack.url, timeout=15) as http:
@@ -253,6 +264,9 @@ async def test_a_recording_on_request_of_a_disarmed_camera_and_of_an_analysed_on
         r = await http.post(url, json={"duration_s": 5}, headers=stranger.headers)
         assert r.status_code == 404
 
+    # Nobody watches it: the camera itself answers a snapshot.
+    assert await snapshot(camera) == ("camera", (240, 320))
+
     # Disarmed: a node attaches for the recording only; the motion during it is no event.
     recording, asked_at = await recorded(camera, 6)
     assert recording["content_type"] == "video/mp4"
@@ -273,6 +287,7 @@ async def test_a_recording_on_request_of_a_disarmed_camera_and_of_an_analysed_on
     await camera.patch(armed=True)
     await camera.analysis("active", timeout=15)
     await asyncio.sleep(7)  # the node's pre-roll fills
+    assert await snapshot(camera) == ("relay", (240, 320))  # from the node's latest frame
     recording, asked_at = await recorded(camera, 3)
     held = (asked_at - datetime.fromisoformat(recording["started_at"])).total_seconds()
     assert held >= 4, recording

@@ -32,6 +32,7 @@ from protocol.messages import (
     RelayAssign,
     ServerMessage,
     SessionRequest,
+    SnapshotRequest,
     Welcome,
     decode,
     decode_server,
@@ -131,6 +132,7 @@ def pushes_and_welcome() -> list[Message | dict[str, Any]]:
             ]
         ),
         RelayAssign(cameras=[]),
+        SnapshotRequest(id="snap-1", device_id="d1"),
         # Pushes travel in wire form (a dict), as Signaling.push publishes them.
         DevicePresence(device_id="d1", online=True, last_seen=seen).dump(),
         DevicePresence(device_id="d1", online=False, last_seen=None).dump(),
@@ -189,7 +191,7 @@ def test_a_ping_from_the_server_decodes() -> None:
         ("[1, 2]", ErrorCode.MALFORMED_REQUEST),
         ('{"session_id": "s"}', ErrorCode.MALFORMED_REQUEST),
         ('{"type": 7}', ErrorCode.MALFORMED_REQUEST),
-        ('{"type": "snapshot.request", "id": "1"}', ErrorCode.UNKNOWN_TYPE),
+        ('{"type": "snapshot.request", "id": "1"}', ErrorCode.INVALID_REQUEST),
         ('{"type": "hello", "token": "t"}', ErrorCode.UNKNOWN_TYPE),  # client -> server only
         ('{"type": "relay.load", "load": 0, "sessions": 0}', ErrorCode.UNKNOWN_TYPE),
         ('{"type": "session.end", "reason": "timeout"}', ErrorCode.INVALID_REQUEST),

@@ -75,6 +75,8 @@ async def test_an_armed_camera_is_analysed_by_a_node_with_room_while_armed_and_o
         "device_id": device.id,
         "mode": "continuous",
         "motion": False,
+        "armed": True,
+        "recordings": [],
     }
     await until_analysis(client, owner, device, {"state": "active", "relay_id": relay_id})
     assert [m for m in full.seen if m["type"] == "relay.assign"] == []
