@@ -30,7 +30,7 @@ fully-random``) and ``udp_blocked`` (the router drops UDP: TURN over TCP). A cam
    longest time without a new frame, how much further behind the camera the picture was at
    the end of the hold than at its start, and what the viewer's loss repair did (packets
    lost, asked for again after an unanswered NACK, and PLIs sent;
-   ``device_sim.viewer_peer.ReceiverRepair``). Targets: TTFF <= 3 s, and the video keeps
+   ``peer.repair.ReceiverRepair``). Targets: TTFF <= 3 s, and the video keeps
    playing (>= 10 fps over the hold, no gap over 1 s).
 """
 

@@ -19,6 +19,10 @@ frame it cannot decode until the keyframe reaches it, a round trip later. aiortc
 sends a PLI per failed frame: 8 within 60 ms when a session's first packet was lost on a
 5 % loss link (tests/peer/test_lossy_link.py's setting), and each one restarted the whole
 GOP catch-up (or, from the agent's encoder, made another keyframe for every session).
+
+Importing this module raises aiortc's sender history for the whole process
+(:mod:`peer.retransmission`): a catch-up sends more packets within one round trip than
+aiortc's 128, and a packet lost early in it could not be sent again.
 """
 
 import asyncio
@@ -29,6 +33,10 @@ from typing import Any
 
 from aiortc.mediastreams import VIDEO_CLOCK_RATE, MediaStreamError, MediaStreamTrack
 from av import Packet
+
+from peer import retransmission
+
+retransmission.raise_history()  # every sender of a GopTrack: the relay's and the agent's
 
 logger = logging.getLogger(__name__)
 

@@ -76,6 +76,7 @@ from peer.codecs import (
     on_keyframe_request,
 )
 from peer.gop import Gop, GopTrack
+from peer.repair import ReceiverRepair
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,8 @@ class Fanout:
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._drain_task: asyncio.Task[None] | None = None
+        self._repair_task: asyncio.Task[None] | None = None
+        self.repair: ReceiverRepair | None = None  # the upstream receiver's (attach)
 
     @property
     def viewers(self) -> int:
@@ -191,6 +194,9 @@ class Fanout:
         Call it from the upstream connection's ``track`` event (or once its remote
         description is set: the receiver needs its track), before or after media flows.
         Viewers stay subscribed across upstreams and restart at the new one's first keyframe.
+        The receiver gets a :class:`peer.repair.ReceiverRepair` (:attr:`repair`: lost packets
+        asked for again, frames that waited behind them forwarded at once), without which a
+        lost NACK on the camera's uplink froze every viewer until another packet was lost.
         Raises :class:`RuntimeError` after :meth:`close`, when aiortc's receiver no longer
         has the private decoder queue this hooks, or when another fan-out holds it;
         :class:`ValueError` when the receiver has no video track yet.
@@ -220,6 +226,13 @@ class Fanout:
         decoder_queue.put = put  # type: ignore[method-assign]
         self._hooked = decoder_queue
         self._receiver = receiver
+        self.repair = None
+        try:  # its drained frames go through the put above, as aiortc's own do
+            self.repair = ReceiverRepair(receiver)
+        except RuntimeError as exc:  # aiortc changed: forward as aiortc alone would
+            logger.error("Fanout(%s) no loss repair on the upstream: %s", self.device_id, exc)
+        else:
+            self._repair_task = self._spawn(self.repair.run(), "upstream loss repair")
         self._pts_offset = None
         self._asked_at = None
         self._parameter_sets = ParameterSets()
@@ -374,6 +387,9 @@ class Fanout:
         if self._drain_task is not None:
             self._drain_task.cancel()  # still in _tasks: close() waits for it
             self._drain_task = None
+        if self._repair_task is not None:
+            self._repair_task.cancel()  # its receiver is no longer ours to repair
+            self._repair_task = None
 
     # viewers and taps
 

@@ -1082,7 +1082,7 @@ async def _hold(watch: Any, seconds: float) -> dict[str, Any]:
 
 
 def _repair(peer: Any) -> dict[str, int] | None:
-    """What the viewer's loss repair did (``device_sim.viewer_peer.ReceiverRepair``)."""
+    """What the viewer's loss repair did (``peer.repair.ReceiverRepair``)."""
     repair = peer.repair
     if repair is None:
         return None

@@ -8,10 +8,14 @@ RTCP) crosses it, is dropped as the test says and delayed by half the round trip
 
 Item 7 of issue 13: "with 5 % loss and 150 ms round trip on the viewer's side, video keeps
 playing". aiortc's receiver alone froze whenever a NACK or its retransmission was lost, until
-another packet happened to be lost (device_sim/viewer_peer.py, ``ReceiverRepair``).
+another packet happened to be lost (peer/repair.py, ``ReceiverRepair``). And a viewer that
+joins a cached GOP (peer/gop.py's catch-up: the whole GOP within 250 ms) lost a packet early
+in that burst for good when more than aiortc's 128 packets of sender history left within a
+round trip (peer/retransmission.py).
 """
 
 import asyncio
+import fractions
 import random
 import re
 import time
@@ -20,14 +24,20 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import aioice.ice
+import aiortc.rtcrtpsender
+import av
+import numpy as np
 import pytest
 from aiortc.mediastreams import VIDEO_CLOCK_RATE
 
 from device_sim.camera_peer import CameraPeer
 from device_sim.media import SyntheticVideo
 from device_sim.sources import OwnEncoder, open_source
-from device_sim.viewer_peer import ReceiverRepair, ViewerPeer
+from device_sim.stream import EncodedStream
+from device_sim.viewer_peer import ViewerPeer
+from peer.codecs import H264
 from peer.network import use_host_addresses
+from peer.retransmission import RTP_HISTORY_PACKETS, history_packets
 
 FPS = 15
 RTT_S = 0.150
@@ -68,7 +78,8 @@ class LossyLink:
     """A UDP forwarder between one viewer and one camera: ``loss`` of the datagrams dropped
     each way (a seeded random choice), ``rtt_s`` / 2 added each way, and ``drop(n, copies)``:
     the ``n``-th RTP packet of the session from the camera dropped along with the first
-    ``copies - 1`` retransmissions of it (same sequence number: the answer has no RTX)."""
+    ``copies - 1`` retransmissions of it (same sequence number: the answer has no RTX);
+    :attr:`target_sent` counts the times the camera sent that packet (dropped or not)."""
 
     def __init__(self, loss: float = 0.0, rtt_s: float = 0.0, seed: int = 7) -> None:
         self.loss = loss
@@ -81,6 +92,7 @@ class LossyLink:
         self._first_sequence: int | None = None
         self._target: tuple[int, int] | None = None  # (packet index, copies to drop)
         self._copies_dropped = 0
+        self.target_sent = 0
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -132,6 +144,7 @@ class LossyLink:
         index, copies = self._target
         if (sequence - self._first_sequence) % 65536 != index:
             return False
+        self.target_sent += 1
         self._copies_dropped += 1
         return self._copies_dropped <= copies
 
@@ -255,11 +268,105 @@ async def test_five_percent_loss_each_way_and_150_ms_round_trip_keep_the_video_p
     assert repair.lost > 0  # the link did lose media
 
 
-def test_the_repair_refuses_a_receiver_without_the_aiortc_internals_it_uses() -> None:
-    """If aiortc changes, the repair says what is missing instead of failing later."""
+GOP_FRAMES = 30  # a 2 s GOP at 15 fps
+GOP_QP = 40  # noise at this quantizer: ~20 KB a frame, ~515 RTP packets in all
+LOST_INDEX = 3  # the RTP packet lost: in the keyframe, the first frame of the catch-up
 
-    class NotAReceiver:
-        pass
 
-    with pytest.raises(RuntimeError, match="nack generator"):
-        ReceiverRepair(NotAReceiver())  # type: ignore[arg-type]
+def noise_gop() -> list[bytes]:
+    """A GOP of H.264 frames (Constrained Baseline, one keyframe first) of random pixels,
+    each several packets long: a cached GOP as a fast camera's is, in RTP packets."""
+    rng = np.random.default_rng(1)
+    encoder = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = 320, 240, "yuv420p"
+    encoder.time_base = fractions.Fraction(1, FPS)
+    encoder.options = {"profile": "baseline", "tune": "zerolatency", "preset": "ultrafast"}
+    encoder.options |= {"qp": str(GOP_QP), "g": str(10 * GOP_FRAMES)}
+    frames = []
+    for n in range(GOP_FRAMES):
+        image = av.VideoFrame.from_ndarray(
+            rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), format="rgb24"
+        )
+        image.pts = n
+        frames += [bytes(packet) for packet in encoder.encode(image)]
+    frames += [bytes(packet) for packet in encoder.encode(None)]
+    return frames
+
+
+@pytest.fixture
+async def late_joiner() -> AsyncIterator[Session]:
+    """A viewer joining a passthrough stream (an RTSP camera's, or the relay's fan-out) whose
+    whole GOP is cached and nothing else comes: its session is the GOP catch-up alone."""
+    stream = EncodedStream(H264, "cached")
+    gop = noise_gop()
+    for n, data in enumerate(gop):
+        stream.publish(data, pts=n * VIDEO_CLOCK_RATE // FPS)
+    assert stream.codec is not None
+    assert stream.frames == GOP_FRAMES
+    link = LossyLink()
+    await link.start()
+    viewer = ViewerPeer([], session_id="late", connect_timeout_s=20)
+    camera = CameraPeer("late", stream.track(), [], connect_timeout_s=20)
+    try:
+        yield Session(link, viewer, camera)
+    finally:
+        await viewer.close()
+        await camera.close()
+        stream.stop()
+        link.close()
+
+
+async def join_losing_one_packet(session: Session) -> None:
+    """150 ms round trip, no random loss: the catch-up's packet ``LOST_INDEX`` is dropped
+    once (its retransmissions pass)."""
+    link = session.link
+    link.rtt_s = RTT_S
+    link.drop(index=LOST_INDEX, copies=1)
+    await link.connect(session.viewer, session.camera)
+
+
+async def test_a_packet_lost_early_in_a_gop_catch_up_is_retransmitted_to_a_late_joiner(
+    late_joiner: Session,
+) -> None:
+    """The relay node's slow first frame (docs/benchmarks.md, "Connectivity"): the packet's
+    NACK reaches the sender a round trip after it, when ~300 more packets of the catch-up
+    have left. With the history raised (peer/retransmission.py, imported by peer/gop.py) the
+    sender still has it, and the viewer decodes the whole GOP."""
+    assert history_packets() >= RTP_HISTORY_PACKETS
+    await join_losing_one_packet(late_joiner)
+
+    # no timing asserted: without the retransmission no frame would ever come (nothing
+    # follows the GOP to push the hole out of the jitter buffer); 10 s only bounds the wait
+    await late_joiner.viewer.first_frame(timeout=10)
+    async with asyncio.timeout(10):
+        while late_joiner.viewer.frames < GOP_FRAMES - 1:  # the last waits for a next frame
+            await asyncio.sleep(0.02)
+
+    link, repair = late_joiner.link, late_joiner.viewer.repair
+    assert repair is not None
+    # sent, lost, and sent again when asked (twice when the viewer's retry, 0.1 s before it
+    # timed a repair, fires before the round trip's answer came)
+    assert link.target_sent >= 2
+    assert (repair.lost, repair.repaired) == (1, 1)
+
+
+async def test_aiortcs_own_history_leaves_that_packet_unanswered(
+    late_joiner: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cause, and what makes the test above able to fail: with aiortc's 128 packets the
+    same NACK finds the packet gone, so it is never sent again and the viewer shows
+    nothing (until, on a live stream, its jitter buffer gives up 512 packets later)."""
+    monkeypatch.setattr(aiortc.rtcrtpsender, "RTP_HISTORY_SIZE", 128)
+    await join_losing_one_packet(late_joiner)
+    viewer = late_joiner.viewer
+    async with asyncio.timeout(10):  # the viewer saw the hole (and so NACKed it)
+        while viewer.repair is None or viewer.repair.lost == 0:
+            await asyncio.sleep(0.02)
+
+    await asyncio.sleep(2.0)  # > 10 round trips after the NACK: any answer would be here
+
+    assert late_joiner.link.target_sent == 1
+    assert viewer.repair is not None
+    assert viewer.repair.renacked > 0  # asked for again and again, in vain
+    assert viewer.repair.repaired == 0
+    assert viewer.frames == 0

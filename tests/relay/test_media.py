@@ -26,6 +26,8 @@ from peer import codecs
 from peer.codecs import H264, NAL_IDR, NAL_PPS, NAL_SPS, is_vp8_keyframe, nal_units
 from peer.network import use_host_addresses
 from relay.media import KEYFRAME_RETRY_S, Fanout, FanoutTrack, forward_keyframe_requests
+from tests.peer.test_lossy_link import LossyLink
+from tests.peer.test_lossy_link import _through as through
 
 WIDTH, HEIGHT, FPS = 320, 240, 15
 
@@ -390,3 +392,52 @@ async def test_a_receiver_serves_one_fanout_and_the_tap_rate_must_be_positive(
         other.attach(receiver)
     with pytest.raises(ValueError, match="positive"):
         fanout.frames(0)
+
+
+async def test_a_packet_lost_on_the_camera_uplink_with_its_first_retransmissions_is_asked_again(
+    closing: Closing,
+) -> None:
+    """The relay's upstream is an aiortc receiver too: without peer/repair.py on it, a
+    packet lost with its first two retransmissions (nothing else lost) was never asked for
+    again, and every later frame waited behind the hole (for 512 packets, ~30 s here), so
+    every viewer of the camera froze. Through tests/peer/test_lossy_link.py's forwarder,
+    150 ms round trip. The frames that waited are forwarded at once through the fan-out's
+    decoder-queue hook, so the viewer does not freeze (a time: the item's 1 s)."""
+    cam = camera(closing)
+    link = LossyLink(rtt_s=0.150)
+    await link.start()
+    try:
+        link.drop(index=60, copies=3)  # ~2-4 s in, after the viewer started
+        pc = closing.add(RTCPeerConnection(RTCConfiguration(iceServers=[])))
+        transceiver = pc.addTransceiver("video", direction="recvonly")
+        codecs.prefer(pc, (codecs.VP8,))  # without RTX: a retransmission keeps its number
+        await pc.setLocalDescription(await pc.createOffer())
+        offer, link.viewer = through(pc.localDescription.sdp, link.port("camera"))
+        answer, link.camera = through(await cam.answer(offer), link.port("viewer"))
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await cam.add_candidate(None)
+        fanout = closing.add(Fanout("cam"))
+        fanout.attach(transceiver.receiver)
+        peer = viewer(closing)
+        await serve(closing, fanout, peer)
+        await peer.first_frame(timeout=10)
+
+        longest_gap, last, count = 0.0, time.monotonic(), peer.frames
+        started = last
+        while (now := time.monotonic()) - started < 6.0:
+            if peer.frames != count:
+                count, last = peer.frames, now
+            longest_gap = max(longest_gap, now - last)
+            await asyncio.sleep(0.01)
+    finally:
+        link.close()
+
+    assert link.dropped["target"] == 3  # the packet and two retransmissions: asked again
+    repair = fanout.repair
+    assert repair is not None
+    assert (repair.lost, repair.repaired) == (1, 1)
+    assert repair.renacked >= 2  # no other loss: only a retry could ask again
+    sent = cam.frames_sent
+    assert sent is not None
+    assert fanout.frames_received >= sent - 3  # none left behind the hole
+    assert longest_gap < 1.0, longest_gap
