@@ -30,6 +30,7 @@ from cloud.http import EXCEPTION_HANDLERS, Endpoint, RequestContextMiddleware, r
 from cloud.media import recordings as media_recordings
 from cloud.media import routes as media_routes
 from cloud.media import snapshots as media_snapshots
+from cloud.media import upload_analysis
 from cloud.media.models import Media
 from cloud.media.retention import Retention
 from cloud.media.snapshots import SnapshotTicket
@@ -64,6 +65,7 @@ ENDPOINTS: list[Endpoint] = [
     *media_routes.ENDPOINTS,
     *media_recordings.ENDPOINTS,
     *media_snapshots.ENDPOINTS,
+    *upload_analysis.ENDPOINTS,
 ]
 
 

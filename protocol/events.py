@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 EventState = Literal["new", "update", "end"]
+EventSource = Literal["live", "upload"]  # the camera's stream, or a video file its owner sent
 EventKind = Annotated[
     str,
     Field(
@@ -36,6 +37,10 @@ class Event(BaseModel):
     snapshot_url: str | None = None
     acknowledged: bool = False
     clip_id: str | None = Field(default=None, description="The thread's clip: GET /media/{id}")
+    source: EventSource = "live"
+    upload_id: str | None = Field(default=None, description="source upload: the video file")
+    offset_s: float | None = Field(default=None, description="source upload: where it starts")
+    end_offset_s: float | None = Field(default=None, description="and where it ends")
 
 
 class EventReport(BaseModel):
@@ -54,3 +59,7 @@ class EventReport(BaseModel):
     snapshot_jpeg: str | None = Field(
         default=None, max_length=700_000, description="JPEG snapshot, standard base64"
     )
+    source: EventSource = "live"
+    upload_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    offset_s: float | None = Field(default=None, ge=0.0)
+    end_offset_s: float | None = Field(default=None, ge=0.0)

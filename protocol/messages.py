@@ -286,15 +286,24 @@ class AssignedCamera(Message):
     recordings: list[RecordingOrder] = Field(default_factory=list)
 
 
+class UploadOrder(Message):
+    """A video file an owner uploaded, for the node to analyse like the camera's stream."""
+
+    id: str = Field(min_length=1, max_length=64)
+    device_id: DeviceId
+
+
 class RelayAssign(Message):
     """cloud -> relay: every camera this node analyses or records, sent whenever the set
     changes (it replaces the previous one). The node keeps an upstream to each armed
     ``continuous`` camera, to each ``on_motion`` camera while its ``motion`` lasts, and to
     each camera with ``recordings`` until they end; it may request sessions of these cameras
-    whether or not a viewer is routed through it."""
+    whether or not a viewer is routed through it. ``uploads``: the uploaded videos the node
+    analyses (``GET /relays/uploads/{id}/content``; progress and events as it goes)."""
 
     type: Literal["relay.assign"] = "relay.assign"
     cameras: list[AssignedCamera]
+    uploads: list[UploadOrder] = Field(default_factory=list)
 
 
 class SnapshotRequest(Message):

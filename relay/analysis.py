@@ -72,7 +72,7 @@ class Analysis:
         else:
             clips.record(order)
 
-    async def _motion_config(self, device_id: str) -> MotionConfig:
+    async def motion_config(self, device_id: str) -> MotionConfig:
         """The camera's motion settings from the cloud (defaults if they cannot be read)."""
         assert self.http is not None
         try:
@@ -97,7 +97,7 @@ class Analysis:
         clips = self._clips[device] = Clips(device, fanout, self.settings.clips, self._upload_clip)
         for order in self._waiting.pop(device, []):
             clips.record(order)
-        motion = MotionDetector(await self._motion_config(device))
+        motion = MotionDetector(await self.motion_config(device))
         threads = EventThreads()
         try:
             async for frame in fanout.frames(self.settings.analysis_fps):
@@ -123,7 +123,7 @@ class Analysis:
                         await asyncio.to_thread(snapshot_jpeg, picture) if record.snapshot else None
                     )
                     self._spawn(
-                        self._report(
+                        self.report(
                             record.to_report(device, jpeg).model_dump(
                                 mode="json", exclude_none=True
                             )
@@ -132,7 +132,7 @@ class Analysis:
         finally:
             for record in threads.end_all(time.time()):
                 with contextlib.suppress(Exception):
-                    await self._report(
+                    await self.report(
                         record.to_report(device).model_dump(mode="json", exclude_none=True)
                     )
             await clips.close()
@@ -181,7 +181,7 @@ class Analysis:
         if response.status_code != 204:
             log.warning("relay: snapshot %s refused (%s)", request_id, response.status_code)
 
-    async def _report(self, body: dict[str, Any]) -> None:
+    async def report(self, body: dict[str, Any]) -> None:
         assert self.http is not None
         try:
             response = await self.http.post("/api/v1/relays/events", json=body)

@@ -51,6 +51,7 @@ from relay.analysis import Analysis
 from relay.detector import Detector
 from relay.media import Fanout, forward_keyframe_requests
 from relay.settings import RelaySettings
+from relay.uploads import UploadAnalysis
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class RelayNode:
         self.upstreams: dict[str, Upstream] = {}
         self.downstreams: dict[str, Downstream] = {}
         self.assigned: dict[str, AssignedCamera] = {}  # the cloud's latest relay.assign
+        self.uploads: set[str] = set()  # uploaded videos analysed (or being) here
         self.stats = {"events_sent": 0, "events_failed": 0, "frames_analysed": 0}
         self.analysis = Analysis(settings, detector, self.stats, self._spawn)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -183,6 +185,10 @@ class RelayNode:
                 self.assigned = {camera.device_id: camera for camera in message.cameras}
                 log.info("relay: the cloud assigned %d cameras", len(self.assigned))
                 await self._reconcile()
+                for upload in message.uploads:
+                    if upload.id not in self.uploads:
+                        self.uploads.add(upload.id)
+                        self._spawn(UploadAnalysis(self.analysis, upload).run())
             case SessionCreated():
                 upstream = next(
                     (u for u in self.upstreams.values() if u.request_id == message.id), None
@@ -462,6 +468,7 @@ class RelayNode:
 
     async def _close_all(self) -> None:
         self.assigned = {}  # the cloud sends them again on the next connection
+        self.uploads = set()  # their analyses are cancelled with the tasks: start over
         for down in list(self.downstreams.values()):
             await self._close_downstream(down, keep_upstream=True)
         self.downstreams.clear()

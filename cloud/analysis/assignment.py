@@ -2,7 +2,8 @@
 
 Every armed, online camera inside its schedule is *wanted*; each wanted camera is assigned
 to one live relay node (``Device.analysis_relay``), chosen by the room it has left: the
-``capacity`` it reports in ``relay.load`` minus the cameras it has. A node is live while
+``capacity`` it reports in ``relay.load`` minus the cameras it has; a node that already
+watches the camera for a viewer is preferred (one upstream, not two). A node is live while
 its connection is registered and it reported within :data:`LIVE_S`. Assignments that no
 longer hold (the node left, the camera went offline, was disarmed, or its schedule closed)
 are released, and the camera goes to another node in the same step.
@@ -28,8 +29,9 @@ from cloud.analysis.schedule import in_schedule
 from cloud.devices.models import Device
 from cloud.media.models import Media
 from cloud.relays.models import RelayNode
+from cloud.signaling.models import SessionRecord
 from protocol.api import AnalysisState, Schedule
-from protocol.messages import AssignedCamera, RecordingOrder
+from protocol.messages import AssignedCamera, RecordingOrder, UploadOrder
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,7 @@ async def assign(now: datetime | None = None) -> None:
                 assigned[device.analysis_relay] -= 1
             log.info("analysis of %s released from %s", device.id, device.analysis_relay)
 
+    await assign_uploads(live)
     waiting = await Device.find(
         {
             "online": True,
@@ -127,9 +130,67 @@ async def assign(now: datetime | None = None) -> None:
         best = max(room, key=lambda r: (room[r], r), default=None)
         if best is None or room[best] <= 0:
             return  # every node is full (or there is none): the cameras wait
+        watching = await _watching(device, live)  # a viewer's node has the camera already
+        best = next((r for r in watching if room[r] > 0), best)
         if await _move(device.id, None, best):
             assigned[best] = assigned.get(best, 0) + 1
             log.info("analysis of %s assigned to %s", device.id, best)
+
+
+async def _watching(device: Device, live: dict[str, LiveRelay]) -> list[str]:
+    """The live nodes with a connection to the camera now (serving its viewers)."""
+    records = await SessionRecord.find(
+        {
+            "device_id": device.id,
+            "ended_at": None,
+            "viewer_role": "relay",
+            "viewer_id": {"$in": sorted(live)},
+        }
+    ).to_list()
+    return sorted({record.viewer_id for record in records})
+
+
+async def assign_uploads(live: dict[str, LiveRelay]) -> None:
+    """Give each uploaded video waiting for analysis (or whose node left) to the live node
+    analysing the fewest (of those with room for cameras)."""
+    live = {r: node for r, node in live.items() if node.capacity > 0}
+    if not live:
+        return
+    waiting = await Media.find(
+        {
+            "kind": "upload",
+            "analysis": {"$in": ["pending", "analysing"]},
+            "analysis_relay": {"$nin": list(live)},
+        },
+        limit=BATCH,
+    ).to_list()
+    for media in waiting:
+        busy = {
+            r: await Media.find(
+                {"kind": "upload", "analysis": "analysing", "analysis_relay": r}
+            ).count()
+            for r in live
+        }
+        best = min(live, key=lambda r: (busy[r], r))
+        moved = await Media.get_pymongo_collection().update_one(
+            {"_id": media.id, "analysis_relay": media.analysis_relay},
+            {"$set": {"analysis_relay": best, "analysis": "analysing", "progress": 0.0}},
+        )
+        if moved.modified_count == 1:
+            log.info("upload %s goes to %s for analysis", media.id, best)
+
+
+async def uploads_of(relay_ids: set[str]) -> dict[str, list[UploadOrder]]:
+    """The uploaded videos each of these nodes analyses now (``relay.assign``)."""
+    out: dict[str, list[UploadOrder]] = {r: [] for r in relay_ids}
+    if relay_ids:
+        analysing = {"kind": "upload", "analysis": "analysing"}
+        found = Media.find({**analysing, "analysis_relay": {"$in": sorted(relay_ids)}})
+        for media in await found.sort("+_id").to_list():
+            assert media.analysis_relay is not None
+            order = UploadOrder(id=str(media.id), device_id=str(media.device_id))
+            out[media.analysis_relay].append(order)
+    return out
 
 
 async def cameras_of(

@@ -10,7 +10,7 @@ from typing import Annotated
 from beanie import Document, Indexed, PydanticObjectId
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
-from protocol.events import EventState
+from protocol.events import EventSource, EventState
 
 
 class EventThread(Document):
@@ -26,6 +26,10 @@ class EventThread(Document):
     updated_at: datetime
     acknowledged: bool = False
     has_snapshot: bool = False
+    source: EventSource = "live"
+    upload_id: str | None = None  # source upload: the video file, and where in it
+    offset_s: float | None = None
+    end_offset_s: float | None = None
     clip_id: PydanticObjectId | None = None  # its Media (cloud/media), set by the clip upload
     expires_at: datetime
 

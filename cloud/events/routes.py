@@ -48,6 +48,10 @@ def event_out(doc: EventThread) -> Event:
         snapshot_url=SNAPSHOT_PATH.format(doc.id) if doc.has_snapshot else None,
         acknowledged=doc.acknowledged,
         clip_id=str(doc.clip_id) if doc.clip_id else None,
+        source=doc.source,
+        upload_id=doc.upload_id,
+        offset_s=doc.offset_s,
+        end_offset_s=doc.end_offset_s,
     )
 
 
@@ -84,12 +88,16 @@ async def report_event(request: Request) -> Response:
     }
     if snapshot is not None:
         fields["has_snapshot"] = True
+    if body.end_offset_s is not None:
+        fields["end_offset_s"] = body.end_offset_s
+    origin = {"source": body.source, "upload_id": body.upload_id, "offset_s": body.offset_s}
     doc = await EventThread.get_pymongo_collection().find_one_and_update(
         {"device_id": device.id, "thread_id": body.thread_id},
         {
             "$set": fields,
             "$max": {"score": body.score},  # a thread's score is its peak confidence
             "$setOnInsert": {"started_at": body.started_at, "acknowledged": False}
+            | origin
             | ({} if snapshot is not None else {"has_snapshot": False}),
         },
         upsert=True,

@@ -31,6 +31,7 @@ class Media(Document):
     duration_s: float | None = None
     thread_id: str | None = None  # clips: the event thread (unique per device)
     until: datetime | None = None  # recordings: when the recording asked for ends
+    analysis_relay: str | None = None  # uploads: the relay node analysing it
     filename: str | None = None  # uploads
     error: str | None = None  # failed: why
     # Uploads only: the relay's analysis of the file (not served yet: stays "pending").
@@ -56,6 +57,10 @@ class Media(Document):
                 unique=True,
                 partialFilterExpression={"kind": "clip"},
                 name="one_clip_per_thread",
+            ),
+            # Uploads waiting for or under analysis, by node (cloud.analysis.assignment).
+            IndexModel(
+                [("kind", ASCENDING), ("analysis", ASCENDING), ("analysis_relay", ASCENDING)]
             ),
             # Usage and the quota sweep (oldest first), per owner.
             IndexModel([("owner_id", ASCENDING), ("created_at", ASCENDING)]),

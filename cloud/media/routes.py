@@ -20,7 +20,15 @@ from cloud.auth.tokens import UserPrincipal
 from cloud.context import context, require_user, user
 from cloud.devices.access import Action, authorize, parse_id
 from cloud.devices.models import Device
-from cloud.errors import CloudError, Invalid, Malformed, NotFound, TooLarge, UnsupportedMediaType
+from cloud.errors import (
+    CloudError,
+    Forbidden,
+    Invalid,
+    Malformed,
+    NotFound,
+    TooLarge,
+    UnsupportedMediaType,
+)
 from cloud.http import Endpoint, error_response, parse_body, parse_query, reply
 from cloud.media.catalog import (
     content_tokens,
@@ -342,6 +350,8 @@ async def report_upload(request: Request) -> Response:
     )
     if doc is None:
         raise NotFound("no such upload")
+    if doc.analysis_relay not in (None, request.state.principal):
+        raise Forbidden("another relay node analyses this upload")
     progress = 1.0 if body.analysis == "analysed" else body.progress
     await doc.set(
         {

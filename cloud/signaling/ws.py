@@ -60,7 +60,6 @@ from cloud.signaling.presence import CameraPresence
 from cloud.signaling.sessions import Limits
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (
-    AssignedCamera,
     DevicePresence,
     EventPush,
     Hello,
@@ -82,6 +81,7 @@ SEND_TIMEOUT_S = 5.0
 TICK_S = 1.0
 SWEEP_S = 2.0
 ACCESS_POLL_S = 0.5
+NOTHING_ASSIGNED = RelayAssign(cameras=[])
 ASSIGN_S = 1.0  # analysis assignment (cloud.analysis), sooner when a camera reports motion
 # How far before the last read access changes are read again: covers the clocks of
 # instances that differ and a record that became visible after a read had begun.
@@ -129,7 +129,7 @@ class Signaling:
         self._tasks: list[asyncio.Task[None]] = []
         self._assign_soon = asyncio.Event()
         self._unwelcomed: dict[str, list[Message | dict[str, Any]]] = {}  # see welcome()
-        self._assigned: dict[str, list[AssignedCamera]] = {}  # sent to each relay connection
+        self._assigned: dict[str, RelayAssign] = {}  # sent to each relay connection
         # Presence lives presence_ttl_s unless refreshed (every quarter of it); clients are
         # asked to send an application ping every heartbeat_s.
         self.presence_ttl_s = float(settings.presence_ttl_s)
@@ -213,14 +213,20 @@ class Signaling:
         await assignment.assign()
         relays = {c.id: c.principal for c in self.hub.connections.values() if c.role == "relay"}
         cameras = await assignment.cameras_of(set(relays.values()))
+        uploads = await assignment.uploads_of(set(relays.values()))
         for conn in set(self._assigned) - set(relays):
             del self._assigned[conn]
         for conn, relay_id in relays.items():
-            theirs = cameras.get(relay_id, [])
-            if self._assigned.get(conn, []) != theirs:  # a new connection has none yet
+            theirs = RelayAssign(cameras=cameras.get(relay_id, []), uploads=uploads[relay_id])
+            if self._assigned.get(conn, NOTHING_ASSIGNED) != theirs:  # a new one has none
                 self._assigned[conn] = theirs
-                log.info("relay %s analyses %d cameras", relay_id, len(theirs))
-                await self._send(conn, RelayAssign(cameras=theirs))
+                log.info(
+                    "relay %s: %d cameras, %d uploads",
+                    relay_id,
+                    len(theirs.cameras),
+                    len(theirs.uploads),
+                )
+                await self._send(conn, theirs)
 
     async def _refresh(self) -> None:
         """This instance is alive: keep the presence of its cameras from expiring.

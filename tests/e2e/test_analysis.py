@@ -9,6 +9,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import av
@@ -292,3 +293,49 @@ async def test_a_recording_on_request_of_a_disarmed_camera_and_of_an_analysed_on
     held = (asked_at - datetime.fromisoformat(recording["started_at"])).total_seconds()
     assert held >= 4, recording
     assert 7 <= recording["duration_s"] <= 11, recording
+
+
+def synthetic_mp4(path: Path, seconds: float, motion: tuple[float, float]) -> None:
+    """An H.264 MP4 of the synthetic room (320x240, 15 fps) with one intruder episode."""
+    from device_sim.media import SyntheticVideo
+
+    video = SyntheticVideo(width=320, height=240, fps=15, motion=[motion])
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=15)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for n in range(round(seconds * 15)):
+            frame = av.VideoFrame.from_ndarray(video.picture(n), format="bgr24")
+            for packet in stream.encode(frame.reformat(format="yuv420p")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.mark.timeout(120)
+async def test_an_uploaded_video_is_analysed_and_its_events_say_where_in_the_file(
+    stack: RelayStack, camera_factory: Any
+) -> None:
+    camera: Camera = await camera_factory("garage", armed=False)  # events from the file only
+    path = stack.tmp / "garage-upload.mp4"
+    synthetic_mp4(path, seconds=12, motion=(4.0, 3.0))
+    async with httpx.AsyncClient(base_url=stack.url, timeout=30) as http:
+        made = await http.post(
+            f"/api/v1/devices/{camera.id}/uploads",
+            params={"filename": "garage.mp4"},
+            content=path.read_bytes(),
+            headers=camera.owner.headers,
+        )
+        assert made.status_code == 201, made.text
+        upload_id = made.json()["id"]
+        deadline = time.monotonic() + 60
+        while (got := await camera.get(f"/api/v1/uploads/{upload_id}"))["analysis"] != "analysed":
+            assert got["analysis"] in ("pending", "analysing"), got
+            assert time.monotonic() < deadline, got
+            await asyncio.sleep(0.3)
+    assert got["progress"] == 1.0
+    threads = await camera.threads()
+    assert len(threads) == 1, threads
+    (thread,) = threads
+    assert (thread["source"], thread["upload_id"], thread["state"]) == ("upload", upload_id, "end")
+    assert 3.5 <= thread["offset_s"] <= 5.0, thread  # the intruder enters at 4 s
+    assert 6.5 <= thread["end_offset_s"] <= 8.5, thread  # and leaves at 7 s

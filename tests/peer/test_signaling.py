@@ -293,7 +293,7 @@ async def test_a_frame_that_does_not_decode_is_logged_and_skipped(
     async def script(socket: ServerConnection, n: int) -> None:
         await c.hello(socket)
         await socket.send("not json")
-        await socket.send('{"type":"snapshot.request","id":"1"}')  # a type it does not know
+        await socket.send('{"type":"camera.reboot","id":"1"}')  # a type it does not know
         await socket.send('{"type":"session.end","reason":"timeout"}')  # no session_id
         await socket.send('{"type":"go_away","reconnect_after_ms":-1}')  # an invalid value
         await socket.send(b"\x00\x01")
@@ -311,7 +311,7 @@ async def test_a_frame_that_does_not_decode_is_logged_and_skipped(
     assert (stats.connects, stats.errors, stats.skipped) == (1, 0, 5)
     skipped = [r.getMessage() for r in caplog.records if "skipped a frame" in r.getMessage()]
     assert len(skipped) == 5
-    assert "unknown message type 'snapshot.request'" in skipped[1]
+    assert "unknown message type 'camera.reboot'" in skipped[1]
 
 
 async def test_a_failing_handler_is_logged_and_the_next_message_still_arrives(

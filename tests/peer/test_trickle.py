@@ -267,7 +267,7 @@ async def test_a_browser_with_only_mdns_candidates_trickled_behind_its_offer_con
 async def relay() -> AsyncIterator[tuple[RelayNode, Outbox]]:
     node = RelayNode(RelaySettings("http://127.0.0.1:9", "relay-trickle", "secret"))
 
-    async def no_analysis(device: str, fanout: object) -> None:
+    async def no_analysis(device: str, fanout: object, armed: object) -> None:
         """No cloud to fetch a camera's motion settings from here."""
 
     node.analysis.watch = no_analysis  # type: ignore[method-assign]

@@ -33,6 +33,7 @@ from protocol.messages import (
     ServerMessage,
     SessionRequest,
     SnapshotRequest,
+    UploadOrder,
     Welcome,
     decode,
     decode_server,
@@ -131,7 +132,7 @@ def pushes_and_welcome() -> list[Message | dict[str, Any]]:
                 AssignedCamera(device_id="d2", mode="on_motion", motion=True),
             ]
         ),
-        RelayAssign(cameras=[]),
+        RelayAssign(cameras=[], uploads=[UploadOrder(id="u1", device_id="d2")]),
         SnapshotRequest(id="snap-1", device_id="d1"),
         # Pushes travel in wire form (a dict), as Signaling.push publishes them.
         DevicePresence(device_id="d1", online=True, last_seen=seen).dump(),
