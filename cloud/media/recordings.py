@@ -22,13 +22,11 @@ from cloud.auth.tokens import now
 from cloud.context import context, require_user, user
 from cloud.devices.access import Action, authorize, parse_id
 from cloud.devices.models import Device
-from cloud.errors import Conflict, Forbidden, NotFound, TooLarge, UnsupportedMediaType
+from cloud.errors import Conflict, Forbidden, NotFound
 from cloud.http import Endpoint, parse_body, parse_query, reply
 from cloud.media.catalog import limits, media_store
-from cloud.media.formats import CLIP_TYPES
-from cloud.media.intake import Intake
 from cloud.media.models import Media
-from cloud.media.routes import declared_length, media_for, media_out
+from cloud.media.routes import clip_type, media_for, media_out, store_clip
 from cloud.relays.routes import require_relay
 from protocol.api import ClipUploadQuery, MediaOut, RecordingRequest
 from protocol.errors import ErrorCode
@@ -70,12 +68,9 @@ async def create_recording(request: Request) -> Response:
 
 async def upload_recording(request: Request) -> Response:
     """Relay node: the whole recording so far; each upload replaces the last."""
-    settings = context(request).settings
     media_id = parse_id(request.path_params["media_id"], "recording")
     query = parse_query(request, ClipUploadQuery)
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type not in CLIP_TYPES:
-        raise UnsupportedMediaType("send a recording as video/mp4 or video/webm")
+    content_type = clip_type(request, "recording")
     doc = await Media.find_one({"_id": media_id, "kind": "recording"})
     if doc is None:
         raise NotFound("no such recording")
@@ -84,16 +79,8 @@ async def upload_recording(request: Request) -> Response:
     device = await Device.get(doc.device_id)
     if device is None or device.analysis_relay != request.state.principal:
         raise Forbidden("this relay node does not record this camera")
-    cap = settings.media_clip_max_bytes
-    too_large = TooLarge(f"recordings are limited to {cap} bytes")
-    declared = declared_length(request)
-    if declared is not None and declared > cap:
-        raise too_large
     store = media_store(request)
-    intake = Intake(request.stream(), cap, too_large, (content_type,))
-    stored = await store.put(
-        intake, filename=f"recording-{media_id}", metadata={"device_id": str(doc.device_id)}
-    )
+    stored = await store_clip(request, content_type, f"recording-{media_id}", doc.device_id)
     at = now()
     fields: dict[str, object] = {
         "file_id": PydanticObjectId(stored.file_id),

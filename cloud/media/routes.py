@@ -44,7 +44,7 @@ from cloud.media.formats import CLIP_TYPES
 from cloud.media.intake import Intake
 from cloud.media.models import Media
 from cloud.media.ranges import Unsatisfiable, parse_range
-from cloud.media.store import MissingFile
+from cloud.media.store import MissingFile, StoredFile
 from cloud.media.tokens import ContentTokens
 from cloud.relays.routes import require_relay
 from protocol.api import (
@@ -296,6 +296,30 @@ async def create_upload(request: Request) -> Response:
 # relays ---------------------------------------------------------------------------------
 
 
+def clip_type(request: Request, what: str) -> str:
+    """The Content-Type of a clip or recording upload (415 unless MP4 or WebM)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in CLIP_TYPES:
+        raise UnsupportedMediaType(f"send a {what} as video/mp4 or video/webm")
+    return content_type
+
+
+async def store_clip(
+    request: Request, content_type: str, filename: str, device_id: PydanticObjectId
+) -> StoredFile:
+    """A relay node's clip or recording upload (the body), checked while it is stored:
+    at most ``MEDIA_CLIP_MAX_BYTES``, and of ``content_type`` by its first bytes."""
+    cap = context(request).settings.media_clip_max_bytes
+    too_large = TooLarge(f"clips and recordings are limited to {cap} bytes")
+    declared = declared_length(request)
+    if declared is not None and declared > cap:
+        raise too_large
+    intake = Intake(request.stream(), cap, too_large, (content_type,))
+    return await media_store(request).put(
+        intake, filename=filename, metadata={"device_id": str(device_id)}
+    )
+
+
 async def upload_clip(request: Request) -> Response:
     """Relay node: the whole clip of an event thread so far; each upload replaces the last."""
     settings = context(request).settings
@@ -306,19 +330,9 @@ async def upload_clip(request: Request) -> Response:
     if not THREAD_ID.match(thread_id):
         raise Invalid("thread_id: 1-64 letters, digits, '_' or '-'")
     query = parse_query(request, ClipUploadQuery)
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type not in CLIP_TYPES:
-        raise UnsupportedMediaType("send a clip as video/mp4 or video/webm")
-    cap = settings.media_clip_max_bytes
-    too_large = TooLarge(f"clips are limited to {cap} bytes")
-    declared = declared_length(request)
-    if declared is not None and declared > cap:
-        raise too_large
+    content_type = clip_type(request, "clip")
     store = media_store(request)
-    intake = Intake(request.stream(), cap, too_large, (content_type,))
-    stored = await store.put(
-        intake, filename=f"clip-{thread_id}", metadata={"device_id": str(device.id)}
-    )
+    stored = await store_clip(request, content_type, f"clip-{thread_id}", device.id)
     doc = await save_clip(
         store,
         settings,
