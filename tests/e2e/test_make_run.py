@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -72,6 +73,26 @@ async def test_make_run_demo_from_a_fresh_clone_plays_the_demo_camera(tmp_path: 
             assert relayed.frames >= 1
             await relayed.end()
             await watch.end()
+        # Nobody watches now: the relay node analyses the armed demo camera all the same, and
+        # its motion episode (20 s after it starts) makes a thread with a clip that begins at
+        # least 4 s before the motion did.
+        async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+            deadline = time.monotonic() + 120
+            clip = None
+            while clip is None or clip["state"] != "ready":
+                assert time.monotonic() < deadline, (clip, log.read_text()[-3000:])
+                await asyncio.sleep(0.5)
+                listed = await http.get(
+                    "/api/v1/events", params={"kind": "motion"}, headers=headers
+                )
+                ended = [e for e in listed.json()["events"] if e["clip_id"] and e["state"] == "end"]
+                if ended:
+                    event = ended[-1]
+                    media = await http.get(f"/api/v1/media/{event['clip_id']}", headers=headers)
+                    clip = media.json()
+        motion_began = datetime.fromisoformat(event["started_at"])
+        assert (motion_began - datetime.fromisoformat(clip["started_at"])).total_seconds() >= 4
+        assert clip["duration_s"] > 10
     finally:
         if make.poll() is None:
             os.killpg(make.pid, signal.SIGINT)  # Ctrl-C

@@ -447,6 +447,13 @@ async def test_an_owner_onboards_by_qr_watches_sees_motion_and_shares_with_a_fri
     friend_email = await register(stack.url, "friend")
     await page.get_by_role("link", name="Cameras").click()
     await card.get_by_role("link", name="Manage").click()
+    # The picture now (from the relay node analysing it), and a recording on request.
+    await page.get_by_role("button", name="Snapshot").click()
+    snapshot = page.locator("img.snapshot")
+    await expect(snapshot).to_be_visible(timeout=10_000)
+    assert await snapshot.evaluate("img => img.complete && img.naturalWidth") > 0
+    await page.get_by_role("button", name="Record 1 min").click()
+    await expect(page.locator(".recordings li[data-state=recording]")).to_have_count(1)
     await page.get_by_label("Camera name").fill("Front porch")
     await page.get_by_role("button", name="Rename").click()
     await expect(page.locator(".camera-title")).to_have_text("Front porch")

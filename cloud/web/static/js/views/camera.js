@@ -48,6 +48,8 @@ function render(app, section, device, offs) {
     h("a", { class: "back", href: "#/cameras" }, "‹ Cameras"),
     head,
     h("a", { class: "button primary wide", href: `#/live/${device.id}` }, "▶ Watch live"),
+    snapshot(app, device, offs),
+    recordings(app, device, owner),
     h("dl", { class: "facts card" },
       h("dt", {}, "Model"), h("dd", {}, device.camera_model),
       h("dt", {}, "Firmware"), h("dd", {}, device.firmware_version),
@@ -56,6 +58,48 @@ function render(app, section, device, offs) {
     owner ? ownerTools(app, device, paintHead) : h("p", { class: "muted" },
       "This camera was shared with you: you can watch it and see its events. Only its owner can rename, share or remove it."),
   );
+}
+
+// The picture now, without opening a live view (GET /devices/{id}/snapshot).
+function snapshot(app, device, offs) {
+  const error = errorBox();
+  const image = h("img", { class: "snapshot", alt: `${device.name} now`, hidden: true });
+  const button = h("button", { type: "button", class: "small" }, "Snapshot");
+  let url = null;
+  offs.push(() => url && URL.revokeObjectURL(url));
+  button.addEventListener("click", () => busy(button, "Taking…", error, async () => {
+    const blob = await app.api.blob(`/api/v1/devices/${device.id}/snapshot`);
+    if (url) URL.revokeObjectURL(url);
+    url = URL.createObjectURL(blob);
+    image.src = url;
+    image.hidden = false;
+  }));
+  return h("div", { class: "card stack snapshot-card", "aria-label": "Snapshot" },
+    h("span", { class: "with-button" }, h("h2", {}, "Picture now"), button), image, error);
+}
+
+// Recordings on request: the owner records the next minute; everyone with access plays them.
+function recordings(app, device, owner) {
+  const error = errorBox();
+  const list = h("ul", { class: "recordings", "aria-label": "Recordings" });
+  const load = async () => {
+    const { media } = await app.api.get(`/api/v1/devices/${device.id}/media?kind=recording`);
+    fill(list, media.length ? media.map((item) => h("li", { dataset: { mediaId: item.id, state: item.state } },
+      h("span", {}, `${new Date(item.created_at).toLocaleString()} · `,
+        item.state === "ready" ? `${Math.round(item.duration_s)} s` : "recording…"),
+      item.content_url && h("video", { src: item.content_url, controls: true, preload: "metadata",
+        "aria-label": "Recording" }))) : h("li", { class: "muted empty" }, "No recordings yet."));
+  };
+  const record = h("button", { type: "button", class: "small" }, "Record 1 min");
+  record.addEventListener("click", () => busy(record, "Starting…", error, async () => {
+    await app.api.post(`/api/v1/devices/${device.id}/recordings`, { duration_s: 60 });
+    await load();
+    app.notice("Recording the next minute. It appears here when it is done.");
+  }));
+  load().catch((failure) => { error.textContent = failure.message; error.hidden = false; });
+  return h("div", { class: "card stack recordings-card", "aria-label": "Recordings" },
+    h("span", { class: "with-button" }, h("h2", {}, "Recordings"), owner ? record : null),
+    list, error);
 }
 
 function ownerTools(app, device, paintHead) {
