@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from beanie import PydanticObjectId
 
 from cloud.devices.access import audience
-from cloud.events.models import EventThread
+from cloud.events.models import EventThread, event_out
 from protocol.messages import EventPush
 
 log = logging.getLogger(__name__)
@@ -23,8 +23,6 @@ Push = Callable[[list[PydanticObjectId], EventPush], Awaitable[None]]
 
 async def end_threads_of(relay_id: str, push: Push) -> int:
     """End every thread ``relay_id`` left open; the number ended."""
-    from cloud.events.routes import event_out  # here: routes import the signaling context
-
     ended = 0
     collection = EventThread.get_pymongo_collection()
     for doc in await EventThread.find({"relay_id": relay_id, "state": {"$ne": "end"}}).to_list():

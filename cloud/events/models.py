@@ -10,7 +10,7 @@ from typing import Annotated
 from beanie import Document, Indexed, PydanticObjectId
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
-from protocol.events import EventSource, EventState
+from protocol.events import Event, EventSource, EventState
 
 
 class EventThread(Document):
@@ -50,3 +50,27 @@ class EventSnapshot(Document):
     class Settings:
         name = "event_snapshots"
         indexes = [IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0)]
+
+
+SNAPSHOT_PATH = "/api/v1/events/{}/snapshot"
+
+
+def event_out(doc: EventThread) -> Event:
+    return Event(
+        id=str(doc.id),
+        device_id=str(doc.device_id),
+        kind=doc.kind,
+        state=doc.state,
+        thread_id=doc.thread_id,
+        score=doc.score,
+        box=doc.box,
+        started_at=doc.started_at,
+        ended_at=doc.ended_at,
+        snapshot_url=SNAPSHOT_PATH.format(doc.id) if doc.has_snapshot else None,
+        acknowledged=doc.acknowledged,
+        clip_id=str(doc.clip_id) if doc.clip_id else None,
+        source=doc.source,
+        upload_id=doc.upload_id,
+        offset_s=doc.offset_s,
+        end_offset_s=doc.end_offset_s,
+    )

@@ -20,7 +20,7 @@ from cloud.context import context, require_user, user
 from cloud.devices.access import Action, audience, authorize, parse_id, visible_devices
 from cloud.devices.models import Device
 from cloud.errors import Invalid, Malformed, NotFound
-from cloud.events.models import EventSnapshot, EventThread
+from cloud.events.models import EventSnapshot, EventThread, event_out
 from cloud.http import Endpoint, parse_body, parse_query, reply
 from cloud.relays.routes import require_relay
 from protocol.api import EventList, EventQuery
@@ -31,30 +31,6 @@ from protocol.messages import EventPush
 log = logging.getLogger(__name__)
 
 MAX_REPORT_BYTES = 768 * 1024
-SNAPSHOT_PATH = "/api/v1/events/{}/snapshot"
-
-
-def event_out(doc: EventThread) -> Event:
-    return Event(
-        id=str(doc.id),
-        device_id=str(doc.device_id),
-        kind=doc.kind,
-        state=doc.state,
-        thread_id=doc.thread_id,
-        score=doc.score,
-        box=doc.box,
-        started_at=doc.started_at,
-        ended_at=doc.ended_at,
-        snapshot_url=SNAPSHOT_PATH.format(doc.id) if doc.has_snapshot else None,
-        acknowledged=doc.acknowledged,
-        clip_id=str(doc.clip_id) if doc.clip_id else None,
-        source=doc.source,
-        upload_id=doc.upload_id,
-        offset_s=doc.offset_s,
-        end_offset_s=doc.end_offset_s,
-    )
-
-
 # relays ---------------------------------------------------------------------------------
 
 
