@@ -18,7 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from cloud.auth.models import User
 from cloud.auth.tokens import UserPrincipal
 from cloud.context import context, require_user, user
-from cloud.devices.access import Action, authorize, parse_id
+from cloud.devices.access import Action, audience, authorize, parse_id
 from cloud.devices.models import Device
 from cloud.errors import (
     CloudError,
@@ -29,6 +29,7 @@ from cloud.errors import (
     TooLarge,
     UnsupportedMediaType,
 )
+from cloud.events.models import EventThread, event_out
 from cloud.http import Endpoint, error_response, parse_body, parse_query, reply
 from cloud.media.catalog import (
     content_tokens,
@@ -58,6 +59,7 @@ from protocol.api import (
     UploadQuery,
 )
 from protocol.errors import ErrorCode
+from protocol.messages import EventPush
 
 log = logging.getLogger(__name__)
 
@@ -353,6 +355,13 @@ async def upload_clip(request: Request) -> Response:
         " (final)" if query.final else "",
         request.state.principal,
     )
+    if doc.created_at == doc.updated_at:  # its first upload: the thread's apps learn of it
+        thread = await EventThread.find_one({"device_id": device.id, "thread_id": thread_id})
+        if thread is not None:
+            out = event_out(thread)
+            await context(request).signaling.push(
+                await audience(device.id), EventPush(**out.model_dump())
+            )
     return reply(media_out(doc, None, None))
 
 

@@ -23,7 +23,7 @@ from tests.cloud.media.conftest import (
     video,
 )
 from tests.conftest import ActivateDevice, MakeAccount, share
-from tests.peers import Peer
+from tests.peers import Peer, viewer
 
 CHUNK = 255 * 1024
 MISSING = "6b0000000000000000000000"
@@ -207,6 +207,7 @@ async def test_signed_content_urls_work_without_a_header_for_their_user_and_item
 
 async def test_a_clip_plays_while_its_event_runs_each_upload_replacing_the_last(
     relay: Peer,
+    ws_base: str,
     client: httpx.AsyncClient,
     make_account: MakeAccount,
     activate_device: ActivateDevice,
@@ -228,10 +229,14 @@ async def test_a_clip_plays_while_its_event_runs_each_upload_replacing_the_last(
     )
     assert event.status_code == 200, event.text
     assert event.json()["clip_id"] is None
+    watching = await viewer(ws_base, owner)
     versions = [video(100_000), video(400_000), video(700_000)]
     first = await put_clip(client, device, "t-clip", versions[0], started_at=started.isoformat())
     assert first.status_code == 200, first.text
     clip = first.json()
+    pushed = await watching.expect("event")  # the thread's apps learn of its clip at once
+    assert (pushed["thread_id"], pushed["clip_id"]) == ("t-clip", clip["id"])
+    await watching.socket.close()
     assert (clip["kind"], clip["state"], clip["size"], clip["thread_id"]) == (
         "clip",
         "recording",
