@@ -49,6 +49,7 @@ from protocol.messages import (
 )
 from relay.analysis import Analysis
 from relay.detector import Detector
+from relay.loop_lag import LoopLag
 from relay.media import Fanout, forward_keyframe_requests
 from relay.settings import RelaySettings
 from relay.uploads import UploadAnalysis
@@ -134,7 +135,10 @@ class RelayNode:
         """While online: ``relay.load`` now and every ``LOAD_EVERY_S`` (the cloud's
         allocation forgets a relay it has not heard from lately); the client pings."""
         logged = -1
+        lag = LoopLag()
+        self._spawn(lag.run())
         while True:
+            log.info("relay: event-loop lag %s", lag.summary())
             stats = getattr(self.detector, "stats", None)
             if callable(stats) and (current := stats()).completed != logged:
                 logged = current.completed
