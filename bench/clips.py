@@ -42,7 +42,7 @@ from peer.codecs import (  # noqa: E402
     is_vp8_keyframe,
     nal_units,
 )
-from relay.clips import ClipMuxer, Entry, remux  # noqa: E402
+from relay.remux import ClipMuxer, Entry, remux  # noqa: E402
 
 CLOCK = 90000
 

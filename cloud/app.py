@@ -28,9 +28,9 @@ from cloud.devices import routes as device_routes
 from cloud.events import routes as event_routes
 from cloud.http import EXCEPTION_HANDLERS, Endpoint, RequestContextMiddleware, routes
 from cloud.media import recordings as media_recordings
+from cloud.media import relays as media_relays
 from cloud.media import routes as media_routes
 from cloud.media import snapshots as media_snapshots
-from cloud.media import upload_analysis
 from cloud.media.models import Media
 from cloud.media.retention import Retention
 from cloud.media.snapshots import SnapshotTicket
@@ -65,7 +65,7 @@ ENDPOINTS: list[Endpoint] = [
     *media_routes.ENDPOINTS,
     *media_recordings.ENDPOINTS,
     *media_snapshots.ENDPOINTS,
-    *upload_analysis.ENDPOINTS,
+    *media_relays.ENDPOINTS,
 ]
 
 

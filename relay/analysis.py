@@ -22,11 +22,12 @@ from numpy.typing import NDArray
 
 from protocol.messages import RecordingOrder
 from relay.budget import DetectionBudget
-from relay.clips import CLOCK_RATE, ClipError, ClipRecorder, ClipSettings, PreRoll
+from relay.clips import ClipRecorder, ClipSettings, PreRoll
 from relay.detector import Detector, DetectorError
 from relay.events import EventRecord, EventThreads, snapshot_jpeg
 from relay.media import Fanout
 from relay.motion import STILL, MotionConfig, MotionDetector
+from relay.remux import CLOCK_RATE, ClipError
 from relay.settings import RelaySettings
 
 log = logging.getLogger(__name__)

@@ -102,9 +102,12 @@ class UploadAnalysis:
             async with self.http.stream("GET", url) as response:
                 if response.status_code != 200:
                     raise UploadError(f"the cloud would not give the file ({response.status_code})")
-                with open(path, "wb") as out:  # noqa: ASYNC230 (small writes, local disk)
+                out = await asyncio.to_thread(open, path, "wb")
+                try:
                     async for chunk in response.aiter_bytes():
-                        out.write(chunk)
+                        await asyncio.to_thread(out.write, chunk)  # not on the viewers' loop
+                finally:
+                    await asyncio.to_thread(out.close)
 
     async def _analyse(self, path: str) -> None:
         settings = self.analysis.settings

@@ -26,7 +26,8 @@ from cloud.errors import Conflict, Forbidden, NotFound
 from cloud.http import Endpoint, parse_body, parse_query, reply
 from cloud.media.catalog import limits, media_store
 from cloud.media.models import Media
-from cloud.media.routes import clip_type, media_for, media_out, store_clip
+from cloud.media.relays import clip_type, store_clip
+from cloud.media.routes import media_for, media_out
 from cloud.relays.routes import require_relay
 from protocol.api import ClipUploadQuery, MediaOut, RecordingRequest
 from protocol.errors import ErrorCode

@@ -17,16 +17,9 @@ from av.bitstream import BitStreamFilterContext
 from peer.codecs import H264, START_CODE, ParameterSets, is_h264_keyframe, is_vp8_keyframe
 from peer.codecs import nal_units as units
 from peer.network import use_host_addresses
-from relay.clips import (
-    ClipMuxer,
-    ClipRecorder,
-    ClipSettings,
-    Entry,
-    PreRoll,
-    remux,
-    vp8_size,
-)
+from relay.clips import ClipRecorder, ClipSettings, PreRoll
 from relay.media import Fanout
+from relay.remux import ClipMuxer, Entry, remux, vp8_size
 from tests.relay.test_media import Closing, camera, upstream
 
 CLOCK = 90000
@@ -280,7 +273,7 @@ def test_a_growing_clip_is_a_playable_file_at_every_moment(
 
 
 def test_a_clip_must_start_at_a_keyframe_with_its_parameter_sets(h264: list[Entry]) -> None:
-    from relay.clips import ClipError
+    from relay.remux import ClipError
 
     muxer = ClipMuxer("h264")
     with pytest.raises(ClipError):

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from relay.clips import CONTENT_TYPES, ClipMuxer
+from relay.remux import CONTENT_TYPES, ClipMuxer
 from tests.relay.test_clips import FPS, HEIGHT, WIDTH, encode
 
 CHROMIUM = "/usr/bin/chromium"
