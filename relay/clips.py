@@ -159,7 +159,8 @@ class ClipRecorder:
     ``upload_every_s`` while it grows (when it grew) and once at the finish with
     ``final=True`` (the complete file; retried up to :data:`FINAL_ATTEMPTS` times). One
     upload is in flight at a time, in a task the recorder owns; packet intake never waits
-    for it, and an upload that starts late takes the newest clip. A failed or timed-out
+    for it, an upload that starts late takes the newest clip, and the final upload does
+    not wait for a non-final one in flight: it cancels it. A failed or timed-out
     upload is logged; the next one carries the data again. A clip with no keyframe uploads
     nothing.
     """
@@ -283,7 +284,7 @@ class ClipRecorder:
                 data = self.muxer.snapshot()
                 if data is not None:
                     frames = self.muxer.frames
-                    if await self._send(data, final=False):
+                    if await self._send_unless_finished(data):
                         self._uploaded_frames = frames
                 due = max(due, loop.time())
         try:
@@ -300,6 +301,23 @@ class ClipRecorder:
                 await asyncio.sleep(attempt)
             if await self._send(final, final=True):
                 return
+
+    async def _send_unless_finished(self, data: bytes) -> bool:
+        """A non-final upload, abandoned when the clip finishes meanwhile: the final upload
+        replaces it at once instead of waiting behind it (the cloud never lets a non-final
+        upload replace a final one, and a half-sent body is never stored)."""
+        sending = asyncio.create_task(self._send(data, final=False))
+        finishing = asyncio.create_task(self._finished.wait())
+        try:
+            await asyncio.wait((sending, finishing), return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when this task is cancelled: nothing is left running
+            finishing.cancel()
+            if not sending.done():
+                sending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sending
+                logger.info("ClipRecorder(%s) dropped an upload in flight", self.name)
+        return not sending.cancelled() and sending.result()
 
     async def _send(self, data: bytes, final: bool) -> bool:
         try:

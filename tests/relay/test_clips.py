@@ -300,13 +300,15 @@ class Uploads:
         self.gate.set()
         self.failures: list[bool] = []  # the next calls fail while this says True
         self.started = asyncio.Event()
+        self.gate_finals = True  # False: only non-final uploads wait for the gate
 
     async def __call__(self, data: bytes, final: bool, content_type: str) -> None:
         self.running += 1
         self.most_at_once = max(self.most_at_once, self.running)
         self.started.set()
         try:
-            await self.gate.wait()
+            if self.gate_finals or not final:
+                await self.gate.wait()
             if self.failures and self.failures.pop(0):
                 raise ConnectionError("the cloud is down")
             self.calls.append((data, final, content_type))
@@ -400,6 +402,27 @@ async def test_uploads_run_one_at_a_time_without_holding_up_packets_and_the_last
     growing = [demuxed(data)[0] for data, final, _ in uploads.calls if not final]
     assert len(growing) == 2
     assert len(growing[1]) > held_at
+    same_frames(uploads.calls[-1][0], entries, "vp8")
+
+
+async def test_the_final_upload_replaces_a_non_final_one_in_flight(vp8: list[Entry]) -> None:
+    uploads = Uploads()
+    uploads.gate.clear()  # the cloud never answers a non-final upload
+    uploads.gate_finals = False
+    settings = ClipSettings(pre_roll_s=0, post_roll_s=0, upload_every_s=0.01)
+    recorder = ClipRecorder("vp8", PreRoll(), uploads, settings=settings, name="tail")
+    entries = vp8[: 2 * FPS]
+    for packet, keyframe in entries:
+        recorder.add(packet, keyframe)
+    async with asyncio.timeout(10):
+        await uploads.started.wait()
+    recorder.end()  # no post-roll: the clip is finished
+    assert recorder.finished
+    async with asyncio.timeout(10):
+        await recorder.wait()  # not behind the held upload
+    assert [final for _, final, _ in uploads.calls] == [True]
+    assert uploads.running == 0  # the held upload was cancelled, not left running
+    assert uploads.most_at_once == 1
     same_frames(uploads.calls[-1][0], entries, "vp8")
 
 
