@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 from swagger_ui_bundle import swagger_ui_path
 
-from cloud import openapi
+from cloud import openapi, pwa
 from cloud.auth import routes as auth_routes
 from cloud.auth.passwords import Passwords
 from cloud.auth.tokens import AccessTokens, RefreshTokens
@@ -168,6 +168,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/docs/init.js", openapi.docs_init, methods=["GET"]),
         Mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets"),
         Route("/", web_app, methods=["GET"]),
+        *pwa.routes(APP_POLICY),
         Mount("/static", WebAssets(directory=WEB_DIR / "static"), name="web"),
         *routes(ENDPOINTS),
         *signaling_routes.SOCKETS,

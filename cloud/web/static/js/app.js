@@ -1,7 +1,7 @@
 // The app shell: services, the hash router, the header and tab bar, notices.
 //
 // Routes: #/signin #/register #/cameras #/add #/camera/<id> #/live/<id>[?mode=relay]
-// #/events. A view module exports mount(app, params, query) and returns its cleanup.
+// #/events #/notifications. A view module exports mount(app, params, query) and returns its cleanup.
 
 import { Api } from "./api.js";
 import { Devices } from "./devices.js";
@@ -12,6 +12,7 @@ import * as add from "./views/add.js";
 import * as camera from "./views/camera.js";
 import * as watch from "./views/watch.js";
 import * as events from "./views/events.js";
+import * as notifications from "./views/notifications.js";
 
 const ROUTES = [
   { pattern: /^\/signin$/, view: auth, open: true, params: () => ({ mode: "signin" }) },
@@ -21,6 +22,7 @@ const ROUTES = [
   { pattern: /^\/camera\/([\w-]+)$/, view: camera, tab: "cameras", params: (m) => ({ id: m[1] }) },
   { pattern: /^\/live\/([\w-]+)$/, view: watch, tab: "cameras", params: (m) => ({ id: m[1] }) },
   { pattern: /^\/events$/, view: events, tab: "events" },
+  { pattern: /^\/notifications$/, view: notifications, tab: "notifications" },
 ];
 
 class App {
@@ -42,6 +44,48 @@ class App {
   start() {
     if (this.api.signedIn) this.#signedIn();
     this.route();
+    this.#installable();
+  }
+
+  // The installable app (cloud/web/sw.js): the worker keeps the shell for offline starts
+  // and shows push notifications; a click on one brings the app to the notification's url.
+  #installable() {
+    window.addEventListener("online", () => this.#checkReachable());
+    window.addEventListener("offline", () => this.#checkReachable());
+    this.#checkReachable();
+    if (!("serviceWorker" in navigator)) return;
+    navigator.serviceWorker.addEventListener("message", (event) => {
+      if (event.data?.type !== "open") return;
+      const url = new URL(event.data.url, location.origin);
+      if (url.origin === location.origin) location.href = url.href;
+    });
+    navigator.serviceWorker.register("/sw.js", { scope: "/" }).catch((error) => {
+      console.warn("service worker not registered:", error);
+    });
+  }
+
+  /** Offline: no network, or the server does not answer (checked again every few seconds). */
+  async #checkReachable() {
+    clearTimeout(this.reachTimer);
+    let reachable = navigator.onLine;
+    if (reachable) {
+      try {
+        const response = await fetch("/healthz", { cache: "no-store", signal: AbortSignal.timeout(5000) });
+        reachable = response.ok;
+      } catch {
+        reachable = false;
+      }
+    }
+    this.#setOffline(!reachable);
+    if (!reachable) this.reachTimer = setTimeout(() => this.#checkReachable(), 5000);
+  }
+
+  #setOffline(offline) {
+    const box = document.getElementById("offline");
+    const was = !box.hidden;
+    box.hidden = !offline;
+    document.body.classList.toggle("offline", offline);
+    if (was && !offline) this.route(); // back: the view loads again what it could not
   }
 
   navigate(hash) {
