@@ -3,16 +3,18 @@
 The cloud gives a node an uploaded file (``relay.assign`` ``uploads``); the node reads it
 into a temporary file (``GET /relays/uploads/{id}/content``), decodes it in a worker thread,
 samples it at ``analysis_fps`` by the frames' own timestamps (so as fast as the CPU allows,
-not in real time), and runs the same pipeline: motion, then the detector within the node's
-budget, then event threads. Events carry ``source: "upload"``, the upload's id, and their
-start and end as offsets into the file; their times are the analysis start plus those
-offsets. Progress goes to ``PATCH /relays/uploads/{id}`` every :data:`PROGRESS_EVERY_S` and
-at the end (``analysed``, or ``failed`` with the reason: a file PyAV cannot decode, one
-without video).
+not in real time), and runs the same pipeline: motion, then the detector (waiting for its
+share of the node's budget rather than skipping a frame), then event threads, named by the
+upload and their order so that analysing the file again reports the same threads. Events
+carry ``source: "upload"``, the upload's id, and their start and end as offsets into the
+file; their times are the analysis start plus those offsets. Progress goes to
+``PATCH /relays/uploads/{id}`` every :data:`PROGRESS_EVERY_S` and at the end (``analysed``,
+or ``failed`` with the reason: a file PyAV cannot decode, one without video).
 """
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import tempfile
@@ -113,7 +115,10 @@ class UploadAnalysis:
         settings = self.analysis.settings
         device = self.order.device_id
         motion = MotionDetector(await self.analysis.motion_config(device))
-        threads = EventThreads()
+        # Threads named by the upload and their order, so a restarted analysis of the same
+        # file (its node reconnected or died) reports the same threads, not new ones.
+        numbers = itertools.count(1)
+        threads = EventThreads(new_id=lambda: f"{self.order.id}-{next(numbers)}")
         frames = sampled_frames(path, settings.analysis_fps)
         base = time.time()  # event times: the analysis start plus offsets into the file
         reported_at = time.monotonic()
@@ -123,13 +128,9 @@ class UploadAnalysis:
             self.frames += 1
             moved = motion.update(picture, base + offset)
             detections = None
-            budget = f"upload:{self.order.id}"
             detector = self.analysis.detector
-            if (
-                moved.moving
-                and detector
-                and self.analysis.budget.try_acquire(budget, time.monotonic())
-            ):
+            if moved.moving and detector:
+                await self._budget()
                 with contextlib.suppress(DetectorError):
                     detections = await detector.detect(picture)
             for record in threads.update(base + offset, moved, detections):
@@ -142,6 +143,15 @@ class UploadAnalysis:
         for record in threads.end_all(base + offset):
             await self._report(record, base, None)
         self.analysis.budget.forget(f"upload:{self.order.id}")
+
+    async def _budget(self) -> None:
+        """Wait for a detection from the node's budget, in its fair share beside the live
+        cameras. A file is not live, so no moving frame goes without its detection: the
+        same file always gives the same threads."""
+        budget = self.analysis.budget
+        # The budget is a credit counter time refills (relay/budget.py): nothing to wait on
+        while not budget.try_acquire(f"upload:{self.order.id}", time.monotonic()):  # noqa: ASYNC110
+            await asyncio.sleep(1.0 / budget.rate_per_s)
 
     async def _report(self, record: EventRecord, base: float, picture: Any) -> None:
         jpeg = None

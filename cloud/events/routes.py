@@ -67,12 +67,18 @@ async def report_event(request: Request) -> Response:
     if body.end_offset_s is not None:
         fields["end_offset_s"] = body.end_offset_s
     origin = {"source": body.source, "upload_id": body.upload_id, "offset_s": body.offset_s}
+    first = {"started_at": body.started_at, "acknowledged": False}
+    if body.source == "upload":
+        # A restarted analysis of the file reports the same threads again (the node names
+        # them by the upload and their order): the newest attempt's times stand.
+        fields |= {"started_at": body.started_at, "offset_s": body.offset_s}
+        del first["started_at"], origin["offset_s"]
     doc = await EventThread.get_pymongo_collection().find_one_and_update(
         {"device_id": device.id, "thread_id": body.thread_id},
         {
             "$set": fields,
             "$max": {"score": body.score},  # a thread's score is its peak confidence
-            "$setOnInsert": {"started_at": body.started_at, "acknowledged": False}
+            "$setOnInsert": first
             | origin
             | ({} if snapshot is not None else {"has_snapshot": False}),
         },

@@ -198,3 +198,30 @@ async def test_bad_reports_are_refused_with_clear_errors(
     huge = report(device.id, "x", "new", snapshot_jpeg="A" * 800_000)
     assert (await client.post(url, json=huge, headers=RELAY)).status_code == 413
     assert (await client.get("/api/v1/events", headers=owner.headers)).json()["events"] == []
+
+
+async def test_a_restarted_upload_analysis_reports_its_threads_again_and_its_times_stand(
+    relay: Peer,
+    client: httpx.AsyncClient,
+    make_account: MakeAccount,
+    activate_device: ActivateDevice,
+) -> None:
+    owner = await make_account("uploader")
+    device = await activate_device(owner)
+    upload = {"source": "upload", "upload_id": "64b000000000000000000001"}
+    first = datetime.now(UTC) - timedelta(minutes=5)
+    for began in (first, first + timedelta(minutes=3)):  # the node restarted the analysis
+        for state in ("new", "end"):
+            body = report(device.id, "64b000000000000000000001-1", state, started_at=began)
+            body |= upload | {"offset_s": 4.0, "end_offset_s": 7.0}
+            if state == "end":
+                body["ended_at"] = (began + timedelta(seconds=3)).isoformat()
+            r = await client.post("/api/v1/relays/events", json=body, headers=RELAY)
+            assert r.status_code == 200, r.text
+    (event,) = (await client.get("/api/v1/events", headers=owner.headers)).json()["events"]
+    started = datetime.fromisoformat(event["started_at"])
+    ended = datetime.fromisoformat(event["ended_at"])
+    # the newest attempt's times, consistent with each other (stored to the millisecond)
+    assert abs(started - (first + timedelta(minutes=3))) < timedelta(milliseconds=1)
+    assert abs(ended - started - timedelta(seconds=3)) < timedelta(milliseconds=2)
+    assert (event["offset_s"], event["end_offset_s"]) == (4.0, 7.0)
