@@ -67,14 +67,14 @@ class App {
   /** Offline: no network, or the server does not answer (checked again every few seconds). */
   async #checkReachable() {
     clearTimeout(this.reachTimer);
-    let reachable = navigator.onLine;
-    if (reachable) {
-      try {
-        const response = await fetch("/healthz", { cache: "no-store", signal: AbortSignal.timeout(5000) });
-        reachable = response.ok;
-      } catch {
-        reachable = false;
-      }
+    // Asked of the server itself: navigator.onLine says false on a machine whose only
+    // network is loopback, while its local server answers.
+    let reachable;
+    try {
+      const response = await fetch("/healthz", { cache: "no-store", signal: AbortSignal.timeout(5000) });
+      reachable = response.ok;
+    } catch {
+      reachable = false;
     }
     this.#setOffline(!reachable);
     if (!reachable) this.reachTimer = setTimeout(() => this.#checkReachable(), 5000);
