@@ -72,7 +72,8 @@ def shell() -> tuple[str, list[str]]:
     source = (WEB_DIR / "sw.js").read_text()
     listed = SHELL_LIST.search(source)
     version = VERSION.search(source)
-    assert listed is not None and version is not None
+    assert listed is not None
+    assert version is not None
     return version.group(1), re.findall(r'"([^"]+)"', listed.group(1))
 
 
@@ -130,7 +131,8 @@ async def test_the_manifest_and_the_worker_are_served_from_the_root(cloud: str) 
         body = manifest.json()
         assert body["display"] == "standalone"
         assert (body["start_url"], body["scope"], body["id"]) == ("/", "/", "/")
-        assert body["theme_color"] and body["background_color"]
+        assert body["theme_color"]
+        assert body["background_color"]
         sizes = {i["sizes"] for i in body["icons"] if i["type"] == "image/png"}
         assert {"192x192", "512x512"} <= sizes
         for icon in body["icons"]:
