@@ -40,6 +40,7 @@ from cloud.onboarding import routes as onboarding_routes
 from cloud.relays import routes as relay_routes
 from cloud.settings import Settings
 from cloud.signaling import routes as signaling_routes
+from cloud.signaling import sse as signaling_sse
 from cloud.signaling.bus import Bus, MemoryBus
 from cloud.signaling.ws import Signaling
 from cloud.throttle import Throttle
@@ -60,6 +61,7 @@ ENDPOINTS: list[Endpoint] = [
     *onboarding_routes.ENDPOINTS,
     *device_routes.ENDPOINTS,
     *signaling_routes.ENDPOINTS,
+    *signaling_sse.ENDPOINTS,
     *event_routes.ENDPOINTS,
     *relay_routes.ENDPOINTS,
     *media_routes.ENDPOINTS,
