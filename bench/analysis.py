@@ -5,6 +5,15 @@ event reaches its owner, and how soon its clip plays after the event ends.
         [--cameras 4 8 16] [--window 30] [--episodes 3] [--yolo [MODEL]] [--json FILE]
     .venv/bin/python bench/analysis.py --from-json FILE   # the tables of an earlier run
 
+The soak (issue 12: 10 armed cameras analysed by one node for 5 minutes, no event lost,
+memory flat beyond the buffers) is a long round of this bench:
+
+    ... bench/analysis.py --cameras 10 --episodes 11 --gap 30 --window 10
+
+Its figures: every episode's thread and clip (the event and clip tables), and the relay's
+RSS, sampled every 5 s, over the episodes (the last table: first, last, peak, and the
+slope over the second half, where the buffers are full and only a leak still grows).
+
 Real processes, as tests/e2e/test_analysis.py starts them: SecantusDB, redis-server, the
 cloud (``python -m cloud``), one relay node (``python -m relay``, ``YOLO_MODEL=none`` unless
 ``--yolo``; ``ANALYSIS_FPS=5``, ``ANALYSIS_CAPACITY=64``) and N camera agents (``python -m
@@ -218,6 +227,9 @@ class Round:
     stats: dict[str, Any] = field(default_factory=dict)
     loop_cpu: float = 0.0  # the relay's main thread (its event loop)
     threads_cpu: list[float] = field(default_factory=list)  # its other threads, busiest first
+    rss: list[tuple[float, float]] = field(default_factory=list)  # (wall clock, MB) every 5 s
+    episodes_from: float = 0.0  # wall clock: the first episode's start, the last one's end
+    episodes_to: float = 0.0
 
 
 class Owner:
@@ -235,8 +247,8 @@ class Owner:
         self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
-    async def register(cls, url: str) -> "Owner":
-        email = f"bench.{secrets.token_hex(4)}@example.com"
+    async def register(cls, url: str, email: str = "") -> "Owner":
+        email = email or f"bench.{secrets.token_hex(4)}@example.com"
         async with httpx.AsyncClient(base_url=url, timeout=15) as http:
             await http.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD})
             tokens = (
@@ -432,6 +444,29 @@ class Stack:
     tmp: Path
 
 
+async def sample_rss(pid: int, into: list[tuple[float, float]]) -> None:
+    """The relay's RSS every 5 s while it runs."""
+    with suppress(OSError, ValueError):
+        while True:
+            into.append((time.time(), rss_mb(pid)))
+            await asyncio.sleep(5.0)
+
+
+def memory_trend(r: Round) -> tuple[float, float, float, float] | None:
+    """The relay's RSS over the episodes: at their start, at their end, its peak, and the
+    least-squares slope over their second half (MB a minute): buffers fill in the first
+    minutes (pre-roll, clips, the detector), a leak keeps growing after."""
+    during = [(t, mb) for t, mb in r.rss if r.episodes_from <= t <= r.episodes_to]
+    if len(during) < 6:
+        return None
+    half = during[len(during) // 2 :]
+    mean_t = statistics.mean(t for t, _ in half)
+    mean_mb = statistics.mean(mb for _, mb in half)
+    spread = sum((t - mean_t) ** 2 for t, _ in half)
+    slope = sum((t - mean_t) * (mb - mean_mb) for t, mb in half) / spread * 60 if spread else 0.0
+    return during[0][1], during[-1][1], max(mb for _, mb in during), slope
+
+
 def thread_ticks(pid: int) -> dict[int, int]:
     """utime + stime of each thread of a process, by thread id."""
     found: dict[int, int] = {}
@@ -454,6 +489,7 @@ async def run_round(
     relay_id = f"bench-relay-{n}-{secrets.token_hex(2)}"
     relay_log = stack.tmp / f"{relay_id}.log"
     relay = start_relay(stack.url, relay_id, relay_log, args.yolo)
+    sampler = asyncio.create_task(sample_rss(relay.pid, result.rss))
     try:
         await asyncio.to_thread(wait_relay_online, stack.mongodb_url, relay_id, relay)
         lead = 25.0 + 2.0 * n  # seconds for n agents to start, connect and be attached
@@ -497,6 +533,8 @@ async def run_round(
                         agent.attached is not None and agent.attached <= episode.start - WARM_S
                     )
         last_end = max(e.start + e.duration_s for e in owner.episodes)
+        result.episodes_from = min(e.start for e in owner.episodes)
+        result.episodes_to = last_end
         print(
             f"  N={n}: all attached {max((a.attached or 0) for a in agents) - time.time():+.0f} s"
             f" ago; episodes until {last_end - time.time():+.0f} s",
@@ -555,6 +593,7 @@ async def run_round(
             max(0.0, stopped_at - a.attached) for a in agents if a.attached is not None
         )
     finally:
+        sampler.cancel()
         stop_group(relay)
         for agent in agents:
             if agent.process is not None:
@@ -665,6 +704,16 @@ def report(rounds: list[Round], args: argparse.Namespace, elapsed: float) -> Non
         print(f"all{'':>5}{len(all_clip):>6}{row(all_clip)}")
     unmatched = sum(r.unmatched for r in rounds)
     print(f"\nmotion threads matching no episode: {unmatched}")
+    print("\nrelay RSS over the episodes, MB: first, last, peak; slope over the second half")
+    for r in rounds:
+        trend = memory_trend(r)
+        if trend is not None:
+            first, last, peak, slope = trend
+            minutes = (r.episodes_to - r.episodes_from) / 60
+            print(
+                f"{r.cameras:>3} cameras, {minutes:.1f} min: {first:.0f} -> {last:.0f}"
+                f" (peak {peak:.0f}), {slope:+.1f} MB/min"
+            )
 
 
 async def main() -> None:
