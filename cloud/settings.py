@@ -95,7 +95,10 @@ class Settings:
             env.update({k: v for k, v in dotenv_values(".env").items() if v is not None})
         env.update(os.environ if environ is None else environ)
         settings = cls(
-            public_url=(env.get("PUBLIC_URL") or default_public_url).rstrip("/"),
+            # Render sets RENDER_EXTERNAL_URL (https://<service>.onrender.com) on web services.
+            public_url=(
+                env.get("PUBLIC_URL") or env.get("RENDER_EXTERNAL_URL") or default_public_url
+            ).rstrip("/"),
             environment=env.get("ENVIRONMENT", cls.environment),
             data_dir=Path(env.get("DATA_DIR", str(cls.data_dir))),
             mongodb_url=env.get("MONGODB_URL") or None,
