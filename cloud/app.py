@@ -36,6 +36,7 @@ from cloud.media.retention import Retention
 from cloud.media.snapshots import SnapshotTicket
 from cloud.media.store import GridFSMediaStore
 from cloud.media.tokens import ContentTokens
+from cloud.notify import routes as notify_routes
 from cloud.onboarding import routes as onboarding_routes
 from cloud.relays import routes as relay_routes
 from cloud.settings import Settings
@@ -68,6 +69,7 @@ ENDPOINTS: list[Endpoint] = [
     *media_recordings.ENDPOINTS,
     *media_snapshots.ENDPOINTS,
     *media_relays.ENDPOINTS,
+    *notify_routes.ENDPOINTS,
 ]
 
 
@@ -144,6 +146,7 @@ def create_app(settings: Settings) -> Starlette:
             )
             app.state.media_retention = retention = Retention(app.state.media_store, settings)
             retention.start()
+            app.state.notifier = notifier = await notify_routes.start(settings, media_db)
             app.state.context = Context(
                 settings=settings,
                 database=database,
@@ -157,6 +160,7 @@ def create_app(settings: Settings) -> Starlette:
             try:
                 yield
             finally:
+                await notifier.stop()
                 await retention.stop()
                 await signaling.stop()
                 await bus.close()

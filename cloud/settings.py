@@ -35,6 +35,16 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise SettingsError(f"{name} must be an integer, not {raw!r}") from exc
 
 
+def _floats(env: Mapping[str, str], name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    raw = _split(env.get(name))
+    if not raw:
+        return default
+    try:
+        return tuple(float(part) for part in raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be a comma list of seconds, not {raw!r}") from exc
+
+
 @dataclass(frozen=True)
 class Settings:
     public_url: str = "http://127.0.0.1:8000"
@@ -77,6 +87,15 @@ class Settings:
     media_sweep_interval_s: int = 300
     media_url_ttl_s: int = 300
     media_url_secret: str = field(default="", repr=False)
+    # Notifications (cloud/notify/): Web Push keys, the outbox's retries, webhook addresses.
+    vapid_private_key: str = field(default="", repr=False)
+    vapid_subject: str = ""
+    notify_retry_schedule_s: tuple[float, ...] = (1, 5, 30, 120, 600, 1800, 3600)
+    notify_retry_for_s: int = 86_400
+    notify_cooldown_s: int = 30
+    notify_allow_loopback: bool = False
+    notify_push_ttl_s: int = 86_400
+    notify_image_ttl_s: int = 86_400
 
     @property
     def production(self) -> bool:
@@ -133,6 +152,16 @@ class Settings:
             media_sweep_interval_s=_int(env, "MEDIA_SWEEP_INTERVAL_S", cls.media_sweep_interval_s),
             media_url_ttl_s=_int(env, "MEDIA_URL_TTL_S", cls.media_url_ttl_s),
             media_url_secret=env.get("MEDIA_URL_SECRET", ""),
+            vapid_private_key=env.get("VAPID_PRIVATE_KEY", ""),
+            vapid_subject=env.get("VAPID_SUBJECT", ""),
+            notify_retry_schedule_s=_floats(
+                env, "NOTIFY_RETRY_SCHEDULE_S", cls.notify_retry_schedule_s
+            ),
+            notify_retry_for_s=_int(env, "NOTIFY_RETRY_FOR_S", cls.notify_retry_for_s),
+            notify_cooldown_s=_int(env, "NOTIFY_COOLDOWN_S", cls.notify_cooldown_s),
+            notify_allow_loopback=env.get("NOTIFY_ALLOW_LOOPBACK", "") in ("1", "true", "yes"),
+            notify_push_ttl_s=_int(env, "NOTIFY_PUSH_TTL_S", cls.notify_push_ttl_s),
+            notify_image_ttl_s=_int(env, "NOTIFY_IMAGE_TTL_S", cls.notify_image_ttl_s),
         )
         settings.validate()
         return settings
@@ -160,6 +189,19 @@ class Settings:
             raise SettingsError("MEDIA_SWEEP_INTERVAL_S must be between 1 and 86400 seconds")
         if not 10 <= self.media_url_ttl_s <= 3600:
             raise SettingsError("MEDIA_URL_TTL_S must be between 10 and 3600 seconds")
+        if not self.notify_retry_schedule_s or not all(
+            0 < s <= 86_400 for s in self.notify_retry_schedule_s
+        ):
+            raise SettingsError("NOTIFY_RETRY_SCHEDULE_S must be seconds, each in (0, 86400]")
+        if not 1 <= self.notify_retry_for_s <= 7 * 86_400:
+            raise SettingsError("NOTIFY_RETRY_FOR_S must be between 1 and 604800 seconds")
+        if not 0 <= self.notify_cooldown_s <= 86_400:
+            raise SettingsError("NOTIFY_COOLDOWN_S must be between 0 and 86400 seconds")
+        ttls = (self.notify_push_ttl_s, self.notify_image_ttl_s)
+        if not all(60 <= ttl <= 7 * 86_400 for ttl in ttls):
+            raise SettingsError("NOTIFY_PUSH_TTL_S and NOTIFY_IMAGE_TTL_S: 60 to 604800 seconds")
+        if self.vapid_subject and not self.vapid_subject.startswith(("mailto:", "https://")):
+            raise SettingsError("VAPID_SUBJECT must be a mailto: or https:// URL")
         if self.production:
             if len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
                 raise SettingsError(

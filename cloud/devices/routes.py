@@ -28,6 +28,7 @@ from cloud.devices.sessions import SessionList, SessionQuery, list_sessions
 from cloud.errors import Conflict, Invalid, NotFound
 from cloud.http import Endpoint, parse_body, reply
 from cloud.media.catalog import delete_device_media, media_store
+from cloud.notify.notifier import notifier
 from protocol.api import (
     DeviceList,
     DeviceOut,
@@ -109,6 +110,7 @@ async def delete_device(request: Request) -> Response:
     await context(request).signaling.enforce(change)
     if device.id is not None:  # its clips, recordings, snapshots and uploads go with it
         await delete_device_media(media_store(request), device.id)
+        await notifier(request).device_removed(device.id)  # its notification preferences
     log.info("device %s removed by its owner", device.id)
     return reply(None, 204)
 

@@ -22,6 +22,7 @@ from cloud.devices.models import Device
 from cloud.errors import Invalid, Malformed, NotFound
 from cloud.events.models import EventSnapshot, EventThread, event_out
 from cloud.http import Endpoint, parse_body, parse_query, reply
+from cloud.notify.notifier import on_event as notify
 from cloud.relays.routes import require_relay
 from protocol.api import EventList, EventQuery
 from protocol.errors import ErrorCode
@@ -96,6 +97,7 @@ async def report_event(request: Request) -> Response:
         )
     out = event_out(thread)
     await ctx.signaling.push(await audience(device.id), EventPush(**out.model_dump()))
+    await notify(request, device, out)  # Web Push and webhooks, from the outbox (cloud.notify)
     log.info(
         "event %s %s %s of device %s from relay %s",
         out.id,

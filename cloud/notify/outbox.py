@@ -1,0 +1,281 @@
+"""The durable outbox: every push and webhook is a :class:`Delivery` in MongoDB before it is
+sent, so a cloud restart loses none, and each is sent at least once.
+
+Each cloud instance runs one :class:`Outbox` worker. It claims due deliveries by leasing them
+(a conditional update per document: status claimable, due, lease expired), so two instances
+never send the same one at once and a crashed instance's lease simply runs out
+(``LEASE_S``). It sends them, records each try on the delivery (time, status code or error,
+next try) and retries a failure after the next step of ``NOTIFY_RETRY_SCHEDULE_S`` (the
+last step repeats) until ``NOTIFY_RETRY_FOR_S`` after its creation, when it is ``dead``.
+Enqueueing wakes the worker of its instance at once (an asyncio.Event); the others poll
+every ``POLL_S``.
+
+Order: deliveries of one ``group`` (one target, one event thread) go in ``seq`` order: one
+that is claimed while an earlier one of its group is unsettled is put back until then.
+"""
+
+import asyncio
+import itertools
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bson import ObjectId
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from cloud.notify.models import CLAIMABLE, EPOCH_LEASE, Channel, Delivery
+from cloud.settings import Settings
+
+log = logging.getLogger(__name__)
+
+POLL_S = 1.0
+LEASE_S = 60.0  # longer than any send's timeout (SEND_TIMEOUT_S)
+SEND_TIMEOUT_S = 10.0
+BATCH = 100
+CONCURRENCY = 64
+ORDER_WAIT_S = 0.3  # a delivery waiting for an earlier one of its group looks again after
+
+
+@dataclass(frozen=True)
+class Outcome:
+    delivered: bool
+    status_code: int | None = None
+    error: str | None = None
+    retry: bool = True  # a failure: try again later (False: dead now)
+
+
+Sender = Callable[[Delivery], Awaitable[Outcome]]
+Check = Callable[[Delivery], Awaitable[Outcome | None]]
+
+
+async def _anyone(delivery: Delivery) -> Outcome | None:
+    return None
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def next_delay(settings: Settings, failures: int) -> float:
+    """Seconds before the try after ``failures`` failed tries."""
+    schedule = settings.notify_retry_schedule_s
+    return schedule[min(failures, len(schedule)) - 1]
+
+
+class Outbox:
+    def __init__(self, settings: Settings, senders: dict[Channel, Sender]) -> None:
+        self.settings = settings
+        self._senders = senders
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._owner = secrets.token_hex(4)
+        self._claims = itertools.count()
+        self.allowed: Check = _anyone  # None: send; an Outcome: settle with it unsent
+
+    # enqueueing ---------------------------------------------------------------------------
+
+    def new(self, **fields: Any) -> Delivery:
+        """A delivery due now (not stored yet): pass it to :meth:`enqueue`."""
+        at = now()
+        keep = timedelta(seconds=self.settings.notify_retry_for_s + 7 * 86_400)
+        return Delivery(created_at=at, next_attempt_at=at, expires_at=at + keep, **fields)
+
+    async def enqueue(self, deliveries: list[Delivery]) -> int:
+        """Store ``deliveries``; those whose ``key`` is already stored are skipped. Answers
+        how many were added."""
+        if not deliveries:
+            return 0
+        documents = [d.model_dump(by_alias=True, exclude={"id", "revision_id"}) for d in deliveries]
+        added = len(documents)
+        try:
+            await Delivery.get_pymongo_collection().insert_many(documents, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != 11000 for e in errors):
+                raise
+            added -= len(errors)
+        if added:
+            self._wake.set()
+        return added
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # the worker ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="notify-outbox")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        for task in list(self._inflight):
+            task.cancel()
+        await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            claimed = 0
+            room = CONCURRENCY - len(self._inflight)
+            if room > 0:
+                self._wake.clear()
+                try:
+                    claimed = await self._claim_and_send(min(room, BATCH))
+                except PyMongoError:
+                    log.warning("outbox: the database failed; trying again", exc_info=True)
+                except Exception:
+                    log.exception("outbox: claiming failed")
+            if claimed and len(self._inflight) < CONCURRENCY:
+                await asyncio.sleep(0)
+                continue
+            waiters: set[asyncio.Future[Any]] = set(self._inflight)
+            wake = asyncio.ensure_future(self._wake.wait())
+            waiters.add(wake)
+            try:
+                await asyncio.wait(waiters, timeout=POLL_S, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                wake.cancel()
+
+    async def _claim_and_send(self, limit: int) -> int:
+        docs = await self.claim(limit)
+        if not docs:
+            return 0
+        for group in await self._in_order(docs):
+            task = asyncio.create_task(self._send_group(group))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+        return len(docs)
+
+    async def claim(self, limit: int) -> list[Delivery]:
+        """Lease up to ``limit`` due deliveries to this instance."""
+        collection = Delivery.get_pymongo_collection()
+        at = now()
+        due = {"status": {"$in": list(CLAIMABLE)}, "next_attempt_at": {"$lte": at}}
+        cursor = (
+            collection.find({**due, "lease_until": {"$lte": at}}, {"_id": 1})
+            .sort("next_attempt_at", 1)
+            .limit(limit)
+        )
+        ids = [doc["_id"] async for doc in cursor]
+        if not ids:
+            return []
+        token = f"{self._owner}:{next(self._claims)}"
+        await collection.update_many(
+            {"_id": {"$in": ids}, **due, "lease_until": {"$lte": at}},
+            {"$set": {"lease_until": at + timedelta(seconds=LEASE_S), "lease_owner": token}},
+        )
+        found = collection.find({"_id": {"$in": ids}, "lease_owner": token})
+        return [Delivery.model_validate({**doc, "id": doc["_id"]}) async for doc in found]
+
+    async def _in_order(self, docs: list[Delivery]) -> list[list[Delivery]]:
+        """``docs`` by group in seq order, without those an unsettled earlier delivery of
+        their group (not claimed here) must precede: those are put back."""
+        groups: dict[str, list[Delivery]] = {}
+        for doc in sorted(docs, key=lambda d: d.seq):
+            groups.setdefault(doc.group, []).append(doc)
+        blockers: dict[str, tuple[int, datetime]] = {}
+        cursor = Delivery.get_pymongo_collection().find(
+            {
+                "group": {"$in": list(groups)},
+                "status": {"$in": list(CLAIMABLE)},
+                "_id": {"$nin": [d.id for d in docs]},
+            },
+            {"group": 1, "seq": 1, "next_attempt_at": 1},
+        )
+        async for other in cursor:
+            held = blockers.get(other["group"])
+            if held is None or other["seq"] < held[0]:
+                blockers[other["group"]] = (other["seq"], other["next_attempt_at"])
+        ready: list[list[Delivery]] = []
+        for name, members in groups.items():
+            blocker = blockers.get(name)
+            if blocker is None:
+                ready.append(members)
+                continue
+            first = [d for d in members if d.seq < blocker[0]]
+            if first:
+                ready.append(first)
+            later = [d for d in members if d.seq >= blocker[0]]
+            await self._put_back(later, blocker[1])
+        return ready
+
+    async def _put_back(self, docs: list[Delivery], after: datetime) -> None:
+        if not docs:
+            return
+        when = max(now() + timedelta(seconds=ORDER_WAIT_S), after)
+        await Delivery.get_pymongo_collection().update_many(
+            {"_id": {"$in": [d.id for d in docs]}, "lease_owner": docs[0].lease_owner},
+            {"$set": {"next_attempt_at": when, "lease_until": EPOCH_LEASE, "lease_owner": None}},
+        )
+
+    async def _send_group(self, docs: list[Delivery]) -> None:
+        for index, doc in enumerate(docs):
+            try:
+                outcome = await self._send(doc)
+                settled = await self.record(doc, outcome)
+            except Exception:
+                log.exception("outbox: delivery %s failed unexpectedly", doc.id)
+                settled = False
+            if not settled:  # the rest of its group waits for it
+                await self._put_back(docs[index + 1 :], now())
+                return
+
+    async def _send(self, doc: Delivery) -> Outcome:
+        refused = await self.allowed(doc)
+        if refused is not None:
+            return refused
+        sender = self._senders[doc.channel]
+        try:
+            return await asyncio.wait_for(sender(doc), timeout=SEND_TIMEOUT_S + 5)
+        except TimeoutError:
+            return Outcome(False, error="timed out")
+
+    async def record(self, doc: Delivery, outcome: Outcome) -> bool:
+        """Store the try's outcome; True when the delivery is settled (delivered or dead)."""
+        at = now()
+        attempt: dict[str, Any] = {
+            "at": at,
+            "status_code": outcome.status_code,
+            "error": outcome.error,
+            "next_attempt_at": None,
+        }
+        fields: dict[str, Any] = {"lease_until": EPOCH_LEASE, "lease_owner": None}
+        if outcome.delivered:
+            fields |= {"status": "delivered", "delivered_at": at, "last_error": None}
+        else:
+            failures = len(doc.attempts) + 1
+            retry_at = at + timedelta(seconds=next_delay(self.settings, failures))
+            give_up = doc.created_at + timedelta(seconds=self.settings.notify_retry_for_s)
+            error = outcome.error or f"HTTP {outcome.status_code}"
+            if outcome.retry and retry_at <= give_up:
+                attempt["next_attempt_at"] = retry_at
+                fields |= {"status": "failed", "next_attempt_at": retry_at, "last_error": error}
+            else:
+                fields |= {"status": "dead", "last_error": error}
+        await Delivery.get_pymongo_collection().update_one(
+            {"_id": doc.id, "lease_owner": doc.lease_owner},
+            {"$set": fields, "$push": {"attempts": attempt}},
+        )
+        settled = fields.get("status") in ("delivered", "dead")
+        log.log(
+            logging.DEBUG if outcome.delivered else logging.INFO,
+            "delivery %s (%s %s): %s",
+            doc.id,
+            doc.channel,
+            doc.type,
+            fields.get("status"),
+        )
+        return settled
+
+    async def kill_target(self, target_id: ObjectId, reason: str) -> None:
+        """Every unsent delivery to ``target_id`` is dead (its target is gone or disabled)."""
+        await Delivery.get_pymongo_collection().update_many(
+            {"target_id": target_id, "status": {"$in": list(CLAIMABLE)}},
+            {"$set": {"status": "dead", "last_error": reason}},
+        )
