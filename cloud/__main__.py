@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from types import FrameType
 
@@ -43,7 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        # Platforms (Render, Heroku-likes) say which port to bind in PORT.
+        default=int(os.environ.get("PORT") or 8000),
+        help="port to listen on (default: PORT from the environment, else 8000)",
+    )
     parser.add_argument(
         "--ws",
         default="websockets-sansio",

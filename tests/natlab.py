@@ -545,6 +545,8 @@ class Lab:
             "EXTERNAL_IP": TURN_ADDRESS,
             "RELAY_MIN_PORT": "49152",
             "RELAY_MAX_PORT": "49999",
+            "TURN_TLS_CERT": str(self.directory / "unused.crt"),  # --no-tls below
+            "TURN_TLS_KEY": str(self.directory / "unused.key"),
         }
         config = self.directory / "turnserver.conf"
         config.write_text(string.Template(template).substitute(values))
