@@ -25,8 +25,8 @@ system-deps:
 yolo: venv
 	scripts/install-yolo $(VENV)
 
-## run: the cloud (SecantusDB in-process, in-memory bus) and a relay node; DEMO=1 adds a demo
-## account and camera. Data stays in $(DATA_DIR).
+## run: SecantusDB as a process of its own, the cloud on it (in-memory bus) and a relay node;
+## DEMO=1 adds a demo account and camera. Data stays in $(DATA_DIR).
 run: $(if $(SKIP_INSTALL),,venv)
 	$(BIN)/python scripts/run.py --host $(HOST) --port $(PORT) $(if $(DEMO),--demo)
 

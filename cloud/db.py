@@ -1,7 +1,10 @@
-"""MongoDB through beanie on PyMongo's async client, or an embedded SecantusDB.
+"""MongoDB through beanie on PyMongo's async client, or a local SecantusDB process.
 
-With ``MONGODB_URL`` unset the cloud starts SecantusDB in-process, storing its data under
-``DATA_DIR/db`` so that ``make run`` needs nothing installed and keeps data across restarts.
+With ``MONGODB_URL`` unset (development only: production requires it) the cloud starts
+SecantusDB as a server process of its own (:mod:`cloud.localdb`), storing its data under
+``DATA_DIR/db`` so that ``python -m cloud`` needs nothing else and keeps data across restarts.
+SecantusDB's code (GPL-2.0-only) is never imported into the cloud's process: the two talk over
+the MongoDB wire protocol only. ``make run`` starts that process itself and sets ``MONGODB_URL``.
 TTL indexes only tidy up: SecantusDB sweeps them once a minute and MongoDB every 60 s too,
 so every query that must not see expired data checks the expiry itself.
 """
@@ -17,6 +20,7 @@ from pymongo import AsyncMongoClient
 from cloud.auth.models import RefreshToken, User
 from cloud.devices.models import AccessChange, Device, Share
 from cloud.events.models import EventSnapshot, EventThread
+from cloud.localdb import LocalDatabase
 from cloud.onboarding.models import OnboardingTicket
 from cloud.relays.models import RelayNode
 from cloud.settings import Settings
@@ -41,11 +45,11 @@ DOCUMENTS: list[type[Document]] = [
 
 
 class Database:
-    """Owns the client (and the embedded server, if any) for one process."""
+    """Owns the client (and the local database process, if any) for one process."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._server: Any = None
+        self._server: LocalDatabase | None = None
         self.client: AsyncMongoClient[dict[str, Any]] | None = None
 
     async def __aenter__(self) -> "Database":
@@ -61,21 +65,10 @@ class Database:
         return self
 
     def _start_embedded(self) -> str:
-        from secantus import SecantusDBServer
-
-        path = self._settings.data_dir / "db"
-        path.mkdir(parents=True, exist_ok=True)
-        self._server = SecantusDBServer(
-            host="127.0.0.1",
-            port=0,
-            storage_path=str(path),
-            enable_test_commands=False,
-            cache_size=self._settings.embedded_db_cache,
-            ttl_sweep_seconds=30.0,
+        self._server = LocalDatabase(
+            self._settings.data_dir / "db", cache_size=self._settings.embedded_db_cache
         )
-        self._server.start()
-        log.info("embedded SecantusDB started at %s (data in %s)", self._server.address, path)
-        return str(self._server.uri)
+        return self._server.start()
 
     async def ping(self) -> bool:
         if self.client is None:
@@ -99,4 +92,3 @@ class Database:
         if self._server is not None:
             await asyncio.to_thread(self._server.stop)
             self._server = None
-            log.info("embedded SecantusDB stopped")

@@ -1,9 +1,11 @@
 """``make run``: the whole product on one machine, on embedded defaults.
 
-Starts the cloud (SecantusDB in-process, in-memory bus, data in ``DATA_DIR``), one relay node,
-and with ``--demo`` a demo account and a simulated camera with a motion episode every
+Starts SecantusDB as a server process of its own (data in ``DATA_DIR/db``; skipped when
+``MONGODB_URL`` is set), the cloud on it through ``MONGODB_URL`` (in-memory bus), one relay
+node, and with ``--demo`` a demo account and a simulated camera with a motion episode every
 minute, so that a newcomer sees live video and events in the browser within a minute.
-Ctrl-C stops everything cleanly; accounts, cameras and events stay in ``DATA_DIR``.
+Ctrl-C stops everything cleanly, the database last; accounts, cameras and events stay in
+``DATA_DIR``. The cloud never loads SecantusDB's code (GPL-2.0-only): they talk over a socket.
 """
 
 import argparse
@@ -20,6 +22,9 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's packages, as `python -m cloud` from ROOT sees
+from cloud.localdb import LocalDatabase, LocalDatabaseError  # noqa: E402
+
 PYTHON = sys.executable
 DEMO_EMAIL = "demo@visionconnect.example"
 
@@ -102,7 +107,17 @@ def main() -> int:
     env = {**os.environ, "DATA_DIR": str(data), "PUBLIC_URL": url}
     env["RELAY_SECRET"] = env.get("RELAY_SECRET") or secret(data / "relay-secret")
     env.setdefault("YOLO_MODEL", "none")
+    database: LocalDatabase | None = None
+    if not env.get("MONGODB_URL"):
+        print(f"starting the database: SecantusDB in {data / 'db'}", flush=True)
+        database = LocalDatabase(data / "db")
+        try:
+            env["MONGODB_URL"] = database.start()
+        except LocalDatabaseError as exc:
+            raise SystemExit(str(exc)) from None
     children: list[subprocess.Popen[bytes]] = []
+    if database is not None and database.process is not None:
+        children.append(database.process)  # watched like the others; stopped last, below
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -135,14 +150,17 @@ def main() -> int:
                     status, stopping = 1, True
             time.sleep(0.3)
     finally:
-        for child in reversed(children):
+        programs = [c for c in children if database is None or c is not database.process]
+        for child in reversed(programs):
             if child.poll() is None:
                 child.send_signal(signal.SIGINT)
-        for child in reversed(children):
+        for child in reversed(programs):
             try:
                 child.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 child.kill()
+        if database is not None:
+            database.stop()  # after the cloud, which writes until it has stopped
         print("stopped.", flush=True)
     return status
 

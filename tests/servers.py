@@ -34,6 +34,39 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def proc_argv(pid: int) -> list[str]:
+    """Process ``pid``'s command line (Linux /proc)."""
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+
+
+def children(pid: int) -> list[tuple[int, list[str]]]:
+    """The processes whose parent is ``pid``, with their command lines (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv = proc_argv(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if parent == pid and argv:
+            found.append((int(entry.name), argv))
+    return found
+
+
+def secantus_files(pid: int) -> set[str]:
+    """Files of SecantusDB (its package, its WiredTiger binding, its bundled libraries) that
+    process ``pid`` has mapped: any import of ``secantus`` loads WiredTiger's shared library."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return {
+        line.split(maxsplit=5)[5]
+        for line in maps.splitlines()
+        if len(line.split(maxsplit=5)) == 6
+        and any(part in line for part in ("secantus", "wiredtiger", "WiredTiger"))
+    }
+
+
 @contextmanager
 def secantus_server(storage: Path) -> Iterator[str]:
     """A SecantusDB server process; yields its MongoDB URL."""

@@ -1,4 +1,4 @@
-"""``python -m cloud`` as ``make run`` uses it: embedded database, persistence, clean stop."""
+"""``python -m cloud`` on its own: a local database process, persistence, clean stop."""
 
 import os
 import re
@@ -11,7 +11,7 @@ import pytest
 
 from cloud.settings import Settings, SettingsError
 from tests.conftest import PASSWORD
-from tests.servers import free_port, start_cloud
+from tests.servers import children, free_port, secantus_files, start_cloud
 
 
 def start(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -37,6 +37,13 @@ def test_the_embedded_cloud_keeps_accounts_across_restarts_and_stops_on_ctrl_c(
     try:
         assert httpx.post(url + "/api/v1/auth/register", json=account).status_code == 201
         assert httpx.get(url + "/docs").status_code == 200
+        # The database is a process of its own: no SecantusDB code in the cloud's.
+        assert secantus_files(process.pid) == set()
+        (database,) = [
+            p for p in children(process.pid) if any(a.endswith("secantusd-py") for a in p[1])
+        ]
+        assert str(data / "db") in database[1]
+        assert secantus_files(database[0])  # what the check looks for, where it is
     finally:
         assert interrupt(process) == 0
     assert (data / "jwt-secret").stat().st_mode & 0o777 == 0o600
@@ -46,7 +53,7 @@ def test_the_embedded_cloud_keeps_accounts_across_restarts_and_stops_on_ctrl_c(
     finally:
         assert interrupt(process) == 0
     text = log.read_text()
-    assert text.count("embedded SecantusDB stopped") == 2
+    assert len(re.findall(r"local SecantusDB process \d+ stopped", text)) == 2
     assert "Traceback" not in text
     assert f"VisionConnect cloud: {url}" in text
     # Every log line carries a request id field: "-" outside requests, the id inside.

@@ -1,4 +1,5 @@
-"""``make run DEMO=1`` from a fresh clone: healthy, and the demo camera plays live."""
+"""``make run DEMO=1`` from a fresh clone: healthy, the database in a process of its own, and
+the demo camera plays live."""
 
 import asyncio
 import json
@@ -15,7 +16,7 @@ import pytest
 
 from device_sim.viewer import Viewer
 from peer.network import use_host_addresses
-from tests.servers import ROOT, free_port
+from tests.servers import ROOT, children, free_port, proc_argv, secantus_files
 
 
 @pytest.mark.timeout(300)
@@ -55,6 +56,17 @@ async def test_make_run_demo_from_a_fresh_clone_plays_the_demo_camera(tmp_path: 
         async with httpx.AsyncClient(base_url=url, timeout=5) as http:
             assert (await http.get("/readyz")).status_code == 200
             assert (await http.get("/docs")).status_code == 200
+        # The database runs as a process of its own, started by make run, and the cloud's
+        # process holds no SecantusDB code (GPL-2.0-only): they talk over a socket.
+        launcher = make.pid  # make may run the recipe through a shell: go down to run.py
+        while not any(a.endswith("scripts/run.py") for a in proc_argv(launcher)):
+            (launcher,) = [pid for pid, _ in children(launcher)]
+        started = children(launcher)
+        (cloud,) = [p for p in started if p[1][1:3] == ["-m", "cloud"]]
+        (database,) = [p for p in started if any(a.endswith("secantusd-py") for a in p[1])]
+        assert str(data / "db") in database[1]
+        assert secantus_files(cloud[0]) == set()
+        assert secantus_files(database[0])  # the check finds the code where it is
         demo = json.loads((data / "demo.json").read_text())
         async with httpx.AsyncClient(base_url=url, timeout=5) as http:
             account = {"email": demo["email"], "password": demo["password"]}
