@@ -105,6 +105,12 @@ class Outbox:
     def wake(self) -> None:
         self._wake.set()
 
+    def _wake_at(self, when: datetime) -> None:
+        """Look again at ``when`` (sooner than the next poll)."""
+        delay = (when - now()).total_seconds()
+        if delay < POLL_S:
+            asyncio.get_running_loop().call_later(max(0.0, delay) + 0.005, self._wake.set)
+
     # the worker ---------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -209,6 +215,7 @@ class Outbox:
         if not docs:
             return
         when = max(now() + timedelta(seconds=ORDER_WAIT_S), after)
+        self._wake_at(when)
         await Delivery.get_pymongo_collection().update_many(
             {"_id": {"$in": [d.id for d in docs]}, "lease_owner": docs[0].lease_owner},
             {"$set": {"next_attempt_at": when, "lease_until": EPOCH_LEASE, "lease_owner": None}},
@@ -254,6 +261,7 @@ class Outbox:
             give_up = doc.created_at + timedelta(seconds=self.settings.notify_retry_for_s)
             error = outcome.error or f"HTTP {outcome.status_code}"
             if outcome.retry and retry_at <= give_up:
+                self._wake_at(retry_at)
                 attempt["next_attempt_at"] = retry_at
                 fields |= {"status": "failed", "next_attempt_at": retry_at, "last_error": error}
             else:

@@ -28,7 +28,7 @@ from cloud.errors import Conflict, Invalid, NotFound
 from cloud.http import Endpoint, parse_body, reply
 from cloud.notify.addresses import RefusedAddress, check, describe
 from cloud.notify.models import Delivery, Webhook
-from cloud.notify.outbox import SEND_TIMEOUT_S, Outbox, Outcome, now
+from cloud.notify.outbox import SEND_TIMEOUT_S, Outbox, Outcome, next_delay, now
 from cloud.settings import Settings
 from protocol.notify import (
     Attempt,
@@ -107,7 +107,7 @@ class WebhookSender:
                 False, error=f"the webhook is disabled: {hook.disabled_reason}", retry=False
             )
         outcome = await self._post(hook, delivery)
-        await self._note(hook, outcome)
+        await self._note(hook, delivery, outcome)
         return outcome
 
     async def _post(self, hook: Webhook, delivery: Delivery) -> Outcome:
@@ -132,8 +132,9 @@ class WebhookSender:
             return Outcome(True, status_code=answer.status_code)
         return Outcome(False, status_code=answer.status_code, error=f"HTTP {answer.status_code}")
 
-    async def _note(self, hook: Webhook, outcome: Outcome) -> None:
-        """Track the endpoint's health: disable it after failing for NOTIFY_RETRY_FOR_S."""
+    async def _note(self, hook: Webhook, delivery: Delivery, outcome: Outcome) -> None:
+        """Track the endpoint's health: disable it after failing for NOTIFY_RETRY_FOR_S, or
+        when a delivery gives up having failed every try since it was made."""
         collection = Webhook.get_pymongo_collection()
         if outcome.delivered:
             if hook.failing_since is not None:
@@ -145,7 +146,13 @@ class WebhookSender:
                 {"_id": hook.id, "failing_since": None}, {"$set": {"failing_since": at}}
             )
             return
-        if at - hook.failing_since < timedelta(seconds=self.settings.notify_retry_for_s):
+        window = timedelta(seconds=self.settings.notify_retry_for_s)
+        retry_at = at + timedelta(seconds=next_delay(self.settings, len(delivery.attempts) + 1))
+        gives_up = retry_at > delivery.created_at + window
+        first_try = delivery.attempts[0]["at"] if delivery.attempts else at
+        if at - hook.failing_since < window and not (
+            gives_up and hook.failing_since <= first_try
+        ):
             return
         hours = self.settings.notify_retry_for_s / 3600
         reason = (
