@@ -150,9 +150,7 @@ class WebhookSender:
         retry_at = at + timedelta(seconds=next_delay(self.settings, len(delivery.attempts) + 1))
         gives_up = retry_at > delivery.created_at + window
         first_try = delivery.attempts[0]["at"] if delivery.attempts else at
-        if at - hook.failing_since < window and not (
-            gives_up and hook.failing_since <= first_try
-        ):
+        if at - hook.failing_since < window and not (gives_up and hook.failing_since <= first_try):
             return
         hours = self.settings.notify_retry_for_s / 3600
         reason = (
