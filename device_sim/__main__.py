@@ -349,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     command = {"onboard": onboard, "run": run, "fleet": fleet, "discover": discover.command}[
         args.command
     ]
+    if args.command == "run" and not args.no_video:
+        from peer import internals
+
+        internals.require()  # aiortc's internals the camera's WebRTC uses: fail at start
     return asyncio.run(command(args))
 
 

@@ -24,11 +24,15 @@ def use_host_addresses(addresses: Sequence[str]) -> None:
     address that no interface holds is skipped by aioice when it fails to bind. aioice's own
     ``use_ipv4``/``use_ipv6`` flags still filter the list. Raises :class:`ValueError` for an
     empty list or an address that is not an IP literal; calling it again replaces the list.
-    Server-reflexive and relay candidates are unaffected.
+    Server-reflexive and relay candidates are unaffected. Raises :class:`RuntimeError` when
+    aioice no longer has the function (peer/internals.py checks that it still calls it).
     """
     chosen = [ipaddress.ip_address(address.strip()) for address in addresses]
     if not chosen:
         raise ValueError("no host address given (use a relay-only ICE policy to offer none)")
+    if not callable(getattr(aioice.ice, "get_host_addresses", None)):
+        # Replacing a function aioice no longer calls would silently offer every interface.
+        raise RuntimeError("aioice changed: no aioice.ice.get_host_addresses to replace")
 
     def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
         return [

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 from aiortc import RTCPeerConnection
 
-from peer import codecs, reach
+from peer import codecs, internals, reach
 from peer.ice import EarlyCandidates, RemoteCandidates, rtc_configuration
 from peer.signaling import SignalingClient
 from protocol.messages import (
@@ -92,6 +92,7 @@ class Downstream:
 
 class RelayNode:
     def __init__(self, settings: RelaySettings, detector: Detector | None = None) -> None:
+        internals.require()  # aiortc's internals this node uses: fail now, not mid-session
         self.settings = settings
         self.detector = detector
         self.upstreams: dict[str, Upstream] = {}

@@ -1,0 +1,57 @@
+"""The aiortc and aioice internals the code uses are all there, and a missing one is named
+at start (peer/internals.py), never found mid-session."""
+
+import aioice.ice
+import pytest
+from aiortc import RTCRtpReceiver, RTCRtpSender
+
+from peer import internals
+from peer.network import use_host_addresses
+
+
+def test_the_pinned_aiortc_and_aioice_have_every_internal_the_code_uses() -> None:
+    assert internals.problems() == []
+    internals.require()
+
+
+def test_a_missing_keyframe_request_hook_fails_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a word, today: the relay would stop asking cameras for keyframes."""
+    monkeypatch.delattr(RTCRtpReceiver, "_send_rtcp_pli")
+    assert any("_send_rtcp_pli" in p and "relay/media.py" in p for p in internals.problems())
+    with pytest.raises(RuntimeError, match="_send_rtcp_pli"):
+        internals.require()
+
+
+def test_a_renamed_private_slot_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    init = RTCRtpReceiver.__init__
+
+    def renamed(self: RTCRtpReceiver, *args: object, **kwargs: object) -> None:
+        init(self, *args, **kwargs)  # type: ignore[arg-type]
+        vars(self)["_RTCRtpReceiver__queue"] = vars(self).pop("_RTCRtpReceiver__decoder_queue")
+
+    monkeypatch.setattr(RTCRtpReceiver, "__init__", renamed)
+    assert any("__decoder_queue" in p for p in internals.problems())
+
+
+def test_a_sender_method_gone_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(RTCRtpSender, "_send_keyframe")
+    assert any("_send_keyframe" in p for p in internals.problems())
+
+
+def test_host_addresses_fail_loudly_without_aioices_function(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delattr(aioice.ice, "get_host_addresses")
+    assert any("get_host_addresses" in p for p in internals.problems())
+    with pytest.raises(RuntimeError, match="get_host_addresses"):
+        use_host_addresses(["127.0.0.1"])
+
+
+def test_the_relay_node_refuses_to_start_on_a_changed_aiortc(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from relay.node import RelayNode
+
+    monkeypatch.delattr(RTCRtpReceiver, "_send_rtcp_pli")
+    with pytest.raises(RuntimeError, match="_send_rtcp_pli"):
+        RelayNode(None)  # type: ignore[arg-type]  # refused before the settings are read
