@@ -24,9 +24,9 @@ async def serve(settings: RelaySettings) -> int:
         use_host_addresses(addresses)
     detector = None
     if settings.yolo_model:
-        from relay.detector import UltralyticsDetector
+        from relay.detector import make_detector  # .onnx: ONNX Runtime, no torch
 
-        detector = UltralyticsDetector(settings.yolo_model, imgsz=320)
+        detector = make_detector(settings.yolo_model, imgsz=320)
         await detector.start()  # load the model before taking sessions
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

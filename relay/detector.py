@@ -1,8 +1,10 @@
 """Object detection behind a small interface, and its ultralytics (YOLO) implementation.
 
 The relay only knows :class:`Detector`: ``await detect(frame)`` gives labelled boxes.
-ultralytics is AGPL-3.0, so it stays behind that interface: another runtime (ONNX Runtime,
-OpenVINO) can replace :class:`UltralyticsDetector` without touching the relay.
+ultralytics is AGPL-3.0, so it stays behind that interface: another runtime can replace
+:class:`UltralyticsDetector` without touching the relay. :func:`make_detector` picks one by the
+model file: ``.onnx`` runs on ONNX Runtime without PyTorch (relay/onnx_detector.py), anything
+else through ultralytics. Both share :class:`WorkerDetector`: its workers, budget and stats.
 
 :class:`UltralyticsDetector` never runs inference on the event loop, and never queues it:
 each worker (a thread, or a process) holds its own model and at most one job, so a frame
@@ -30,8 +32,9 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -84,7 +87,9 @@ class DetectorStats:
     latency_p95_ms: float | None
 
 
-RawDetection = tuple[str, float, float, float, float, float]
+RawDetection = tuple[str, float, float, float, float, float]  # label, score, x, y, w, h (0..1)
+# What a worker runs: (..., frame) -> detections and the inference ms (None: not timed).
+WorkerJob = Callable[..., tuple[list[RawDetection], float | None]]
 
 _worker = threading.local()  # the model of this worker thread (or process)
 
@@ -122,33 +127,23 @@ def _infer(
     return found, None if first else elapsed_ms
 
 
-class UltralyticsDetector:
-    """YOLO through ultralytics on the CPU, off the event loop, at most one job per worker.
+class WorkerDetector:
+    """The workers of a detector: at most one job each, off the event loop, and their stats.
 
-    ``model_path``: a ``.pt`` or ``.onnx`` file, or a model ``.yaml`` such as
-    ``"yolo11n.yaml"`` (random weights: exercises the pipeline and timing, finds nothing
-    useful). ``imgsz``: inference size, 320 (~4x cheaper) or 640 (finds smaller objects).
-    ``torch_threads`` per worker: 1 leaves the other core of a small relay to the loop and
-    media. Workers run in Linux's idle scheduling class: detection never takes a core from
-    anything else on the machine, and skips frames (``DetectorBusy``) when none is free.
-    ultralytics reads its environment once, at import: ``YOLO_OFFLINE``,
-    ``YOLO_AUTOINSTALL`` and ``YOLO_CONFIG_DIR`` (``config_dir``, default: ultralytics'
-    own) are set here unless already set, so that nothing reaches for the network.
+    A subclass names the job (:meth:`_job`): a module-level function, so that a process
+    worker can run it, called as ``job(*args, frame)`` in the worker. ``executor``: worker
+    threads (default) or processes, see the module docstring.
     """
 
     def __init__(
         self,
         model_path: str,
         *,
-        imgsz: int = 320,
-        conf: float = 0.25,
-        workers: int = 1,
-        executor: Literal["thread", "process"] = "thread",
-        torch_threads: int = 1,
-        config_dir: str | None = None,
+        imgsz: int,
+        conf: float,
+        workers: int,
+        executor: Literal["thread", "process"],
     ) -> None:
-        if workers < 1 or torch_threads < 1:
-            raise ValueError("workers and torch_threads must be at least 1")
         if imgsz % 32:
             raise ValueError("imgsz must be a multiple of 32")
         self.model_path = model_path
@@ -156,8 +151,6 @@ class UltralyticsDetector:
         self.conf = conf
         self.workers = workers
         self.executor_kind = executor
-        self._torch_threads = torch_threads
-        self._config_dir = config_dir
         self._executor: concurrent.futures.Executor | None = None
         self._closed = False
         self._lock = threading.Lock()  # done-callbacks run in worker/management threads
@@ -166,6 +159,13 @@ class UltralyticsDetector:
         self._busy = 0
         self._failed = 0
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+
+    def _job(self) -> tuple[WorkerJob, tuple[Any, ...]]:
+        """The function a worker runs for a frame, and its arguments before the frame."""
+        raise NotImplementedError
+
+    def _before_pool(self) -> None:
+        """Called once, before the first worker starts."""
 
     @property
     def busy(self) -> bool:
@@ -208,9 +208,8 @@ class UltralyticsDetector:
                 raise DetectorBusy(f"{self.workers} inference(s) already running")
             self._in_flight += 1
         try:
-            job = self._pool().submit(
-                _infer, self.model_path, self.imgsz, self.conf, self._torch_threads, frame_bgr
-            )
+            function, args = self._job()
+            job = self._pool().submit(function, *args, frame_bgr)
         except BaseException:
             with self._lock:
                 self._in_flight -= 1
@@ -246,12 +245,7 @@ class UltralyticsDetector:
 
     def _pool(self) -> concurrent.futures.Executor:
         if self._executor is None:
-            os.environ.setdefault("YOLO_OFFLINE", "1")
-            os.environ.setdefault("YOLO_AUTOINSTALL", "false")
-            os.environ.setdefault("YOLO_VERBOSE", "false")
-            if self._config_dir is not None:
-                os.makedirs(self._config_dir, exist_ok=True)
-                os.environ.setdefault("YOLO_CONFIG_DIR", self._config_dir)
+            self._before_pool()
             if self.executor_kind == "process":
                 # spawn, not fork: forking a process that runs an event loop and threads
                 # copies locks in whatever state they are in.
@@ -264,3 +258,58 @@ class UltralyticsDetector:
                     self.workers, thread_name_prefix="detector"
                 )
         return self._executor
+
+
+class UltralyticsDetector(WorkerDetector):
+    """YOLO through ultralytics on the CPU, off the event loop, at most one job per worker.
+
+    ``model_path``: a ``.pt`` file, or a model ``.yaml`` such as
+    ``"yolo11n.yaml"`` (random weights: exercises the pipeline and timing, finds nothing
+    useful). ``imgsz``: inference size, 320 (~4x cheaper) or 640 (finds smaller objects).
+    ``torch_threads`` per worker: 1 leaves the other core of a small relay to the loop and
+    media. Workers run in Linux's idle scheduling class: detection never takes a core from
+    anything else on the machine, and skips frames (``DetectorBusy``) when none is free.
+    ultralytics reads its environment once, at import: ``YOLO_OFFLINE``,
+    ``YOLO_AUTOINSTALL`` and ``YOLO_CONFIG_DIR`` (``config_dir``, default: ultralytics'
+    own) are set here unless already set, so that nothing reaches for the network.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        imgsz: int = 320,
+        conf: float = 0.25,
+        workers: int = 1,
+        executor: Literal["thread", "process"] = "thread",
+        torch_threads: int = 1,
+        config_dir: str | None = None,
+    ) -> None:
+        if workers < 1 or torch_threads < 1:
+            raise ValueError("workers and torch_threads must be at least 1")
+        super().__init__(model_path, imgsz=imgsz, conf=conf, workers=workers, executor=executor)
+        self._torch_threads = torch_threads
+        self._config_dir = config_dir
+
+    def _job(self) -> tuple[WorkerJob, tuple[Any, ...]]:
+        return _infer, (self.model_path, self.imgsz, self.conf, self._torch_threads)
+
+    def _before_pool(self) -> None:
+        os.environ.setdefault("YOLO_OFFLINE", "1")
+        os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+        os.environ.setdefault("YOLO_VERBOSE", "false")
+        if self._config_dir is not None:
+            os.makedirs(self._config_dir, exist_ok=True)
+            os.environ.setdefault("YOLO_CONFIG_DIR", self._config_dir)
+
+
+def make_detector(
+    model_path: str, *, imgsz: int = 320, conf: float = 0.25, workers: int = 1
+) -> WorkerDetector:
+    """The relay's detector for ``model_path`` (``YOLO_MODEL``): a ``.onnx`` file runs on ONNX
+    Runtime (no PyTorch is imported), anything else (``.pt``, ``.yaml``) through ultralytics."""
+    if model_path.lower().endswith(".onnx"):
+        from relay.onnx_detector import OnnxDetector
+
+        return OnnxDetector(model_path, imgsz=imgsz, conf=conf, workers=workers)
+    return UltralyticsDetector(model_path, imgsz=imgsz, conf=conf, workers=workers)
