@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/relay.py [--codec vp8|h264|both] [--seconds 15] [--warmup 3]
         [--viewers 1,4,8] [--h264-viewers 1,4,8,16,32] [--h264-mediarelay-viewers 1,4,8]
-        [--h264-source rtsp|synthetic]
+        [--h264-source rtsp|synthetic] [--profile FILE]
 
 Three processes per scenario, so that the relay's CPU is measured alone: a camera
 (``device_sim`` ``CameraPeer``), the relay (one upstream aiortc peer receiving the camera, one
@@ -61,6 +61,7 @@ viewer at full frame rate.
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import datetime
 import logging
 import multiprocessing
@@ -327,8 +328,12 @@ class EncodeOnce:
             self.task.cancel()
 
 
-async def relay_main(conn: Connection, setup: tuple[str, str]) -> None:
-    mode, codec_name = setup
+async def relay_main(conn: Connection, setup: tuple[str, str, str | None]) -> None:
+    mode, codec_name, profile_path = setup
+    # --profile: the event loop's thread under cProfile from the first "mark" (the window's
+    # start) to the next (its end), dumped as pstats to profile_path (decoder thread not in it)
+    profiler = cProfile.Profile() if profile_path is not None else None
+    marks = 0
     use_host_addresses(["127.0.0.1"])
     upstream = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     transceiver = upstream.addTransceiver("video", direction="recvonly")
@@ -390,6 +395,13 @@ async def relay_main(conn: Connection, setup: tuple[str, str]) -> None:
             await pc.setLocalDescription(await pc.createAnswer())
             conn.send(pc.localDescription.sdp)
         elif command == "mark":
+            marks += 1
+            if profiler is not None and profile_path is not None:
+                if marks == 1:
+                    profiler.enable()
+                elif marks == 2:
+                    profiler.disable()
+                    profiler.dump_stats(profile_path)
             plis = fanout.keyframe_requests if fanout is not None else 0
             conn.send((time.process_time(), plis, sum(t.restarts for t in tracks)))
         elif command == "stop":
@@ -489,7 +501,13 @@ def cpu_model() -> str:
 
 
 def scenario(
-    codec: str, mode: str, viewers: int, seconds: float, warmup: float, h264_source: str
+    codec: str,
+    mode: str,
+    viewers: int,
+    seconds: float,
+    warmup: float,
+    h264_source: str,
+    profile: str | None = None,
 ) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         spec: dict[str, Any] = {"codec": codec, "source": h264_source, "url": None}
@@ -506,7 +524,7 @@ def scenario(
             )
             spec["url"], standin_pid = standin.url, standin.process.pid
         camera = Child(camera_main, spec)
-        relay, watchers = Child(relay_main, (mode, codec)), Child(viewers_main, codec)
+        relay, watchers = Child(relay_main, (mode, codec, profile)), Child(viewers_main, codec)
         try:
             relay.ask("answer", camera.ask("answer", relay.ask("offer")))
             offers = watchers.ask("offers", viewers)
@@ -560,7 +578,12 @@ def full_rate(result: dict[str, Any]) -> bool:
 
 
 def run_codec(
-    codec: str, counts: dict[str, list[int]], seconds: float, warmup: float, h264_source: str
+    codec: str,
+    counts: dict[str, list[int]],
+    seconds: float,
+    warmup: float,
+    h264_source: str,
+    profile: str | None = None,
 ) -> None:
     modes = [mode for mode in MODES[codec] if counts.get(mode)]
     if codec == "vp8":
@@ -589,7 +612,8 @@ def run_codec(
         for mode in modes:
             if count not in counts[mode]:
                 continue
-            result = scenario(codec, mode, count, seconds, warmup, h264_source)
+            path = None if profile is None else f"{profile}.{codec}-{mode}-{count}"
+            result = scenario(codec, mode, count, seconds, warmup, h264_source, path)
             results[(mode, count)] = result
             extra = ""
             if codec == "h264":
@@ -680,6 +704,11 @@ def main() -> None:
         "--h264-mediarelay-viewers", default="1,4,8", help="H.264 MediaRelay ('' to skip)"
     )
     parser.add_argument("--h264-source", choices=["rtsp", "synthetic"], default="rtsp")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="cProfile the relay's event loop over each window: pstats to FILE.CODEC-MODE-N",
+    )
     args = parser.parse_args()
     vp8_counts = viewer_counts(args.viewers)
     vp8_modes = [m for m in args.modes.split(",") if m]
@@ -690,10 +719,10 @@ def main() -> None:
         parser.error("give at least two H.264 viewer counts >= 1")
     if args.codec in ("vp8", "both"):
         counts = {mode: vp8_counts for mode in vp8_modes}
-        run_codec("vp8", counts, args.seconds, args.warmup, args.h264_source)
+        run_codec("vp8", counts, args.seconds, args.warmup, args.h264_source, args.profile)
     if args.codec in ("h264", "both"):
         counts = {"fanout": h264_counts, "mediarelay": viewer_counts(args.h264_mediarelay_viewers)}
-        run_codec("h264", counts, args.seconds, args.warmup, args.h264_source)
+        run_codec("h264", counts, args.seconds, args.warmup, args.h264_source, args.profile)
 
 
 if __name__ == "__main__":

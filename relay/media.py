@@ -77,6 +77,7 @@ from peer.codecs import (
 )
 from peer.gop import Gop, GopTrack
 from peer.repair import ReceiverRepair
+from relay import sender as sender_loop
 
 logger = logging.getLogger(__name__)
 
@@ -437,5 +438,13 @@ class Fanout:
 
 
 def forward_keyframe_requests(sender: RTCRtpSender, track: FanoutTrack) -> None:
-    """Make a viewer's PLI/FIR for ``sender`` (which sends ``track``) restart ``track``."""
+    """Make a viewer's PLI/FIR for ``sender`` (which sends ``track``) restart ``track``, and
+    give ``sender`` the relay's cheaper send loop (:mod:`relay.sender`: each H.264 frame
+    packetized once for every viewer, the RTP header built once per frame). Call it right
+    after ``addTransceiver``, before the connection starts. When aiortc no longer has what
+    the send loop uses, the sender keeps aiortc's own (logged as an error)."""
     on_keyframe_request(sender, track.request_keyframe)
+    try:
+        sender_loop.install(sender)
+    except RuntimeError as exc:
+        logger.error("Fanout viewer %s keeps aiortc's send loop: %s", track.name, exc)

@@ -1,0 +1,244 @@
+"""A cheaper RTP send loop for the fan-out's viewer senders (aiortc 1.16.0, pinned for it).
+
+A relay viewer costs what sending its copy of the camera's packets costs. Profiled in the
+relay process of ``bench/relay.py`` (H.264 1280x720@15, 2 Mbit/s, 32 viewers, cProfile of
+the event loop; docs/benchmarks.md "Relay fan-out of H.264"), aiortc's per-packet path
+(``RTCRtpSender._run_rtp``) spends its time, per packet and per viewer, on: an ``RtpPacket``
+object, two NTP clock readings through ``datetime`` (``clock.current_ntp_time``), the header
+extensions packed from scratch (``HeaderExtensionsMap.set``, ``pack_header_extensions``),
+``RtpPacket.serialize``, the H.264 access unit split and packetized again for every viewer
+(``H264Encoder.pack``), then SRTP and the UDP send. Only the last two are the work itself.
+
+:func:`install` gives one viewer's ``RTCRtpSender`` a send loop of its own, which:
+
+- packetizes each H.264 frame once for all viewers (:func:`shared_payloads`: the fan-out
+  hands every viewer the very same ``av.Packet``, and H.264 packetization depends on nothing
+  else; VP8 is packed per viewer as aiortc does, its payload descriptor carries a picture id
+  that each sender counts on its own);
+- builds the RTP header once per frame with aiortc's own serializer (mid and abs-send-time
+  extensions as negotiated) and, per packet, patches only the marker bit and the sequence
+  number into it; abs-send-time is the frame's (its packets leave back to back, microseconds
+  apart, within one 5 ms packet group of the receiver's estimator);
+- keeps the sender's retransmission history as the unencrypted packet bytes, and answers a
+  NACK from it with aiortc's own RTX wrapping (``wrap_rtx``) as aiortc would;
+- keeps the sender report's counters (packets, octets, the NTP/RTP timestamp pair) current
+  once per frame, so aiortc's RTCP loop and ``getStats`` say what was sent.
+
+What it reaches into, all checked by :func:`install` (which raises :class:`RuntimeError`
+naming what is missing, and ``tests/relay/test_sender.py`` fails loudly when aiortc changes
+under it): the sender's ``_run_rtp`` and ``_retransmit`` (replaced on the instance, before
+``send()`` starts them), the name-mangled ``__rtp_started``/``__rtp_exited`` events that
+``stop()`` waits on, ``__mid``, ``__rtp_header_extensions_map``, ``__rtx_payload_type`` and the
+report counters ``__ntp_timestamp``, ``__rtp_timestamp``, ``__octet_count``,
+``__packet_count``; the DTLS transport's ``_send_rtp`` (SRTP then ICE, as aiortc sends);
+``aiortc.rtcrtpsender.RTP_HISTORY_SIZE`` (read once per frame, as aiortc reads it per packet, so
+:mod:`peer.retransmission` still governs it).
+"""
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from struct import pack
+from typing import Any
+
+import aiortc.rtcrtpsender
+from aiortc import RTCRtpSender, clock
+from aiortc.codecs import get_encoder
+from aiortc.codecs.base import Encoder
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket, wrap_rtx
+from aiortc.utils import random32
+from av import Packet
+
+from peer import retransmission
+from peer.codecs import H264
+
+logger = logging.getLogger(__name__)
+
+SHARED_FRAMES = 64  # frames whose H.264 packets are kept for the viewers still to send them
+
+_SENDER = "_RTCRtpSender__"
+_SENDER_PRIVATE = (  # set by RTCRtpSender.__init__ (aiortc 1.16.0)
+    "rtp_started",
+    "rtp_exited",
+    "mid",
+    "rtp_header_extensions_map",
+    "rtx_payload_type",
+    "ntp_timestamp",
+    "rtp_timestamp",
+    "octet_count",
+    "packet_count",
+)
+_SENDER_METHODS = ("_run_rtp", "_retransmit")
+_INSTALLED = "_visionconnect_fast_send"
+
+_shared: dict[int, tuple["Packet[Any]", list[bytes], int]] = {}
+
+
+def check(sender: RTCRtpSender) -> None:
+    """Raise :class:`RuntimeError` unless ``sender`` (not yet sending) has every aiortc
+    internal :func:`install` uses."""
+    missing = [name for name in _SENDER_METHODS if not callable(getattr(sender, name, None))]
+    missing += [_SENDER + name for name in _SENDER_PRIVATE if not hasattr(sender, _SENDER + name)]
+    for name in ("rtp_started", "rtp_exited"):
+        if not isinstance(getattr(sender, _SENDER + name, None), asyncio.Event):
+            missing.append(f"{_SENDER}{name} (an asyncio.Event)")
+    if not callable(getattr(sender.transport, "_send_rtp", None)):
+        missing.append("RTCDtlsTransport._send_rtp")
+    if type(getattr(aiortc.rtcrtpsender, "RTP_HISTORY_SIZE", None)) is not int:
+        missing.append("aiortc.rtcrtpsender.RTP_HISTORY_SIZE (an int)")
+    if not callable(getattr(H264Encoder, "pack", None)):
+        missing.append("H264Encoder.pack")
+    if missing:
+        raise RuntimeError(
+            "aiortc changed: the relay's send loop (relay/sender.py) needs "
+            + ", ".join(sorted(set(missing)))
+        )
+    if getattr(sender, _SENDER + "rtp_task", None) is not None:
+        raise RuntimeError("the sender already sends: install() before its connection starts")
+
+
+def install(sender: RTCRtpSender) -> "FastSend":
+    """Give ``sender`` (a viewer's, sending a fan-out's encoded packets) the send loop of
+    this module; call it before its connection starts (right after ``addTransceiver``).
+    Idempotent. Raises :class:`RuntimeError` when aiortc no longer has what it uses."""
+    installed = vars(sender).get(_INSTALLED)
+    if isinstance(installed, FastSend):
+        return installed
+    check(sender)
+    fast = FastSend(sender)
+    setattr(sender, _INSTALLED, fast)
+    setattr(sender, "_run_rtp", fast.run)  # noqa: B010 (replaces a method on the instance)
+    setattr(sender, "_retransmit", fast.retransmit)  # noqa: B010
+    return fast
+
+
+def shared_payloads(packet: "Packet[Any]") -> tuple[list[bytes], int]:
+    """``H264Encoder.pack(packet)``, computed once per packet object for every viewer.
+
+    The fan-out hands all viewers the same objects (read-only), a few milliseconds apart;
+    the last :data:`SHARED_FRAMES` are kept, with the packet itself so its id stays its own.
+    """
+    key = id(packet)
+    hit = _shared.get(key)
+    if hit is not None and hit[0] is packet:
+        return hit[1], hit[2]
+    payloads, timestamp = H264Encoder().pack(packet)
+    _shared[key] = (packet, payloads, timestamp)
+    if len(_shared) > SHARED_FRAMES:
+        del _shared[next(iter(_shared))]
+    return payloads, timestamp
+
+
+class FastSend:
+    """One viewer sender's send loop and retransmission history (see the module docstring).
+
+    :attr:`packets` and :attr:`frames` count what it sent, :attr:`retransmissions` the NACKed
+    packets it sent again.
+    """
+
+    def __init__(self, sender: RTCRtpSender) -> None:
+        self.sender = sender
+        self.frames = 0
+        self.packets = 0
+        self.retransmissions = 0
+        self._history: dict[int, tuple[int, bytes]] = {}
+        self._rtx_sequence_number = random.getrandbits(15)
+        self._vp8: Encoder | None = None
+
+    def _private(self, name: str) -> Any:
+        return getattr(self.sender, _SENDER + name)
+
+    def _set_private(self, name: str, value: Any) -> None:
+        setattr(self.sender, _SENDER + name, value)
+
+    async def run(self, codec: RTCRtpCodecParameters) -> None:
+        """Replaces ``RTCRtpSender._run_rtp``: the same contract (started/exited events, the
+        track stopped at the end), the per-packet work cut down."""
+        sender = self.sender
+        self._private("rtp_started").set()
+        sequence_number = random.getrandbits(15)  # aiortc's: below 2^15, see its comment
+        timestamp_origin = random32()
+        extensions_map = self._private("rtp_header_extensions_map")
+        mid = self._private("mid")
+        h264 = codec.mimeType.lower() == H264
+        try:
+            while True:
+                track = sender.track
+                if track is None:
+                    await asyncio.sleep(0.02)
+                    continue
+                data = await track.recv()
+                if not sender._enabled:
+                    continue
+                if not isinstance(data, Packet):
+                    raise TypeError(f"relay/sender.py sends encoded packets, not {type(data)}")
+                if h264:
+                    payloads, frame_timestamp = shared_payloads(data)
+                else:
+                    payloads, frame_timestamp = self._pack(codec, data)
+                if not payloads:
+                    continue
+                timestamp = (timestamp_origin + frame_timestamp) & 0xFFFFFFFF
+                ntp = clock.current_ntp_time()
+                template = RtpPacket(payload_type=codec.payloadType or 0, timestamp=timestamp)
+                template.ssrc = sender._ssrc
+                template.extensions.abs_send_time = (ntp >> 14) & 0x00FFFFFF
+                template.extensions.mid = mid
+                header = template.serialize(extensions_map)
+                first, second, rest = header[0], header[1], header[4:]
+                last = len(payloads) - 1
+                send_rtp: Callable[[bytes], Any] = sender.transport._send_rtp
+                history = self._history
+                size = retransmission.history_packets()
+                octets = 0
+                for i, payload in enumerate(payloads):
+                    marked = second | 0x80 if i == last else second
+                    packet = pack("!BBH", first, marked, sequence_number) + rest + payload
+                    history[sequence_number % size] = (sequence_number, packet)
+                    await send_rtp(packet)
+                    octets += len(payload)
+                    sequence_number = (sequence_number + 1) & 0xFFFF
+                self.frames += 1
+                self.packets += len(payloads)
+                self._set_private("ntp_timestamp", ntp)
+                self._set_private("rtp_timestamp", timestamp)
+                self._set_private("octet_count", self._private("octet_count") + octets)
+                self._set_private("packet_count", self._private("packet_count") + len(payloads))
+        except (asyncio.CancelledError, ConnectionError, MediaStreamError):
+            pass
+        except Exception:  # as aiortc: __rtp_exited must be set, or stop() hangs
+            logger.exception("relay send loop failed")
+        track = sender.track
+        if track is not None:
+            track.stop()
+        self._private("rtp_exited").set()
+
+    async def retransmit(self, sequence_number: int) -> None:
+        """Replaces ``RTCRtpSender._retransmit``: a NACKed packet sent again from the history,
+        wrapped in RTX when negotiated, as aiortc does."""
+        entry = self._history.get(sequence_number % retransmission.history_packets())
+        if entry is None or entry[0] != sequence_number:
+            return
+        extensions_map = self._private("rtp_header_extensions_map")
+        packet = RtpPacket.parse(entry[1], extensions_map)
+        rtx_payload_type = self._private("rtx_payload_type")
+        if rtx_payload_type is not None:
+            packet = wrap_rtx(
+                packet,
+                payload_type=rtx_payload_type,
+                sequence_number=self._rtx_sequence_number,
+                ssrc=self.sender._rtx_ssrc,
+            )
+            self._rtx_sequence_number = (self._rtx_sequence_number + 1) & 0xFFFF
+        self.retransmissions += 1
+        await self.sender.transport._send_rtp(packet.serialize(extensions_map))
+
+    def _pack(self, codec: RTCRtpCodecParameters, data: "Packet[Any]") -> tuple[list[bytes], int]:
+        if self._vp8 is None:
+            self._vp8 = get_encoder(codec)
+        payloads, timestamp = self._vp8.pack(data)
+        return payloads, timestamp
