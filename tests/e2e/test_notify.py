@@ -168,7 +168,8 @@ async def test_a_relay_nodes_event_thread_pushes_new_then_end_and_signs_webhooks
                 assert got[0]["renotify"] is True
                 assert got[1]["renotify"] is False
                 assert got[0]["url"] == f"/#/devices/{device_id}"
-                if got[0]["image"] is not None:  # the snapshot, by its signed URL alone
+                assert got[0]["image"] is not None  # the snapshot, by its signed URL alone
+                if got[0]["image"]:
                     image = urlsplit(got[0]["image"])
                     picture = await http.get(f"{image.path}?{image.query}")
                     assert picture.status_code == 200
