@@ -1,6 +1,7 @@
 // The app shell: services, the hash router, the header and tab bar, notices.
 //
-// Routes: #/signin #/register #/cameras #/add #/camera/<id> #/live/<id>[?mode=relay]
+// Routes: #/signin #/register #/cameras #/add #/camera/<id> (also #/devices/<id>, where
+// push notifications open) #/live/<id>[?mode=relay]
 // #/events #/notifications. A view module exports mount(app, params, query) and returns its cleanup.
 
 import { Api } from "./api.js";
@@ -20,6 +21,8 @@ const ROUTES = [
   { pattern: /^\/cameras$/, view: cameras, tab: "cameras" },
   { pattern: /^\/add$/, view: add, tab: "add" },
   { pattern: /^\/camera\/([\w-]+)$/, view: camera, tab: "cameras", params: (m) => ({ id: m[1] }) },
+  // where a push notification opens (docs/protocol.md, "Notifications": /#/devices/<id>)
+  { pattern: /^\/devices\/([\w-]+)$/, view: camera, tab: "cameras", params: (m) => ({ id: m[1] }) },
   { pattern: /^\/live\/([\w-]+)$/, view: watch, tab: "cameras", params: (m) => ({ id: m[1] }) },
   { pattern: /^\/events$/, view: events, tab: "events" },
   { pattern: /^\/notifications$/, view: notifications, tab: "notifications" },
@@ -107,7 +110,9 @@ class App {
   /** After a successful sign-in. */
   signedIn() {
     this.#signedIn();
-    this.navigate("#/cameras");
+    const next = this.afterSignIn;
+    this.afterSignIn = null;
+    this.navigate(next || "#/cameras");
   }
 
   async signOut() {
@@ -123,6 +128,7 @@ class App {
       return;
     }
     if (!route.open && !this.api.signedIn) {
+      this.afterSignIn = location.hash; // a notification's link, say: back there after
       this.navigate("#/signin");
       return;
     }
