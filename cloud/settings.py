@@ -96,6 +96,10 @@ class Settings:
     notify_allow_loopback: bool = False
     notify_push_ttl_s: int = 86_400
     notify_image_ttl_s: int = 86_400
+    # GET /metrics (cloud/metrics.py): behind a bearer token, or on a port of its own.
+    metrics_token: str = field(default="", repr=False)
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
 
     @property
     def production(self) -> bool:
@@ -162,6 +166,9 @@ class Settings:
             notify_allow_loopback=env.get("NOTIFY_ALLOW_LOOPBACK", "") in ("1", "true", "yes"),
             notify_push_ttl_s=_int(env, "NOTIFY_PUSH_TTL_S", cls.notify_push_ttl_s),
             notify_image_ttl_s=_int(env, "NOTIFY_IMAGE_TTL_S", cls.notify_image_ttl_s),
+            metrics_token=env.get("METRICS_TOKEN", ""),
+            metrics_port=_int(env, "METRICS_PORT", cls.metrics_port),
+            metrics_host=env.get("METRICS_HOST") or cls.metrics_host,
         )
         settings.validate()
         return settings
