@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from dotenv import dotenv_values
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's packages, as `python -m cloud` from ROOT sees
@@ -107,17 +108,7 @@ def main() -> int:
     env = {**os.environ, "DATA_DIR": str(data), "PUBLIC_URL": url}
     env["RELAY_SECRET"] = env.get("RELAY_SECRET") or secret(data / "relay-secret")
     env.setdefault("YOLO_MODEL", "none")
-    database: LocalDatabase | None = None
-    if not env.get("MONGODB_URL"):
-        print(f"starting the database: SecantusDB in {data / 'db'}", flush=True)
-        database = LocalDatabase(data / "db")
-        try:
-            env["MONGODB_URL"] = database.start()
-        except LocalDatabaseError as exc:
-            raise SystemExit(str(exc)) from None
     children: list[subprocess.Popen[bytes]] = []
-    if database is not None and database.process is not None:
-        children.append(database.process)  # watched like the others; stopped last, below
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -127,6 +118,17 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     status = 0
+    database: LocalDatabase | None = None
+    dotenv = dotenv_values(ROOT / ".env") if (ROOT / ".env").is_file() else {}
+    if not (env.get("MONGODB_URL") or dotenv.get("MONGODB_URL")):  # the cloud reads both
+        print(f"starting the database: SecantusDB in {data / 'db'}", flush=True)
+        database = LocalDatabase(data / "db")
+        try:
+            env["MONGODB_URL"] = database.start()
+        except LocalDatabaseError as exc:
+            raise SystemExit(str(exc)) from None
+        assert database.process is not None
+        children.append(database.process)  # watched like the others; stopped last, below
     try:
         serve = ["-m", "cloud", "--host", args.host, "--port", str(args.port)]
         cloud = start("the cloud", serve, env)
