@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 from swagger_ui_bundle import swagger_ui_path
 
-from cloud import openapi, pwa
+from cloud import metrics, openapi, pwa
 from cloud.auth import routes as auth_routes
 from cloud.auth.passwords import Passwords
 from cloud.auth.tokens import AccessTokens, RefreshTokens
@@ -136,6 +136,12 @@ def create_app(settings: Settings) -> Starlette:
             )
             signaling = Signaling(settings, bus, access_tokens, secrets.token_hex(4))
             await signaling.start()
+            metrics.LIVE.cameras_online = lambda: len(signaling.hub.cameras)
+            stop_metrics = (
+                metrics.serve(settings.metrics_host, settings.metrics_port)
+                if settings.metrics_port
+                else None
+            )
             # Media (cloud/media): its documents, the GridFS bucket, signed URLs, the sweeper.
             assert database.client is not None
             media_db = database.client[settings.database_name]
@@ -160,6 +166,8 @@ def create_app(settings: Settings) -> Starlette:
             try:
                 yield
             finally:
+                if stop_metrics is not None:
+                    await asyncio.to_thread(stop_metrics)
                 await notifier.stop()
                 await retention.stop()
                 await signaling.stop()
@@ -169,6 +177,13 @@ def create_app(settings: Settings) -> Starlette:
     table: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route(
+            "/metrics",
+            metrics.endpoint(
+                settings.metrics_token, bool(settings.metrics_port), settings.production
+            ),
+            methods=["GET"],
+        ),
         Route("/openapi.json", openapi.openapi_endpoint(document), methods=["GET"]),
         Route("/docs", openapi.docs, methods=["GET"]),
         Route("/docs/init.js", openapi.docs_init, methods=["GET"]),

@@ -9,6 +9,7 @@ Every endpoint is authenticated unless it says ``public=True``.
 import json
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -18,9 +19,10 @@ from pymongo.errors import ConnectionFailure, ServerSelectionTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cloud import metrics
 from cloud.errors import CloudError, Invalid, Malformed, TooLarge, Unavailable, UnsupportedMediaType
 from cloud.logs import new_request_id, request_id_var
 from protocol.api import ErrorBody, ErrorDetail
@@ -222,11 +224,45 @@ class RequestContextMiddleware:
             response = error_response(500, ErrorCode.INTERNAL, "internal error; it has been logged")
             await response(scope, receive, send_with_headers)
         finally:
+            elapsed = time.perf_counter() - started
+            route = route_template(scope)
+            metrics.HTTP_REQUESTS.labels(route, scope["method"], str(status)).inc()
+            metrics.HTTP_DURATION.labels(route).observe(elapsed)
             access_log.info(
                 "%s %s %d %.1fms",
                 scope["method"],
                 path,
                 status,
-                (time.perf_counter() - started) * 1000,
+                elapsed * 1000,
             )
             request_id_var.reset(token)
+
+
+UNMATCHED = "unmatched"
+# per app: endpoint -> its route's path template
+_templates: "weakref.WeakKeyDictionary[Any, dict[Any, str]]" = weakref.WeakKeyDictionary()
+
+
+def route_template(scope: Scope) -> str:
+    """The template of the route that served the request (``/api/v1/devices/{device_id}``),
+    never the raw path: metric labels stay bounded whatever paths clients send."""
+    endpoint = scope.get("endpoint")
+    app = scope.get("app")
+    if endpoint is None or app is None:
+        return UNMATCHED
+    table = _templates.get(app)
+    if table is None:
+        table = _templates[app] = {}
+        _collect(getattr(app, "routes", []), "", table)
+    return table.get(endpoint, UNMATCHED)
+
+
+def _collect(routes: list[Any], prefix: str, table: dict[Any, str]) -> None:
+    for route in routes:
+        if isinstance(route, Mount):
+            if route.routes:
+                _collect(list(route.routes), prefix + route.path, table)
+            else:
+                table[route.app] = prefix + route.path + "/{path}"
+        elif isinstance(route, Route):
+            table[route.endpoint] = prefix + route.path

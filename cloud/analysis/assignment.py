@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 from beanie import PydanticObjectId
 
+from cloud import metrics
 from cloud.analysis.schedule import in_schedule
 from cloud.devices.models import Device
 from cloud.media.models import Media
@@ -125,18 +126,21 @@ async def assign(now: datetime | None = None) -> None:
         },
         limit=BATCH,
     ).to_list()
-    for device in waiting:
-        if not wanted(device, now):
-            continue
+    left = [device for device in waiting if wanted(device, now)]
+    while left:
+        device = left[0]
         room = {r: node.capacity - assigned.get(r, 0) for r, node in live.items()}
         best = max(room, key=lambda r: (room[r], r), default=None)
         if best is None or room[best] <= 0:
-            return  # every node is full (or there is none): the cameras wait
+            break  # every node is full (or there is none): the cameras wait
+        left.pop(0)
         watching = await _watching(device, live)  # a viewer's node has the camera already
         best = next((r for r in watching if room[r] > 0), best)
         if await _move(device.id, None, best):
             assigned[best] = assigned.get(best, 0) + 1
             log.info("analysis of %s assigned to %s", device.id, best)
+    # GET /metrics reads these (cloud.metrics): no database scan per scrape.
+    metrics.LIVE.analysis = {"active": sum(assigned.values()), "waiting_for_relay": len(left)}
 
 
 async def _watching(device: Device, live: dict[str, LiveRelay]) -> list[str]:

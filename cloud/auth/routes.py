@@ -8,6 +8,7 @@ from pymongo.errors import DuplicateKeyError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cloud import metrics
 from cloud.auth.models import User
 from cloud.auth.passwords import WeakPassword, check_strength
 from cloud.auth.tokens import now
@@ -68,6 +69,7 @@ async def login(request: Request) -> Response:
     found = await User.find_one(User.email == email)
     if not await ctx.passwords.verify(found.password_hash if found else None, body.password):
         await ctx.throttle.hit(account_key, settings.login_window_s)
+        metrics.SIGN_IN_FAILURES.inc()
         raise Unauthenticated("wrong email or password", ErrorCode.INVALID_CREDENTIALS)
     assert found is not None
     assert found.id is not None

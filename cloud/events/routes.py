@@ -16,6 +16,7 @@ from pymongo import ReturnDocument
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cloud import metrics
 from cloud.context import context, require_user, user
 from cloud.devices.access import Action, audience, authorize, parse_id, visible_devices
 from cloud.devices.models import Device
@@ -89,6 +90,8 @@ async def report_event(request: Request) -> Response:
     if doc is None:  # cannot happen with upsert=True
         raise RuntimeError("event upsert returned nothing")
     thread = EventThread.model_validate({**doc, "id": doc["_id"]})
+    if body.state == "new":
+        metrics.EVENT_THREADS.labels(body.kind).inc()
     if snapshot is not None:
         await EventSnapshot.get_pymongo_collection().update_one(
             {"event_id": thread.id},

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast, get_args
 
+from cloud import metrics
 from cloud.signaling.deliveries import (
     BROADCAST,
     CLOSE_POLICY,
@@ -548,6 +549,7 @@ class Hub:
             return []
         if kind == "accepted":
             side.accepted = True
+            metrics.SESSIONS_STARTED.labels(side.route).inc()
             viewer = self.connections.get(side.viewer)
             record = Record(
                 side.id,
@@ -566,6 +568,8 @@ class Hub:
             )
             return [Send(side.viewer, created), record]
         if kind == "answer":
+            if not side.answered:
+                metrics.SIGNALING_LATENCY.observe(max(0.0, now - side.created_at))
             side.answered = True
             answered = Record(side.id, "answered", side.device_id, side.user_id)
             return [
@@ -649,6 +653,7 @@ class Hub:
         self.viewer_sides.pop(side.id, None)
         out: list[Delivery] = []
         if side.accepted:
+            metrics.SESSIONS.labels(side.route, str(reason)).inc()
             out.append(Record(side.id, "ended", side.device_id, side.user_id, str(reason)))
         if tell_viewer and side.viewer in self.connections:
             # Before session.created the viewer knows only its request id: echo it.

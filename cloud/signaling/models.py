@@ -7,6 +7,7 @@ from beanie import Document, Indexed, PydanticObjectId
 from pydantic import BaseModel
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
+from cloud import metrics
 from cloud.signaling.deliveries import Record, StatsReport
 from protocol.messages import CandidateType, StatsRoute, TransportProtocol
 
@@ -80,6 +81,8 @@ async def keep_stats(report: StatsReport) -> None:
         **report.stats.model_dump(include=set(SideStats.model_fields)),
         reported_at=datetime.now(UTC),
     )
+    if report.side == "viewer" and stats.ttff_ms is not None:
+        metrics.TIME_TO_FIRST_FRAME.observe(stats.ttff_ms / 1000)
     await SessionRecord.get_pymongo_collection().update_one(
         {"session_id": report.session_id},
         {"$set": {f"{report.side}_stats": stats.model_dump()}},

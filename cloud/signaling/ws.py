@@ -27,6 +27,7 @@ from beanie import PydanticObjectId
 from pymongo.errors import PyMongoError
 from starlette.websockets import WebSocketDisconnect
 
+from cloud import metrics
 from cloud.analysis import assignment
 from cloud.analysis.threads import end_threads_of
 from cloud.auth.tokens import AccessTokens, UserPrincipal
@@ -288,6 +289,7 @@ class Signaling:
         try:
             receivers = await self.bus.publish(publish.channel, publish.envelope)
         except BusUnavailable:
+            metrics.BUS_PUBLISH_ERRORS.inc()
             log.warning(
                 "bus unavailable: dropped %s to %s", publish.envelope.get("kind"), publish.channel
             )
@@ -397,6 +399,7 @@ class Signaling:
         try:
             await self.bus.publish(BROADCAST, envelope)
         except BusUnavailable:
+            metrics.BUS_PUBLISH_ERRORS.inc()
             log.info(
                 "bus unavailable: instances read access change %s from the database", change.id
             )
@@ -431,6 +434,7 @@ class Signaling:
         """Give an authenticated socket its connection id; :meth:`detach` must follow."""
         conn = self.hub.new_connection_id()
         self.sockets[conn] = socket
+        metrics.CONNECTIONS.labels(role).inc()
         log.info("%s %s connected as %s", role, principal, conn)
         return conn
 
@@ -465,7 +469,8 @@ class Signaling:
         async with self._lock:
             deliveries = self.hub.disconnect(conn)
         await self.execute(deliveries)
-        self.sockets.pop(conn, None)
+        if self.sockets.pop(conn, None) is not None:
+            metrics.CONNECTIONS.labels(role).dec()
         log.info("%s %s disconnected (%s)", role, principal, conn)
 
     async def frame(self, conn: str, role: Role, principal: str, text: str | None) -> None:
