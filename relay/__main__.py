@@ -14,6 +14,7 @@ import signal
 import sys
 
 from peer.network import host_addresses_from_env, use_host_addresses
+from relay import metrics
 from relay.node import RelayNode
 from relay.settings import RelaySettings
 
@@ -33,8 +34,17 @@ async def serve(settings: RelaySettings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     node = RelayNode(settings, detector)
+    stop_metrics = (
+        metrics.serve(settings.metrics_host, settings.metrics_port)
+        if settings.metrics_port
+        else None
+    )
     print(f"relay {settings.relay_id} connecting to {settings.cloud_url}", flush=True)
-    await node.run(stop)
+    try:
+        await node.run(stop)
+    finally:
+        if stop_metrics is not None:
+            await asyncio.to_thread(stop_metrics)
     print(f"relay stopped: {node.stats}", flush=True)
     return 0
 

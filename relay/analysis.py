@@ -21,6 +21,7 @@ from av import Packet, VideoFrame
 from numpy.typing import NDArray
 
 from protocol.messages import RecordingOrder
+from relay import metrics
 from relay.budget import DetectionBudget
 from relay.clips import ClipRecorder, ClipSettings, PreRoll
 from relay.detector import Detector, DetectorError
@@ -108,16 +109,19 @@ class Analysis:
                 if not armed():
                     moved = STILL  # open threads end after their quiet time
                 self.stats["frames_analysed"] += 1
+                metrics.FRAMES_ANALYSED.inc()
                 detections = None
-                if (
-                    moved.moving
-                    and self.detector is not None
-                    and self.budget.try_acquire(device, time.monotonic())
-                ):
-                    try:
-                        detections = await self.detector.detect(picture)
-                    except DetectorError:
-                        detections = None  # busy: the next frame will do
+                if moved.moving and self.detector is not None:
+                    if self.budget.try_acquire(device, time.monotonic()):
+                        try:
+                            detections = await self.detector.detect(picture)
+                        except DetectorError:
+                            detections = None  # busy: the next frame will do
+                        else:
+                            metrics.DETECTIONS.inc()
+                            metrics.DETECTED_OBJECTS.inc(len(detections))
+                    else:
+                        metrics.BUDGET_REFUSALS.inc()
                 for record in threads.update(t, moved, detections):
                     clips.follow(record)
                     jpeg = (
@@ -188,13 +192,16 @@ class Analysis:
             response = await self.http.post("/api/v1/relays/events", json=body)
         except httpx.HTTPError as exc:
             self.stats["events_failed"] += 1
+            metrics.EVENTS_SENT.labels("failed").inc()
             log.warning("relay: event upload failed: %s", exc)
             return
         if response.status_code != 200:
             self.stats["events_failed"] += 1
+            metrics.EVENTS_SENT.labels("refused").inc()
             log.warning("relay: event refused (%s): %s", response.status_code, response.text[:200])
         else:
             self.stats["events_sent"] += 1
+            metrics.EVENTS_SENT.labels("sent").inc()
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ import statistics
 import time
 from collections import deque
 
+from relay import metrics
+
 PERIOD_S = 0.05
 WINDOW = 1200  # the last minute of wake-ups at 20 a second
 
@@ -23,7 +25,9 @@ class LoopLag:
         while True:
             due = time.monotonic() + self.period_s
             await asyncio.sleep(self.period_s)
-            self.samples.append(max(0.0, time.monotonic() - due))
+            lag = max(0.0, time.monotonic() - due)
+            self.samples.append(lag)
+            metrics.LOOP_LAG.observe(lag)
 
     def summary(self) -> dict[str, float]:
         """p50, p99 and max lag in ms over the window (zeros before any sample)."""

@@ -47,6 +47,7 @@ from protocol.messages import (
     SnapshotRequest,
     Status,
 )
+from relay import metrics
 from relay.analysis import Analysis
 from relay.detector import Detector
 from relay.loop_lag import LoopLag
@@ -115,6 +116,7 @@ class RelayNode:
             stop_on_removed=False,  # 4404 is for cameras; a relay just reconnects
         )
         self.online = self.signaling.online
+        metrics.LIVE.nodes.add(self)  # viewers and upstreams, read at scrape time
 
     # the connection to the cloud ---------------------------------------------------------------
 

@@ -20,6 +20,8 @@ class RelaySettings:
     upstream_grace_s: float = 5.0
     health_file: str = ""  # touched at every load report, for container health checks
     clips: ClipSettings = field(default_factory=ClipSettings)
+    metrics_port: int = 0  # GET /metrics (relay.metrics) on this port; 0: no listener
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "RelaySettings":
@@ -34,6 +36,8 @@ class RelaySettings:
             detections_per_s=float(env.get("DETECTIONS_PER_S", "4")),
             analysis_capacity=int(env.get("ANALYSIS_CAPACITY", "16")),
             health_file=env.get("HEALTH_FILE", ""),
+            metrics_port=int(env.get("METRICS_PORT") or 0),
+            metrics_host=env.get("METRICS_HOST") or "127.0.0.1",
             clips=ClipSettings(
                 pre_roll_s=float(env.get("CLIP_PRE_ROLL_S", "5")),
                 post_roll_s=float(env.get("CLIP_POST_ROLL_S", "5")),
