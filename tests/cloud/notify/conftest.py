@@ -107,6 +107,17 @@ def notify_settings(app: Starlette, **changes: Any) -> Iterator[Notifier]:
 
 
 @pytest.fixture
+async def paused(app: Starlette) -> AsyncIterator[None]:
+    """The app's outbox worker stopped for the test (started again after it)."""
+    box = app.state.notifier.outbox
+    await box.stop()
+    try:
+        yield
+    finally:
+        box.start()
+
+
+@pytest.fixture
 def fast(app: Starlette) -> Iterator[Notifier]:
     """Retries within a second, no cooldown: what most tests want."""
     with notify_settings(app, notify_retry_schedule_s=(0.2, 0.4), notify_cooldown_s=0) as n:

@@ -5,26 +5,13 @@ import asyncio
 import dataclasses
 import itertools
 import secrets
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import pytest
 from beanie import PydanticObjectId
-from starlette.applications import Starlette
 
 from cloud.notify.models import Delivery
 from cloud.notify.outbox import Outbox, Outcome, next_delay, now
 from cloud.settings import Settings
-
-
-@pytest.fixture
-async def paused(app: Starlette) -> AsyncIterator[None]:
-    box: Outbox = app.state.notifier.outbox
-    await box.stop()
-    try:
-        yield
-    finally:
-        box.start()
 
 
 class Recorder:
