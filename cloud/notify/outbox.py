@@ -124,6 +124,13 @@ class Outbox:
         for task in list(self._inflight):
             task.cancel()
         await asyncio.gather(*self._inflight, return_exceptions=True)
+        try:  # what this instance held goes back now, not when its lease runs out
+            await Delivery.get_pymongo_collection().update_many(
+                {"lease_owner": {"$regex": f"^{self._owner}:"}},
+                {"$set": {"lease_until": EPOCH_LEASE, "lease_owner": None}},
+            )
+        except PyMongoError:
+            log.warning("outbox: could not release its leases; they run out in %d s", LEASE_S)
 
     async def _run(self) -> None:
         while True:

@@ -154,3 +154,19 @@ async def test_a_later_delivery_of_a_group_waits_for_the_earlier_one(
 def test_the_schedule_repeats_its_last_step() -> None:
     s = dataclasses.replace(Settings(), notify_retry_schedule_s=(1, 5, 30))
     assert [next_delay(s, n) for n in range(1, 6)] == [1, 5, 30, 30, 30]
+
+
+async def test_a_stopping_instance_gives_back_what_it_held(
+    settings: Settings, paused: None
+) -> None:
+    box = outbox(settings, Recorder(delay=30))  # sends that never finish in time
+    key = "held-" + secrets.token_hex(4)
+    await box.enqueue([delivery(box, key)])
+    box.start()
+    deadline = asyncio.get_running_loop().time() + 5
+    while not (doc := await Delivery.find_one(Delivery.key == key)) or not doc.lease_owner:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
+    await box.stop()
+    other = outbox(settings, Recorder())
+    assert key in [d.key for d in await other.claim(100)]  # at once, not in LEASE_S
