@@ -68,17 +68,20 @@ def main(argv: list[str] | None = None) -> int:
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     args = parser.parse_args(argv)
-    configure_logging(args.log_level)
+    fmt = configure_logging(args.log_level)
     try:
         settings = Settings.from_env(default_public_url=f"http://{args.host}:{args.port}")
         app = create_app(settings)
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    print(
-        f"VisionConnect cloud: {settings.public_url}  (API docs: {settings.public_url}/docs)",
-        flush=True,
-    )
+    if fmt == "json":  # every line of the output is a JSON object
+        log.info("VisionConnect cloud: %s", settings.public_url)
+    else:
+        print(
+            f"VisionConnect cloud: {settings.public_url}  (API docs: {settings.public_url}/docs)",
+            flush=True,
+        )
     config = uvicorn.Config(
         app,
         host=args.host,

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloud import metrics
 from cloud.errors import CloudError, Invalid, Malformed, TooLarge, Unavailable, UnsupportedMediaType
-from cloud.logs import new_request_id, request_id_var
+from cloud.logs import describe, new_request_id, principal_var, request_id_var, set_principal
 from protocol.api import ErrorBody, ErrorDetail
 from protocol.errors import ErrorCode
 
@@ -63,7 +63,9 @@ class Endpoint:
 
     async def __call__(self, request: Request) -> Response:
         if self.auth is not None:
-            request.state.principal = await self.auth(request)
+            request.state.principal = principal = await self.auth(request)
+            if (who := describe(principal)) is not None:
+                set_principal(*who)  # on this request's log lines, as an id: never a token
         return await self.handler(request)
 
 
@@ -193,6 +195,7 @@ class RequestContextMiddleware:
         offered = headers.get(b"x-request-id", b"").decode("latin-1") or None
         request_id = new_request_id(offered)
         token = request_id_var.set(request_id)
+        principal_token = principal_var.set(None)
         started = time.perf_counter()
         status = 500
         path: str = scope["path"]
@@ -236,6 +239,7 @@ class RequestContextMiddleware:
                 elapsed * 1000,
             )
             request_id_var.reset(token)
+            principal_var.reset(principal_token)
 
 
 UNMATCHED = "unmatched"

@@ -31,6 +31,7 @@ from device_sim.camera import Camera
 from device_sim.onboarding import OnboardingError, activate, read_qr, scan_qr
 from device_sim.state import CameraState, StateError
 from protocol.errors import ProtocolError
+from protocol.logs import configure
 from protocol.qr import decode_qr_payload
 
 log = logging.getLogger("device_sim")
@@ -343,9 +344,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure(args.log_level, "%(asctime)s %(levelname)s %(name)s %(message)s")  # LOG_FORMAT
     command = {"onboard": onboard, "run": run, "fleet": fleet, "discover": discover.command}[
         args.command
     ]

@@ -14,9 +14,12 @@ import signal
 import sys
 
 from peer.network import host_addresses_from_env, use_host_addresses
+from protocol.logs import configure
 from relay import metrics
 from relay.node import RelayNode
 from relay.settings import RelaySettings
+
+log = logging.getLogger("relay")
 
 
 async def serve(settings: RelaySettings) -> int:
@@ -39,13 +42,13 @@ async def serve(settings: RelaySettings) -> int:
         if settings.metrics_port
         else None
     )
-    print(f"relay {settings.relay_id} connecting to {settings.cloud_url}", flush=True)
+    log.info("relay %s connecting to %s", settings.relay_id, settings.cloud_url)
     try:
         await node.run(stop)
     finally:
         if stop_metrics is not None:
             await asyncio.to_thread(stop_metrics)
-    print(f"relay stopped: {node.stats}", flush=True)
+    log.info("relay stopped: %s", node.stats)
     return 0
 
 
@@ -57,9 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure(args.log_level, "%(asctime)s %(levelname)s %(name)s %(message)s")  # LOG_FORMAT
     env = dict(os.environ)
     if args.cloud:
         env["CLOUD_URL"] = args.cloud

@@ -35,6 +35,7 @@ from cloud.devices.access import Action, audience, authorize, binding
 from cloud.devices.models import AccessChange
 from cloud.errors import CloudError, Unavailable
 from cloud.ice import ice_servers
+from cloud.logs import set_principal
 from cloud.relays import registry
 from cloud.settings import Settings
 from cloud.signaling.bus import Bus, BusUnavailable
@@ -435,6 +436,7 @@ class Signaling:
         conn = self.hub.new_connection_id()
         self.sockets[conn] = socket
         metrics.CONNECTIONS.labels(role).inc()
+        set_principal(role, principal)  # this connection's task: its log lines name it
         log.info("%s %s connected as %s", role, principal, conn)
         return conn
 
@@ -466,6 +468,7 @@ class Signaling:
             await self._send(conn, message)
 
     async def detach(self, conn: str, role: Role, principal: str) -> None:
+        set_principal(role, principal)
         async with self._lock:
             deliveries = self.hub.disconnect(conn)
         await self.execute(deliveries)
@@ -475,6 +478,7 @@ class Signaling:
 
     async def frame(self, conn: str, role: Role, principal: str, text: str | None) -> None:
         """One frame from a welcomed connection (None: a binary frame)."""
+        set_principal(role, principal)
         if text is None:
             async with self._lock:
                 deliveries = self.hub.strike(
