@@ -24,9 +24,11 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 STEM = "yolo11n-random"
 SEED = 0
+HUD_TIME = "2026-12-01 06:00:00"  # SyntheticVideo draws the time of day into its frames
 CLASS_HEAD_GAIN = 2.0  # with the calibrated statistics: boxes above 0.25 in most frames
 
 
@@ -57,7 +59,8 @@ def make_random(out: Path) -> Path:
     net = model.model
     net.names = YAML.load(check_yaml("coco.yaml"))["names"]
     video = SyntheticVideo(motion=[(0.0, 60.0)])
-    frames = [video.picture(i) for i in range(0, 120, 8)]
+    with mock.patch("time.strftime", return_value=HUD_TIME):  # the frames' clock: reproducible
+        frames = [video.picture(i) for i in range(0, 120, 8)]
     batch_norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for bn in batch_norms:
         bn.reset_running_stats()
