@@ -18,7 +18,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 from swagger_ui_bundle import swagger_ui_path
 
-from cloud import metrics, openapi, pwa
+from cloud import metrics, openapi, pwa, stats
+from cloud.auth import account as account_routes
 from cloud.auth import routes as auth_routes
 from cloud.auth.passwords import Passwords
 from cloud.auth.tokens import AccessTokens, RefreshTokens
@@ -59,6 +60,7 @@ def package_version() -> str:
 
 ENDPOINTS: list[Endpoint] = [
     *auth_routes.ENDPOINTS,
+    *account_routes.ENDPOINTS,
     *onboarding_routes.ENDPOINTS,
     *device_routes.ENDPOINTS,
     *signaling_routes.ENDPOINTS,
@@ -70,6 +72,7 @@ ENDPOINTS: list[Endpoint] = [
     *media_snapshots.ENDPOINTS,
     *media_relays.ENDPOINTS,
     *notify_routes.ENDPOINTS,
+    *stats.ENDPOINTS,
 ]
 
 
