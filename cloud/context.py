@@ -38,8 +38,10 @@ def bearer_token(request: Request) -> str:
 
 
 async def require_user(request: Request) -> UserPrincipal:
-    """The authenticator of user routes: a valid access token in the Authorization header."""
-    return context(request).access_tokens.verify(bearer_token(request))
+    """The authenticator of user routes: a valid access token in the Authorization header,
+    of a sign-in that has not ended (cloud.auth.signins)."""
+    ctx = context(request)
+    return await ctx.signaling.signins.check(ctx.access_tokens.verify(bearer_token(request)))
 
 
 def user(request: Request) -> UserPrincipal:

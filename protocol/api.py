@@ -97,6 +97,19 @@ class RefreshRequest(Request):
     refresh_token: str = Field(min_length=1, max_length=256)
 
 
+class PasswordChange(Request):
+    current_password: str = Field(min_length=1, max_length=128)
+    new_password: str = Field(
+        min_length=10,
+        max_length=128,
+        description="At least 10 characters, not a common password, not your email",
+    )
+
+
+class AccountRemoval(Request):
+    password: str = Field(min_length=1, max_length=128, description="The account's password")
+
+
 # onboarding -----------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 import uvicorn
 from asgi_lifespan import LifespanManager
@@ -77,6 +78,14 @@ class Account:
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens['access_token']}"}
+
+    @property
+    def sid(self) -> str:
+        """The sign-in of its tokens (the access token's ``sid``)."""
+        sid: str = jwt.decode(self.tokens["access_token"], options={"verify_signature": False})[
+            "sid"
+        ]
+        return sid
 
 
 MakeAccount = Callable[..., Awaitable[Account]]

@@ -78,31 +78,51 @@ async def login(request: Request) -> Response:
         found.password_hash = await ctx.passwords.hash(body.password)
         await found.save()
     log.info("user %s signed in", found.id)
-    refresh_token = await ctx.refresh_tokens.issue(found.id)
-    return reply(token_pair(request, found.id, found.email, refresh_token))
+    refresh_token, sid = await ctx.refresh_tokens.issue(found.id)
+    return reply(token_pair(request, found.id, found.email, refresh_token, sid))
 
 
-def token_pair(request: Request, user_id: PydanticObjectId, email: str, refresh: str) -> TokenPair:
+def token_pair(
+    request: Request, user_id: PydanticObjectId, email: str, refresh: str, sid: str
+) -> TokenPair:
     tokens = context(request).access_tokens
     return TokenPair(
-        access_token=tokens.issue(user_id, email), refresh_token=refresh, expires_in=tokens.ttl_s
+        access_token=tokens.issue(user_id, email, sid),
+        refresh_token=refresh,
+        expires_in=tokens.ttl_s,
     )
 
 
 async def refresh(request: Request) -> Response:
     ctx = context(request)
     body = await parse_body(request, RefreshRequest)
-    user_id, successor = await ctx.refresh_tokens.rotate(body.refresh_token)
+    user_id, successor, sid = await ctx.refresh_tokens.rotate(body.refresh_token)
     found = await User.get(user_id)
     if found is None:
         raise Unauthenticated("the account no longer exists", ErrorCode.INVALID_TOKEN)
-    return reply(token_pair(request, user_id, found.email, successor))
+    return reply(token_pair(request, user_id, found.email, successor, sid))
 
 
 async def logout(request: Request) -> Response:
+    """End the sign-in of the refresh token: its tokens and the connections opened with them
+    (not just the refresh token: an access token must not outlive its sign-in)."""
+    ctx = context(request)
     body = await parse_body(request, RefreshRequest)
-    await context(request).refresh_tokens.logout(body.refresh_token, user(request).user_id)
+    principal = user(request)
+    sid = await ctx.refresh_tokens.family_of(body.refresh_token, principal.user_id)
+    await end_signins(request, principal.user_id, only=sid)
     return reply(None, 204)
+
+
+async def end_signins(
+    request: Request, user_id: PydanticObjectId, *, only: str | None = None, keep: str | None = None
+) -> None:
+    """End sign-ins of the user (see :meth:`cloud.auth.signins.SignIns.end`) everywhere."""
+    signaling = context(request).signaling
+    change = await signaling.signins.end(user_id, only=only, keep=keep)
+    if change is not None:
+        await signaling.enforce(change)
+        log.info("user %s: %d sign-in(s) ended", user_id, len(change.grants))
 
 
 async def me(request: Request) -> Response:

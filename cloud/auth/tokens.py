@@ -43,6 +43,16 @@ def token_hash(token: str) -> str:
 class UserPrincipal:
     user_id: PydanticObjectId
     email: str
+    sid: str = ""  # the sign-in: its refresh token family (cloud.auth.signins)
+
+    @property
+    def grant(self) -> str:
+        """What a connection opened with this token rests on (cloud.signaling.hub)."""
+        return signin_grant(self.sid)
+
+
+def signin_grant(sid: str) -> str:
+    return f"signin:{sid}"
 
 
 class AccessTokens:
@@ -51,10 +61,12 @@ class AccessTokens:
         self._issuer = issuer
         self.ttl_s = ttl_s
 
-    def issue(self, user_id: PydanticObjectId, email: str) -> str:
+    def issue(self, user_id: PydanticObjectId, email: str, sid: str) -> str:
+        """An access token of the sign-in ``sid`` (its refresh token family)."""
         issued = now()
         claims = {
             "sub": str(user_id),
+            "sid": sid,
             "email": email,
             "typ": "access",
             "aud": AUDIENCE,
@@ -73,36 +85,47 @@ class AccessTokens:
                 algorithms=[ALGORITHM],
                 audience=AUDIENCE,
                 issuer=self._issuer,
-                options={"require": ["exp", "iat", "sub", "aud", "iss", "typ"]},
+                options={"require": ["exp", "iat", "sub", "aud", "iss", "typ", "sid"]},
                 leeway=5,
             )
         except jwt.ExpiredSignatureError as exc:
             raise Unauthenticated("the access token has expired", ErrorCode.INVALID_TOKEN) from exc
         except jwt.PyJWTError as exc:
             raise Unauthenticated("the access token is invalid", ErrorCode.INVALID_TOKEN) from exc
-        if claims.get("typ") != "access" or not PydanticObjectId.is_valid(claims["sub"]):
+        if (
+            claims.get("typ") != "access"
+            or not PydanticObjectId.is_valid(claims["sub"])
+            or not isinstance(claims["sid"], str)
+        ):
             raise Unauthenticated("the access token is invalid", ErrorCode.INVALID_TOKEN)
-        return UserPrincipal(PydanticObjectId(claims["sub"]), str(claims.get("email", "")))
+        return UserPrincipal(
+            PydanticObjectId(claims["sub"]), str(claims.get("email", "")), claims["sid"]
+        )
 
 
 class RefreshTokens:
     def __init__(self, ttl_s: int) -> None:
         self.ttl_s = ttl_s
 
-    async def issue(self, user_id: PydanticObjectId, family_id: str | None = None) -> str:
+    async def issue(
+        self, user_id: PydanticObjectId, family_id: str | None = None
+    ) -> tuple[str, str]:
+        """A refresh token and its family: a new sign-in unless ``family_id`` is given."""
         token = secrets.token_urlsafe(32)
+        family_id = family_id or secrets.token_hex(16)
         created = now()
         await RefreshToken(
             token_hash=token_hash(token),
             user_id=user_id,
-            family_id=family_id or secrets.token_hex(16),
+            family_id=family_id,
             created_at=created,
             expires_at=created + timedelta(seconds=self.ttl_s),
         ).insert()
-        return token
+        return token, family_id
 
-    async def rotate(self, token: str) -> tuple[PydanticObjectId, str]:
-        """Consume ``token`` and return (user id, successor). Exactly one concurrent caller wins."""
+    async def rotate(self, token: str) -> tuple[PydanticObjectId, str, str]:
+        """Consume ``token`` and return (user id, successor, its family, i.e. the sign-in).
+        Exactly one concurrent caller wins."""
         digest = token_hash(token)
         collection = RefreshToken.get_pymongo_collection()
         claimed = await collection.find_one_and_update(
@@ -126,17 +149,20 @@ class RefreshTokens:
                 )
             raise Unauthenticated("the refresh token is invalid", ErrorCode.INVALID_TOKEN)
         user_id = PydanticObjectId(claimed["user_id"])
-        return user_id, await self.issue(user_id, claimed["family_id"])
+        family: str = claimed["family_id"]
+        successor, _ = await self.issue(user_id, family)
+        return user_id, successor, family
 
     async def revoke_family(self, family_id: str) -> None:
         await RefreshToken.get_pymongo_collection().update_many(
             {"family_id": family_id}, {"$set": {"revoked": True}}
         )
 
-    async def logout(self, token: str, user_id: PydanticObjectId) -> None:
+    async def family_of(self, token: str, user_id: PydanticObjectId) -> str:
+        """The sign-in ``token`` belongs to (404 unless it is this user's)."""
         found = await RefreshToken.find_one(
             RefreshToken.token_hash == token_hash(token), RefreshToken.user_id == user_id
         )
         if found is None:
             raise NotFound("no such refresh token for this user", ErrorCode.NOT_FOUND)
-        await self.revoke_family(found.family_id)
+        return found.family_id

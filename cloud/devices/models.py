@@ -63,9 +63,9 @@ class AccessChange(Document):
     "Revocation").
     """
 
-    device_id: PydanticObjectId
+    device_id: PydanticObjectId | None = None  # None: sign-ins ended (cloud.auth.signins)
     grants: list[str]
-    reason: Literal["access_revoked", "device_removed"]
+    reason: Literal["access_revoked", "device_removed", "signed_out"]
     at: datetime
 
     class Settings:

@@ -26,6 +26,7 @@ from cloud.devices.access import (
 from cloud.devices.models import Device, Share
 from cloud.devices.sessions import SessionList, SessionQuery, list_sessions
 from cloud.errors import Conflict, Invalid, NotFound
+from cloud.events.models import EventSnapshot, EventThread
 from cloud.http import Endpoint, parse_body, reply
 from cloud.media.catalog import delete_device_media, media_store
 from cloud.notify.notifier import notifier
@@ -103,16 +104,24 @@ async def update_device(request: Request) -> Response:
 
 async def delete_device(request: Request) -> Response:
     access = await authorize(user(request), request.path_params["device_id"], Action.CONTROL)
-    device = access.device
+    await remove_device(request, access.device)
+    return reply(None, 204)
+
+
+async def remove_device(request: Request, device: Device) -> None:
+    """Remove a camera and what is kept of it; its connection is closed (it stops)."""
+    assert device.id is not None
     change = await record_change(device, [binding(device)], "device_removed")
     await Share.find(Share.device_id == device.id).delete()
     await device.delete()
     await context(request).signaling.enforce(change)
-    if device.id is not None:  # its clips, recordings, snapshots and uploads go with it
-        await delete_device_media(media_store(request), device.id)
-        await notifier(request).device_removed(device.id)  # its notification preferences
+    # its events, clips, recordings, snapshots and uploads, its notification preferences
+    threads = await EventThread.find(EventThread.device_id == device.id).to_list()
+    await EventSnapshot.find({"event_id": {"$in": [t.id for t in threads]}}).delete()
+    await EventThread.find(EventThread.device_id == device.id).delete()
+    await delete_device_media(media_store(request), device.id)
+    await notifier(request).device_removed(device.id)
     log.info("device %s removed by its owner", device.id)
-    return reply(None, 204)
 
 
 async def share_device(request: Request) -> Response:

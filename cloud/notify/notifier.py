@@ -35,7 +35,13 @@ from cloud.events.models import EventSnapshot, EventThread
 from cloud.http import Endpoint
 from cloud.media.tokens import ContentTokens
 from cloud.notify import preferences
-from cloud.notify.models import Delivery, NotifyCooldown, PushSubscription
+from cloud.notify.models import (
+    Delivery,
+    NotifyCooldown,
+    NotifyPreference,
+    PushSubscription,
+    Webhook,
+)
 from cloud.notify.outbox import Outbox, Outcome, now
 from cloud.notify.push import PushSender, load_vapid, payload_json
 from cloud.notify.webhooks import WebhookSender, webhooks_of
@@ -268,6 +274,13 @@ class Notifier:
                 )
             )
         return await self.outbox.enqueue(deliveries)
+
+    async def user_removed(self, user_id: PydanticObjectId) -> None:
+        """The account is gone: its subscriptions, webhooks, preferences, and what was
+        still to be sent to it (dropped, not sent: nobody may receive it now)."""
+        await Delivery.find(Delivery.user_id == user_id).delete()
+        for model in (PushSubscription, Webhook, NotifyPreference, NotifyCooldown):
+            await model.get_pymongo_collection().delete_many({"user_id": user_id})
 
     async def device_removed(self, device_id: PydanticObjectId) -> None:
         await preferences.forget_device(device_id)

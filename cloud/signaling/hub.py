@@ -31,6 +31,7 @@ from typing import cast, get_args
 from cloud import metrics
 from cloud.signaling.deliveries import (
     BROADCAST,
+    CLOSE_AUTH,
     CLOSE_POLICY,
     CLOSE_REMOVED,
     CLOSE_REPLACED,
@@ -101,9 +102,12 @@ class Hub:
     def connect(
         self, conn: str, role: Role, principal: str, grant: str | None = None
     ) -> list[Delivery]:
-        """A connection authenticated; ``grant`` is a camera's binding."""
+        """A connection authenticated; ``grant`` is what it rests on (a camera's binding, a
+        user's sign-in): revoked, the connection is closed."""
         if grant is not None and self.revocations.any((grant,)):
-            return [Close(conn, CLOSE_REMOVED, "device removed")]
+            if role == "device":
+                return [Close(conn, CLOSE_REMOVED, "device removed")]
+            return [Close(conn, CLOSE_AUTH, "signed out")]
         self.connections[conn] = Connection(
             conn,
             role,
@@ -602,6 +606,9 @@ class Hub:
             out += self._end_viewer_side(side, reason)
         for cam in [s for s in self.camera_sides.values() if gone.intersection(s.grants)]:
             out += self._end_camera_side(cam, reason)
+        for conn, user in self.connections.items():  # opened with an ended sign-in
+            if user.role == "user" and user.grant in gone:
+                out.append(Close(conn, CLOSE_AUTH, "signed out"))
         camera = self.cameras.get(device_id)
         info = None if camera is None else self.connections.get(camera)
         if camera is not None and info is not None and info.grant in gone:

@@ -28,9 +28,11 @@ async def require_user_or_device(request: Request) -> PeerPrincipal:
     ctx = context(request)
     token = bearer_token(request)
     try:
-        return PeerPrincipal(f"user:{ctx.access_tokens.verify(token).user_id}")
+        principal = ctx.access_tokens.verify(token)
     except CloudError:
         pass
+    else:
+        return PeerPrincipal(f"user:{(await ctx.signaling.signins.check(principal)).user_id}")
     try:
         device = await ctx.signaling.assertions.verify(token)
     except CloudError:

@@ -157,7 +157,8 @@ async def stream_user(request: Request) -> StreamUser:
     token = token or query.access_token or ""
     if not token:
         raise Unauthenticated("send 'Authorization: Bearer <access token>' or ?access_token=")
-    principal = context(request).access_tokens.verify(token)
+    ctx = context(request)
+    principal = await ctx.signaling.signins.check(ctx.access_tokens.verify(token))
     expires = float(jwt.decode(token, options={"verify_signature": False})["exp"])
     return StreamUser(principal, expires)
 
@@ -202,7 +203,7 @@ class Stream:
         conn = self.signaling.attach(self.socket, "user", self.user)
         try:
             try:
-                await self.signaling.welcome(conn, "user", self.user, None)
+                await self.signaling.welcome(conn, "user", self.user, self.principal.grant)
             except Unavailable:
                 yield self._message(GoAway(reconnect_after_ms=5000, reason="service_unavailable"))
                 return

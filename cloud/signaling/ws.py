@@ -30,6 +30,7 @@ from starlette.websockets import WebSocketDisconnect
 from cloud import metrics
 from cloud.analysis import assignment
 from cloud.analysis.threads import end_threads_of
+from cloud.auth.signins import SignIns
 from cloud.auth.tokens import AccessTokens, UserPrincipal
 from cloud.devices.access import Action, audience, authorize, binding
 from cloud.devices.models import AccessChange
@@ -125,6 +126,7 @@ class Signaling:
             viewers_per_camera=settings.viewers_per_camera,
         )
         self.hub = Hub(instance, lambda p: ice_servers(settings, p), limits)
+        self.signins = SignIns(lambda grant: self.hub.revocations.any((grant,)))
         self.sockets: dict[str, Socket] = {}
         self.presence = CameraPresence(self.hub.cameras, bus, self._push_presence)
         self._access_read_at = _now()
@@ -412,8 +414,8 @@ class Signaling:
     # WebSocket; cloud.signaling.direct_socket runs it straight from the transport.
 
     async def authenticate(self, role: Role, hello_text: str) -> tuple[str, str | None]:
-        """The principal the first frame proves (a user, device or relay id), and for a
-        camera the binding its connection rests on.
+        """The principal the first frame proves (a user, device or relay id), and the grant
+        its connection rests on: a camera's binding, a user's sign-in.
 
         Raises CloudError or ProtocolError: the connection is then closed (:func:`refusal`)
         and never reaches the hub, so it cannot disturb a camera's live connection.
@@ -422,7 +424,8 @@ class Signaling:
         if not isinstance(hello, Hello):
             raise ProtocolError(ErrorCode.UNAUTHENTICATED, "the first message must be hello")
         if role == "user":
-            return str(self.access_tokens.verify(hello.token).user_id), None
+            principal = await self.signins.check(self.access_tokens.verify(hello.token))
+            return str(principal.user_id), principal.grant
         if role == "device":
             device = await self.assertions.verify(hello.token)
             return str(device.device_id), device.binding
@@ -561,7 +564,7 @@ def _access_envelope(change: AccessChange) -> dict[str, Any]:
     return {
         "kind": "access",
         "id": str(change.id),
-        "device": str(change.device_id),
+        "device": str(change.device_id or ""),
         "grants": change.grants,
         "reason": change.reason,
     }

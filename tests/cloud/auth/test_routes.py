@@ -54,7 +54,7 @@ async def test_bad_bodies_get_the_documented_error_shapes(client: httpx.AsyncCli
     assert r.status_code == 422
     r = await client.get("/api/v1/nowhere")
     assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
-    r = await client.delete("/api/v1/me")
+    r = await client.put("/api/v1/me")
     assert (r.status_code, r.json()["error"]["code"]) == (405, "method_not_allowed")
 
 

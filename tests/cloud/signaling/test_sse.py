@@ -239,7 +239,7 @@ async def test_the_stream_ends_when_its_token_expires(
 ) -> None:
     who = await make_account("brief")
     tokens = AccessTokens(settings.resolved_jwt_secret(), settings.public_url, 2)
-    token = tokens.issue(PydanticObjectId(who.id), who.email)
+    token = tokens.issue(PydanticObjectId(who.id), who.email, who.sid)
     started = time.monotonic()
     async with stream(base, token) as events:
         assert (await events.next())["event"] == "welcome"
