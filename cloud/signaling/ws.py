@@ -29,7 +29,9 @@ from starlette.websockets import WebSocketDisconnect
 
 from cloud import metrics
 from cloud.analysis import assignment
+from cloud.analysis.orders import RelayOrders
 from cloud.analysis.threads import end_threads_of
+from cloud.auth.hello import HelloAuth
 from cloud.auth.signins import SignIns
 from cloud.auth.tokens import AccessTokens, UserPrincipal
 from cloud.devices.access import Action, audience, authorize, binding
@@ -65,9 +67,7 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (
     DevicePresence,
     EventPush,
-    Hello,
     Message,
-    RelayAssign,
     RelayLoad,
     SessionRequest,
     Status,
@@ -84,7 +84,6 @@ SEND_TIMEOUT_S = 5.0
 TICK_S = 1.0
 SWEEP_S = 2.0
 ACCESS_POLL_S = 0.5
-NOTHING_ASSIGNED = RelayAssign(cameras=[])
 ASSIGN_S = 1.0  # analysis assignment (cloud.analysis), sooner when a camera reports motion
 # How far before the last read access changes are read again: covers the clocks of
 # instances that differ and a record that became visible after a read had begun.
@@ -127,13 +126,14 @@ class Signaling:
         )
         self.hub = Hub(instance, lambda p: ice_servers(settings, p), limits)
         self.signins = SignIns(lambda grant: self.hub.revocations.any((grant,)))
+        self.hellos = HelloAuth(access_tokens, self.signins, self.assertions, settings.relay_secret)
         self.sockets: dict[str, Socket] = {}
         self.presence = CameraPresence(self.hub.cameras, bus, self._push_presence)
         self._access_read_at = _now()
         self._tasks: list[asyncio.Task[None]] = []
         self._assign_soon = asyncio.Event()
         self._unwelcomed: dict[str, list[Message | dict[str, Any]]] = {}  # see welcome()
-        self._assigned: dict[str, RelayAssign] = {}  # sent to each relay connection
+        self.orders = RelayOrders()  # the relay.assign each relay connection was sent
         # Presence lives presence_ttl_s unless refreshed (every quarter of it); clients are
         # asked to send an application ping every heartbeat_s.
         self.presence_ttl_s = float(settings.presence_ttl_s)
@@ -214,23 +214,8 @@ class Signaling:
 
     async def _assign(self) -> None:
         """Assign armed cameras to relay nodes, and tell the nodes connected here theirs."""
-        await assignment.assign()
         relays = {c.id: c.principal for c in self.hub.connections.values() if c.role == "relay"}
-        cameras = await assignment.cameras_of(set(relays.values()))
-        uploads = await assignment.uploads_of(set(relays.values()))
-        for conn in set(self._assigned) - set(relays):
-            del self._assigned[conn]
-        for conn, relay_id in relays.items():
-            theirs = RelayAssign(cameras=cameras.get(relay_id, []), uploads=uploads[relay_id])
-            if self._assigned.get(conn, NOTHING_ASSIGNED) != theirs:  # a new one has none
-                self._assigned[conn] = theirs
-                log.info(
-                    "relay %s: %d cameras, %d uploads",
-                    relay_id,
-                    len(theirs.cameras),
-                    len(theirs.uploads),
-                )
-                await self._send(conn, theirs)
+        await self.orders.step(relays, self._send)
 
     async def _refresh(self) -> None:
         """This instance is alive: keep the presence of its cameras from expiring.
@@ -414,25 +399,8 @@ class Signaling:
     # WebSocket; cloud.signaling.direct_socket runs it straight from the transport.
 
     async def authenticate(self, role: Role, hello_text: str) -> tuple[str, str | None]:
-        """The principal the first frame proves (a user, device or relay id), and the grant
-        its connection rests on: a camera's binding, a user's sign-in.
-
-        Raises CloudError or ProtocolError: the connection is then closed (:func:`refusal`)
-        and never reaches the hub, so it cannot disturb a camera's live connection.
-        """
-        hello = decode(hello_text)
-        if not isinstance(hello, Hello):
-            raise ProtocolError(ErrorCode.UNAUTHENTICATED, "the first message must be hello")
-        if role == "user":
-            principal = await self.signins.check(self.access_tokens.verify(hello.token))
-            return str(principal.user_id), principal.grant
-        if role == "device":
-            device = await self.assertions.verify(hello.token)
-            return str(device.device_id), device.binding
-        relay_id = registry.check_credential(hello.token, self.settings.relay_secret)
-        if relay_id is None:
-            raise ProtocolError(ErrorCode.UNAUTHENTICATED, "bad relay credential")
-        return relay_id, None
+        """See :meth:`cloud.auth.hello.HelloAuth.authenticate`."""
+        return await self.hellos.authenticate(role, hello_text)
 
     def attach(self, socket: Socket, role: Role, principal: str) -> str:
         """Give an authenticated socket its connection id; :meth:`detach` must follow."""
