@@ -1,14 +1,18 @@
 """Detection costs: motion per frame, YOLO per frame, and detection lag with 4 cameras.
 
-    .venv/bin/python bench/detect.py [--seconds 30] [--fps 5] [--rate 8] [--imgsz 320]
+    .venv/bin/python bench/detect.py [--seconds 30] [--fps 5] [--rate 8] [--imgsz 320] [--frames 40]
                                      [--only motion|yolo|cameras|signaling]
 
 1. Motion: ``MotionDetector`` (320x240 gray) on 300 pre-drawn 640x480 SyntheticVideo frames
    (half of them with the intruder walking), ms per frame including the BGR->gray
    conversion and the downscale, for MOG2 and frame differencing.
-2. YOLO: ``UltralyticsDetector`` with ultralytics' yolo11n at random weights (offline; the
-   cost does not depend on the weights), 25 frames back to back at 320 and at 640 px,
-   inference ms as measured in the worker, and the event loop's lag meanwhile.
+2. YOLO on both runtimes, side by side: the same model (scripts/yolo_models.py's
+   yolo11n-random, made by scripts/install-yolo: yolo11n with seeded random weights, offline)
+   as ``.pt`` on ultralytics/PyTorch (``UltralyticsDetector``) and as its ONNX export on ONNX
+   Runtime (``OnnxDetector``), one thread per worker, the same ``--frames`` 640x480 frames
+   back to back at 320 and at 640 px (conf 0.25): latency per frame as measured in the worker
+   (pre-processing, inference, NMS), this process's CPU per frame, boxes found, and the event
+   loop's lag meanwhile. Rounds alternate the runtimes so that both see the same machine.
 3. Four cameras: four SyntheticVideo sources with overlapping motion episodes, each
    analysed at ``--fps`` (out of step) on one event loop: motion on the loop, then, when it moves, a
    detection if the shared ``DetectionBudget`` (``--rate``/s) grants one and the one
@@ -59,9 +63,10 @@ sys.path.insert(0, str(ROOT))
 from device_sim.media import Picture, SyntheticVideo  # noqa: E402
 from device_sim.state import CameraState  # noqa: E402
 from relay.budget import DetectionBudget  # noqa: E402
-from relay.detector import UltralyticsDetector  # noqa: E402
+from relay.detector import UltralyticsDetector, WorkerDetector  # noqa: E402
 from relay.events import EventThreads  # noqa: E402
 from relay.motion import MotionConfig, MotionDetector  # noqa: E402
+from relay.onnx_detector import OnnxDetector  # noqa: E402
 
 # The latency harness of bench/signaling.py and the test servers, imported by name so that
 # mypy (strict) checks this file without following into those, which are not strictly typed.
@@ -69,6 +74,8 @@ signaling: Any = importlib.import_module("bench.signaling")
 servers: Any = importlib.import_module("tests.servers")
 
 MODEL = "yolo11n.yaml"
+MODELS = Path(sys.prefix) / "models"  # scripts/install-yolo makes them
+PT, ONNX = MODELS / "yolo11n-random.pt", MODELS / "yolo11n-random.onnx"
 EPISODES = [[(2, 10), (16, 8)], [(5, 8), (18, 9)], [(8, 12)], [(3, 5), (12, 14)]]
 
 
@@ -137,18 +144,42 @@ def bench_motion() -> None:
         )
 
 
-async def bench_yolo(config_dir: str) -> None:
-    frame = SyntheticVideo(motion=[(0.0, 60.0)]).picture(10)
+async def bench_yolo(config_dir: str, frames_n: int, rounds: int = 4) -> None:
+    if not (PT.is_file() and ONNX.is_file()):
+        sys.exit(f"no {PT} / {ONNX}: run scripts/install-yolo {sys.prefix}")
+    video = SyntheticVideo(motion=[(0.0, 60.0)])
+    frames = [video.picture(i) for i in range(0, 4 * frames_n, 4)]  # the intruder walking
+    per_round = max(1, frames_n // rounds)
     for imgsz in (320, 640):
-        detector = UltralyticsDetector(MODEL, imgsz=imgsz, config_dir=config_dir)
-        await detector.start()
-        with LagProbe() as probe:
-            for _ in range(25):
-                await detector.detect(frame)
-        await detector.close()
+        detectors: dict[str, WorkerDetector] = {
+            "PyTorch": UltralyticsDetector(str(PT), imgsz=imgsz, config_dir=config_dir),
+            "ONNX Runtime": OnnxDetector(str(ONNX), imgsz=imgsz),
+        }
+        cpu = dict.fromkeys(detectors, 0.0)
+        boxes = dict.fromkeys(detectors, 0)
+        lags: dict[str, list[float]] = {name: [] for name in detectors}
+        for detector in detectors.values():
+            await detector.start()
+        for k in range(0, len(frames), per_round):
+            for name, detector in detectors.items():
+                cpu0 = time.process_time()
+                with LagProbe() as probe:
+                    for frame in frames[k : k + per_round]:
+                        boxes[name] += len(await detector.detect(frame))
+                cpu[name] += time.process_time() - cpu0
+                lags[name] += probe.lags
+        for name, detector in detectors.items():
+            await detector.close()
+            print(
+                f"  yolo11n {imgsz} px {name:<12}: {summary(detector.latencies_ms())};  "
+                f"CPU {1000 * cpu[name] / len(frames):5.1f} ms/frame;  "
+                f"{boxes[name] / len(frames):5.1f} boxes/frame;  "
+                f"loop lag p95 {pct(lags[name], 95):.1f} ms"
+            )
+        p50 = {name: pct(d.latencies_ms(), 50) for name, d in detectors.items()}
         print(
-            f"  yolo11n {imgsz} px: inference {summary(detector.latencies_ms())};  "
-            f"loop lag p95 {pct(probe.lags, 95):.1f} max {max(probe.lags):.1f} ms"
+            f"  yolo11n {imgsz} px: ONNX Runtime p50 / PyTorch p50 = "
+            f"{p50['ONNX Runtime'] / p50['PyTorch']:.2f}"
         )
 
 
@@ -700,6 +731,7 @@ async def main() -> None:
     parser.add_argument("--fps", type=float, default=5.0, help="analysed frames/s per camera")
     parser.add_argument("--rate", type=float, default=8.0, help="detection budget, frames/s")
     parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument("--frames", type=int, default=40, help="2. frames per runtime and size")
     parser.add_argument("--executors", default="thread,process")
     parser.add_argument("--only", choices=["motion", "yolo", "cameras", "signaling"])
     group = parser.add_argument_group("4. signaling latency with detection on/off")
@@ -736,13 +768,14 @@ async def main() -> None:
         f"bench/detect.py  {datetime.date.today()}  {os.cpu_count()} x "
         f"{models[0] if models else platform.processor()}  Python {platform.python_version()}"
         f"  torch {version('torch')}  ultralytics {version('ultralytics')}"
+        f"  onnxruntime {version('onnxruntime')}"
         "  (1 torch thread per worker)"
     )
     with tempfile.TemporaryDirectory() as config_dir:
         if args.only in (None, "motion"):
             bench_motion()
         if args.only in (None, "yolo"):
-            await bench_yolo(config_dir)
+            await bench_yolo(config_dir, args.frames)
         for executor in args.executors.split(",") if args.only in (None, "cameras") else ():
             if executor not in ("thread", "process"):
                 parser.error("executors: thread and/or process")
