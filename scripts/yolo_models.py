@@ -13,8 +13,8 @@ Into DIR (default: ``models`` in the running venv, i.e. ``.venv/models``):
 - ``yolo11n-random.onnx``: the same weights exported by ultralytics (dynamic input size,
   simplified), for relay/onnx_detector.py.
 
-``--export``: also export these ``.pt`` files (trained models, e.g. yolo11n.pt) to ONNX next
-to them, the same way. Exporting needs torch, ultralytics, onnx and onnxslim; running the
+``--export``: instead, export these ``.pt`` files (trained models, e.g. yolo11n.pt) to ONNX
+next to them, the same way. Exporting needs torch, ultralytics, onnx and onnxslim; running the
 ``.onnx`` needs onnxruntime only. Idempotent: existing files are kept.
 """
 
@@ -92,7 +92,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as config_dir:
         os.environ.setdefault("YOLO_CONFIG_DIR", config_dir)
-        for pt in [make_random(args.out), *args.export]:
+        for pt in args.export or [make_random(args.out)]:
             export_onnx(pt)
 
 
