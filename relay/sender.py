@@ -19,6 +19,11 @@ extensions packed from scratch (``HeaderExtensionsMap.set``, ``pack_header_exten
   extensions as negotiated) and, per packet, patches only the marker bit and the sequence
   number into it; abs-send-time is the frame's (its packets leave back to back, microseconds
   apart, within one 5 ms packet group of the receiver's estimator);
+- sends each frame's packets without a coroutine each: the DTLS transport's SRTP ``protect``
+  and the nominated ICE pair's datagram ``sendto`` resolved once per frame, which is what
+  ``RTCDtlsTransport._send_rtp`` -> ``Connection.send`` -> ``StunProtocol.send_data`` do per
+  packet (the transport's sent counters kept too); any other pair, or a transport not
+  connected, goes aiortc's way;
 - keeps the sender's retransmission history as the unencrypted packet bytes, and answers a
   NACK from it with aiortc's own RTX wrapping (``wrap_rtx``) as aiortc would;
 - keeps the sender report's counters (packets, octets, the NTP/RTP timestamp pair) current
@@ -30,7 +35,9 @@ under it): the sender's ``_run_rtp`` and ``_retransmit`` (replaced on the instan
 ``send()`` starts them), the name-mangled ``__rtp_started``/``__rtp_exited`` events that
 ``stop()`` waits on, ``__mid``, ``__rtp_header_extensions_map``, ``__rtx_payload_type`` and the
 report counters ``__ntp_timestamp``, ``__rtp_timestamp``, ``__octet_count``,
-``__packet_count``; the DTLS transport's ``_send_rtp`` (SRTP then ICE, as aiortc sends);
+``__packet_count``; the DTLS transport's ``_send_rtp``, ``_state``, ``_tx_srtp`` and its
+``__tx_bytes``/``__tx_packets``; its ICE transport's aioice ``Connection._nominated`` (whose
+pairs' ``StunProtocol.transport.sendto`` is the datagram send, as aioice 0.13.0 does it);
 ``aiortc.rtcrtpsender.RTP_HISTORY_SIZE`` (read once per frame, as aiortc reads it per packet, so
 :mod:`peer.retransmission` still governs it).
 """
@@ -42,12 +49,14 @@ from collections.abc import Callable
 from struct import pack
 from typing import Any
 
+import aioice.ice
 import aiortc.rtcrtpsender
 from aiortc import RTCRtpSender, clock
 from aiortc.codecs import get_encoder
 from aiortc.codecs.base import Encoder
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcdtlstransport import State
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket, wrap_rtx
 from aiortc.utils import random32
@@ -73,6 +82,8 @@ _SENDER_PRIVATE = (  # set by RTCRtpSender.__init__ (aiortc 1.16.0)
     "packet_count",
 )
 _SENDER_METHODS = ("_run_rtp", "_retransmit")
+_DTLS = "_RTCDtlsTransport__"
+_DTLS_PRIVATE = ("_tx_srtp", "_state", _DTLS + "tx_bytes", _DTLS + "tx_packets")
 _INSTALLED = "_visionconnect_fast_send"
 
 _shared: dict[int, tuple["Packet[Any]", list[bytes], int]] = {}
@@ -86,8 +97,15 @@ def check(sender: RTCRtpSender) -> None:
     for name in ("rtp_started", "rtp_exited"):
         if not isinstance(getattr(sender, _SENDER + name, None), asyncio.Event):
             missing.append(f"{_SENDER}{name} (an asyncio.Event)")
-    if not callable(getattr(sender.transport, "_send_rtp", None)):
+    dtls = sender.transport
+    if not callable(getattr(dtls, "_send_rtp", None)):
         missing.append("RTCDtlsTransport._send_rtp")
+    missing += [f"RTCDtlsTransport.{name}" for name in _DTLS_PRIVATE if not hasattr(dtls, name)]
+    connection = getattr(dtls.transport, "_connection", None)
+    if not isinstance(getattr(connection, "_nominated", None), dict):
+        missing.append("RTCIceTransport._connection._nominated (aioice, a dict)")
+    if not callable(getattr(aioice.ice.StunProtocol, "send_data", None)):
+        missing.append("aioice.ice.StunProtocol.send_data")
     if type(getattr(aiortc.rtcrtpsender, "RTP_HISTORY_SIZE", None)) is not int:
         missing.append("aiortc.rtcrtpsender.RTP_HISTORY_SIZE (an int)")
     if not callable(getattr(H264Encoder, "pack", None)):
@@ -136,14 +154,16 @@ def shared_payloads(packet: "Packet[Any]") -> tuple[list[bytes], int]:
 class FastSend:
     """One viewer sender's send loop and retransmission history (see the module docstring).
 
-    :attr:`packets` and :attr:`frames` count what it sent, :attr:`retransmissions` the NACKed
-    packets it sent again.
+    :attr:`packets` and :attr:`frames` count what it sent (:attr:`direct_frames` the frames
+    sent straight to the ICE pair's socket, see :meth:`_udp`), :attr:`retransmissions` the
+    NACKed packets it sent again.
     """
 
     def __init__(self, sender: RTCRtpSender) -> None:
         self.sender = sender
         self.frames = 0
         self.packets = 0
+        self.direct_frames = 0
         self.retransmissions = 0
         self._history: dict[int, tuple[int, bytes]] = {}
         self._rtx_sequence_number = random.getrandbits(15)
@@ -191,17 +211,33 @@ class FastSend:
                 header = template.serialize(extensions_map)
                 first, second, rest = header[0], header[1], header[4:]
                 last = len(payloads) - 1
-                send_rtp: Callable[[bytes], Any] = sender.transport._send_rtp
                 history = self._history
                 size = retransmission.history_packets()
                 octets = 0
-                for i, payload in enumerate(payloads):
-                    marked = second | 0x80 if i == last else second
-                    packet = pack("!BBH", first, marked, sequence_number) + rest + payload
-                    history[sequence_number % size] = (sequence_number, packet)
-                    await send_rtp(packet)
-                    octets += len(payload)
-                    sequence_number = (sequence_number + 1) & 0xFFFF
+                udp = self._udp()
+                if udp is not None:  # the frame's packets leave without a coroutine each
+                    protect, sendto, address = udp
+                    sent = 0
+                    for i, payload in enumerate(payloads):
+                        marked = second | 0x80 if i == last else second
+                        packet = pack("!BBH", first, marked, sequence_number) + rest + payload
+                        history[sequence_number % size] = (sequence_number, packet)
+                        protected = protect(packet)
+                        sendto(protected, address)
+                        sent += len(protected)
+                        octets += len(payload)
+                        sequence_number = (sequence_number + 1) & 0xFFFF
+                    self._count_transport(sent, len(payloads))
+                    self.direct_frames += 1
+                else:  # as aiortc sends (checks, SRTP, ICE), a packet at a time
+                    send_rtp: Callable[[bytes], Any] = sender.transport._send_rtp
+                    for i, payload in enumerate(payloads):
+                        marked = second | 0x80 if i == last else second
+                        packet = pack("!BBH", first, marked, sequence_number) + rest + payload
+                        history[sequence_number % size] = (sequence_number, packet)
+                        await send_rtp(packet)
+                        octets += len(payload)
+                        sequence_number = (sequence_number + 1) & 0xFFFF
                 self.frames += 1
                 self.packets += len(payloads)
                 self._set_private("ntp_timestamp", ntp)
@@ -236,6 +272,32 @@ class FastSend:
             self._rtx_sequence_number = (self._rtx_sequence_number + 1) & 0xFFFF
         self.retransmissions += 1
         await self.sender.transport._send_rtp(packet.serialize(extensions_map))
+
+    def _udp(
+        self,
+    ) -> tuple[Callable[[bytes], bytes], Callable[[bytes, Any], None], Any] | None:
+        """What ``RTCDtlsTransport._send_rtp`` would do for each packet, resolved once per
+        frame: the transport's SRTP ``protect`` and the nominated ICE pair's datagram
+        ``sendto`` and address (``StunProtocol.send_data``, a coroutine around that call).
+        ``None`` when the transport is not connected or the pair is not a plain
+        ``StunProtocol`` one: then the frame goes aiortc's way, which raises as aiortc does."""
+        dtls = self.sender.transport
+        if dtls._state != State.CONNECTED:
+            return None
+        nominated = getattr(dtls.transport._connection, "_nominated", None)
+        pair = nominated.get(1) if isinstance(nominated, dict) else None
+        if pair is None or type(pair.protocol) is not aioice.ice.StunProtocol:
+            return None
+        udp = pair.protocol.transport
+        if udp is None:
+            return None
+        return dtls._tx_srtp.protect, udp.sendto, pair.remote_addr
+
+    def _count_transport(self, octets: int, packets: int) -> None:
+        """The transport's sent counters (its getStats), as ``_send_rtp`` keeps them."""
+        dtls = self.sender.transport
+        setattr(dtls, _DTLS + "tx_bytes", getattr(dtls, _DTLS + "tx_bytes") + octets)
+        setattr(dtls, _DTLS + "tx_packets", getattr(dtls, _DTLS + "tx_packets") + packets)
 
     def _pack(self, codec: RTCRtpCodecParameters, data: "Packet[Any]") -> tuple[list[bytes], int]:
         if self._vp8 is None:

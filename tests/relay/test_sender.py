@@ -92,9 +92,12 @@ async def test_viewers_decode_through_the_send_loop_and_the_reports_count_what_i
         fast = vars(sender)["_visionconnect_fast_send"]
         assert isinstance(fast, sender_loop.FastSend)
         assert fast.frames >= FPS
+        assert fast.direct_frames == fast.frames  # a host pair: straight to its socket
         stats = [s for s in (await sender.getStats()).values() if s.type == "outbound-rtp"]
         assert stats[0].packetsSent >= fast.packets - 200  # what the loop sent, per frame
         assert stats[0].packetsSent > 0
+        transport = [s for s in (await sender.getStats()).values() if s.type == "transport"]
+        assert transport[0].packetsSent >= stats[0].packetsSent  # the transport counts them too
 
 
 async def test_a_packet_lost_on_the_way_to_a_viewer_is_sent_again_and_the_picture_goes_on(
