@@ -7,6 +7,14 @@ SecantusDB's code (GPL-2.0-only) is never imported into the cloud's process: the
 the MongoDB wire protocol only. ``make run`` starts that process itself and sets ``MONGODB_URL``.
 TTL indexes only tidy up: SecantusDB sweeps them once a minute and MongoDB every 60 s too,
 so every query that must not see expired data checks the expiry itself.
+
+A database that is away (stopped, paused, unreachable) must fail a request within a few
+seconds rather than hang it (docs/protocol.md: 503 with ``Retry-After``, cloud/http.py):
+server selection, connecting and every socket read are bounded (``*_TIMEOUT_MS``), and the
+driver does not retry a read or write on its own, since a retry after a socket timeout
+doubles the wait; the callers retry instead (apps on 503, relay nodes with idempotency keys,
+the periodic tasks at their next period); :func:`cloud.errors.database_unavailable` tells
+an outage from a bug.
 """
 
 import asyncio
@@ -28,6 +36,10 @@ from cloud.signaling.models import SessionRecord
 from cloud.throttle import ThrottleCounter
 
 log = logging.getLogger(__name__)
+
+SERVER_SELECTION_TIMEOUT_MS = 3000  # no server answers its heartbeat: fail after this
+CONNECT_TIMEOUT_MS = 3000  # a new connection (and the monitor's heartbeat)
+SOCKET_TIMEOUT_MS = 5000  # one reply: a paused server fails the operation after this
 
 DOCUMENTS: list[type[Document]] = [
     User,
@@ -57,7 +69,14 @@ class Database:
         if url is None:
             url = await asyncio.to_thread(self._start_embedded)
         self.client = AsyncMongoClient(
-            url, tz_aware=True, serverSelectionTimeoutMS=5000, appname="visionconnect-cloud"
+            url,
+            tz_aware=True,
+            serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
+            connectTimeoutMS=CONNECT_TIMEOUT_MS,
+            socketTimeoutMS=SOCKET_TIMEOUT_MS,
+            retryReads=False,
+            retryWrites=False,
+            appname="visionconnect-cloud",
         )
         await init_beanie(
             database=self.client[self._settings.database_name], document_models=DOCUMENTS

@@ -12,9 +12,15 @@ CloudError                    status  body code (docs/protocol.md error body)
 ├── Invalid                   422     invalid_request | weak_password
 ├── Throttled                 429     rate_limited (+ Retry-After)
 └── Unavailable               503     service_unavailable (+ Retry-After)
+
+A database that is away is :func:`database_unavailable`: 503 too, never 500.
 """
 
+import contextlib
+from collections.abc import Iterator
 from typing import ClassVar
+
+from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError, WTimeoutError
 
 from protocol.errors import ErrorCode
 
@@ -100,3 +106,38 @@ class Throttled(_RetryLater):
 class Unavailable(_RetryLater):
     status = 503
     default_code = ErrorCode.UNAVAILABLE
+
+
+DATABASE_RETRY_AFTER_S = 3
+
+
+def database_unavailable(exc: BaseException) -> Unavailable | None:
+    """The 503 for a database error that means the database is away or too slow now
+    (network errors, timeouts, retryable errors: try again later); None for one that is a
+    mistake of the query (a duplicate key, a bad update), which stays a 500."""
+    transient = isinstance(exc, ConnectionFailure | ExecutionTimeout | WTimeoutError) or (
+        isinstance(exc, PyMongoError)
+        and (
+            exc.timeout
+            or any(
+                exc.has_error_label(label)
+                for label in ("RetryableWriteError", "TransientTransactionError", "NetworkError")
+            )
+        )
+    )
+    if not transient:
+        return None
+    return Unavailable("the database is unavailable; try again shortly", DATABASE_RETRY_AFTER_S)
+
+
+@contextlib.contextmanager
+def outage_unavailable() -> Iterator[None]:
+    """Raise a database outage inside the block as :class:`Unavailable` (where no HTTP
+    exception handler maps it: the signaling edge closes a hello then with 1013)."""
+    try:
+        yield
+    except PyMongoError as exc:
+        down = database_unavailable(exc)
+        if down is None:
+            raise
+        raise down from exc

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from pymongo.errors import ConnectionFailure, ServerSelectionTimeoutError
+from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,7 +23,14 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloud import metrics
-from cloud.errors import CloudError, Invalid, Malformed, TooLarge, Unavailable, UnsupportedMediaType
+from cloud.errors import (
+    CloudError,
+    Invalid,
+    Malformed,
+    TooLarge,
+    UnsupportedMediaType,
+    database_unavailable,
+)
 from cloud.logs import describe, new_request_id, principal_var, request_id_var, set_principal
 from protocol.api import ErrorBody, ErrorDetail
 from protocol.errors import ErrorCode
@@ -164,17 +171,28 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, message, dict(exc.headers or {}))
 
 
-async def handle_database_down(request: Request, exc: Exception) -> Response:
-    log.error("database unavailable: %s", type(exc).__name__)
-    down = Unavailable("the database is unavailable; try again shortly", retry_after_s=5)
+async def handle_database_error(request: Request, exc: Exception) -> Response:
+    """A database that is away (unreachable, paused, timing out): 503 with ``Retry-After``,
+    never 500. Any other database error is a bug: raised on, to be logged as one (500)."""
+    down = database_unavailable(exc)
+    if down is None:
+        raise exc
+    log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
     return error_response(down.status, down.code, down.message, down.headers)
+
+
+def _database_down_in(exc: BaseException) -> CloudError | None:
+    """The 503 for an outage raised past the handlers (e.g. inside an exception group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        found = [_database_down_in(e) for e in exc.exceptions]
+        return next((d for d in found if d is not None), None)
+    return database_unavailable(exc)
 
 
 EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
     CloudError: handle_cloud_error,
     HTTPException: handle_http_exception,
-    ServerSelectionTimeoutError: handle_database_down,
-    ConnectionFailure: handle_database_down,
+    PyMongoError: handle_database_error,
 }
 
 
@@ -218,13 +236,22 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_headers)
-        except Exception:
+        except Exception as exc:
             # Handled here rather than by Starlette's outer ServerErrorMiddleware so that the
             # log line keeps the request id and the client still gets the error body.
-            log.exception("unhandled error on %s %s", scope["method"], path)
+            down = _database_down_in(exc)
+            if down is not None:
+                log.warning("database unavailable on %s %s: %r", scope["method"], path, exc)
+            else:
+                log.exception("unhandled error on %s %s", scope["method"], path)
             if status_sent:
                 raise
-            response = error_response(500, ErrorCode.INTERNAL, "internal error; it has been logged")
+            if down is not None:
+                response = error_response(down.status, down.code, down.message, down.headers)
+            else:
+                response = error_response(
+                    500, ErrorCode.INTERNAL, "internal error; it has been logged"
+                )
             await response(scope, receive, send_with_headers)
         finally:
             elapsed = time.perf_counter() - started

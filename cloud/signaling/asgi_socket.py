@@ -12,7 +12,7 @@ import logging
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from cloud.errors import CloudError, Unavailable
+from cloud.errors import CloudError, Unavailable, outage_unavailable
 from cloud.signaling.deliveries import Role
 from cloud.signaling.ws import HELLO_TIMEOUT_S, SEND_TIMEOUT_S, Signaling, refusal
 from protocol.errors import ProtocolError
@@ -51,7 +51,8 @@ async def serve(signaling: Signaling, socket: WebSocket, role: Role) -> None:
         return
     try:
         text = await asyncio.wait_for(socket.receive_text(), HELLO_TIMEOUT_S)
-        principal, grant = await signaling.authenticate(role, text)
+        with outage_unavailable():  # the database away: 1013, try again later
+            principal, grant = await signaling.authenticate(role, text)
     except (TimeoutError, CloudError, ProtocolError, WebSocketDisconnect) as exc:
         log.info("%s connection refused: %s", role, getattr(exc, "message", type(exc).__name__))
         if socket.application_state == WebSocketState.CONNECTED:
@@ -60,7 +61,8 @@ async def serve(signaling: Signaling, socket: WebSocket, role: Role) -> None:
     conn = signaling.attach(AsgiSocket(socket), role, principal)
     try:
         try:
-            await signaling.welcome(conn, role, principal, grant)
+            with outage_unavailable():
+                await signaling.welcome(conn, role, principal, grant)
         except Unavailable as exc:
             log.info("%s connection %s refused: %s", role, conn, exc.message)
             await socket.close(*refusal(exc))
@@ -69,6 +71,10 @@ async def serve(signaling: Signaling, socket: WebSocket, role: Role) -> None:
             frame = await socket.receive()
             if frame["type"] == "websocket.disconnect":
                 return
-            await signaling.frame(conn, role, principal, frame.get("text"))
+            try:
+                with outage_unavailable():
+                    await signaling.frame(conn, role, principal, frame.get("text"))
+            except Unavailable as exc:  # this frame is lost; the connection stays
+                log.warning("%s connection %s: frame dropped: %s", role, conn, exc.message)
     finally:
         await signaling.detach(conn, role, principal)

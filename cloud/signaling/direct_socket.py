@@ -29,7 +29,7 @@ from websockets.http11 import Request
 from websockets.protocol import OPEN, Protocol
 from websockets.server import ServerProtocol
 
-from cloud.errors import CloudError, Unavailable
+from cloud.errors import CloudError, Unavailable, outage_unavailable
 from cloud.signaling.deliveries import CLOSE_AUTH, Role
 from cloud.signaling.ws import HELLO_TIMEOUT_S, Signaling, refusal
 from protocol.errors import ErrorCode, ProtocolError
@@ -259,7 +259,10 @@ class DirectSocket(asyncio.Protocol):
                     elif self._conn is None:
                         await self._hello(signaling, item)
                     else:
-                        await signaling.frame(self._conn, self._role, self._principal, item)
+                        with outage_unavailable():
+                            await signaling.frame(self._conn, self._role, self._principal, item)
+                except Unavailable as exc:  # the database is away: this frame is lost
+                    log.warning("%s connection %s: frame dropped: %s", self._role, self._conn, exc)
                 except Exception:  # the next item (LOST at the latest) must still be handled
                     log.exception("%s connection %s failed", self._role, self._conn)
                     self.close_now(1011, "internal error")
@@ -275,7 +278,8 @@ class DirectSocket(asyncio.Protocol):
         try:
             if text is None:
                 raise ProtocolError(ErrorCode.UNAUTHENTICATED, "the first message must be hello")
-            principal, grant = await signaling.authenticate(self._role, text)
+            with outage_unavailable():  # the database away: 1013, try again later
+                principal, grant = await signaling.authenticate(self._role, text)
         except (CloudError, ProtocolError) as exc:
             log.info("%s connection refused: %s", self._role, exc.message)
             self.close_now(*refusal(exc))
@@ -286,7 +290,8 @@ class DirectSocket(asyncio.Protocol):
         self._conn = signaling.attach(self, self._role, principal)
         self._arm(self._ping_interval, self._send_ping)
         try:
-            await signaling.welcome(self._conn, self._role, principal, grant)
+            with outage_unavailable():
+                await signaling.welcome(self._conn, self._role, principal, grant)
         except Unavailable as exc:  # the LOST item detaches it
             log.info("%s connection %s refused: %s", self._role, self._conn, exc.message)
             self.close_now(*refusal(exc))
