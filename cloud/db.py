@@ -27,7 +27,7 @@ from pymongo import AsyncMongoClient
 
 from cloud.auth.models import RefreshToken, User
 from cloud.devices.models import AccessChange, Device, Share
-from cloud.events.models import EventSnapshot, EventThread
+from cloud.events.models import EventReceipt, EventSnapshot, EventThread
 from cloud.localdb import LocalDatabase
 from cloud.onboarding.models import OnboardingTicket
 from cloud.relays.models import RelayNode
@@ -53,6 +53,7 @@ DOCUMENTS: list[type[Document]] = [
     RelayNode,
     EventThread,
     EventSnapshot,
+    EventReceipt,
 ]
 
 

@@ -5,7 +5,7 @@ TTL index tidies up; queries also check ``expires_at`` (docs/design.md: never re
 """
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from beanie import Document, Indexed, PydanticObjectId
 from pymongo import ASCENDING, DESCENDING, IndexModel
@@ -49,6 +49,23 @@ class EventSnapshot(Document):
 
     class Settings:
         name = "event_snapshots"
+        indexes = [IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0)]
+
+
+class EventReceipt(Document):
+    """A relay node's event report by its ``Idempotency-Key`` (``_id``: relay id and key):
+    ``applying`` while a request applies it (until ``lease_until``: a request that died
+    meanwhile leaves it to the next try), then ``done`` with the answer given, which a
+    repeat of the report gets again instead of applying it twice. Kept a day."""
+
+    id: str  # type: ignore[assignment]
+    state: Literal["applying", "done"]
+    lease_until: datetime
+    response: str | None = None
+    expires_at: datetime
+
+    class Settings:
+        name = "event_receipts"
         indexes = [IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0)]
 
 

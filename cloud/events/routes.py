@@ -6,13 +6,16 @@ devices), and every push goes to the device's audience as the database has it no
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from beanie import PydanticObjectId
 from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError, PyMongoError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -20,9 +23,10 @@ from cloud import metrics
 from cloud.context import context, require_user, user
 from cloud.devices.access import Action, audience, authorize, parse_id, visible_devices
 from cloud.devices.models import Device
-from cloud.errors import Invalid, Malformed, NotFound
-from cloud.events.models import EventSnapshot, EventThread, event_out
+from cloud.errors import Invalid, Malformed, NotFound, Unavailable, database_unavailable
+from cloud.events.models import EventReceipt, EventSnapshot, EventThread, event_out
 from cloud.http import Endpoint, parse_body, parse_query, reply
+from cloud.media.models import Media
 from cloud.notify.notifier import on_event as notify
 from cloud.relays.routes import require_relay
 from protocol.api import EventList, EventQuery
@@ -33,6 +37,9 @@ from protocol.messages import EventPush
 log = logging.getLogger(__name__)
 
 MAX_REPORT_BYTES = 768 * 1024
+IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
+RECEIPT_LEASE_S = 15.0  # longer than a request can take with the database's timeouts
+RECEIPT_KEEP = timedelta(days=1)
 # relays ---------------------------------------------------------------------------------
 
 
@@ -46,14 +53,92 @@ def _jpeg(encoded: str) -> bytes:
     return data
 
 
+async def _claim(receipt_id: str) -> str | None:
+    """Take the report with this key to apply it (None), or the answer it was given (a
+    repeat); 503 while another request applies it."""
+    at = datetime.now(UTC)
+    claim = {"state": "applying", "lease_until": at + timedelta(seconds=RECEIPT_LEASE_S)}
+    receipts = EventReceipt.get_pymongo_collection()
+    try:
+        await receipts.insert_one({"_id": receipt_id, **claim, "expires_at": at + RECEIPT_KEEP})
+        return None
+    except DuplicateKeyError:
+        pass
+    found = await receipts.find_one({"_id": receipt_id})
+    if found is not None and found["state"] == "done":
+        response: str = found["response"]
+        return response
+    # applying: a request that failed half-way (or died) leaves it to this one once its
+    # lease is over; before that it may still be running
+    taken = await receipts.update_one(
+        {"_id": receipt_id, "state": "applying", "lease_until": {"$lte": at}}, {"$set": claim}
+    )
+    if taken.modified_count == 1:
+        return None
+    raise Unavailable("this report is being applied; try again shortly", 1)
+
+
 async def report_event(request: Request) -> Response:
+    """A thread's new state. With an ``Idempotency-Key`` (a relay node's retries carry the
+    same one), a report already applied is answered as it was the first time and changes
+    nothing: no second push, no second notification."""
     ctx = context(request)
     relay_id: str = request.state.principal
+    key = request.headers.get("idempotency-key")
+    if key is not None and not IDEMPOTENCY_KEY.match(key):
+        raise Invalid("Idempotency-Key: 8-128 letters, digits, '_' or '-'")
     body = await parse_body(request, EventReport, max_bytes=MAX_REPORT_BYTES)
     device = await Device.get(parse_id(body.device_id))
     if device is None or device.id is None:
         raise NotFound("no such device", ErrorCode.DEVICE_NOT_FOUND)
     snapshot = _jpeg(body.snapshot_jpeg) if body.snapshot_jpeg else None
+    receipt_id = None if key is None else f"{relay_id}:{key}"
+    if receipt_id is not None and (answered := await _claim(receipt_id)) is not None:
+        log.info("event report %s of device %s: a repeat, answered again", key, device.id)
+        return Response(answered, media_type="application/json")
+    try:
+        out, users = await _apply(
+            ctx.settings.event_retention_days, relay_id, device, body, snapshot
+        )
+        await notify(request, device, out)  # Web Push and webhooks, from the outbox (cloud.notify)
+        if receipt_id is not None:
+            await EventReceipt.get_pymongo_collection().update_one(
+                {"_id": receipt_id},
+                {"$set": {"state": "done", "response": out.model_dump_json()}},
+            )
+    except BaseException as exc:
+        if receipt_id is not None and database_unavailable(exc) is None:
+            with contextlib.suppress(PyMongoError):  # not the database: the next try at once
+                await EventReceipt.get_pymongo_collection().delete_one(
+                    {"_id": receipt_id, "state": "applying"}
+                )
+        raise
+    if body.state == "new":
+        metrics.EVENT_THREADS.labels(body.kind).inc()
+    # After the receipt: a report the database failed half-way is applied again by its
+    # retry, and pushed then; one applied is pushed once.
+    await ctx.signaling.push(users, EventPush(**out.model_dump()))
+    log.info(
+        "event %s %s %s of device %s from relay %s",
+        out.id,
+        body.kind,
+        body.state,
+        device.id,
+        relay_id,
+    )
+    return reply(out)
+
+
+async def _apply(
+    retention_days: int,
+    relay_id: str,
+    device: Device,
+    body: EventReport,
+    snapshot: bytes | None,
+) -> tuple[Event, list[PydanticObjectId]]:
+    """Store the thread's new state (idempotent per device and thread); the thread as apps
+    see it, and who may see it."""
+    assert device.id is not None
     now = datetime.now(UTC)
     fields: dict[str, Any] = {
         "relay_id": relay_id,
@@ -62,7 +147,7 @@ async def report_event(request: Request) -> Response:
         "box": body.box,
         "ended_at": body.ended_at,
         "updated_at": now,
-        "expires_at": now + timedelta(days=ctx.settings.event_retention_days),
+        "expires_at": now + timedelta(days=retention_days),
     }
     if snapshot is not None:
         fields["has_snapshot"] = True
@@ -90,26 +175,24 @@ async def report_event(request: Request) -> Response:
     if doc is None:  # cannot happen with upsert=True
         raise RuntimeError("event upsert returned nothing")
     thread = EventThread.model_validate({**doc, "id": doc["_id"]})
-    if body.state == "new":
-        metrics.EVENT_THREADS.labels(body.kind).inc()
+    if thread.clip_id is None:
+        # The clip's first upload may have come first (both retried after an outage): it
+        # found no thread to name it then, so the thread takes it now.
+        clip = await Media.get_pymongo_collection().find_one(
+            {"device_id": device.id, "kind": "clip", "thread_id": body.thread_id}, {"_id": 1}
+        )
+        if clip is not None:
+            await EventThread.get_pymongo_collection().update_one(
+                {"_id": thread.id}, {"$set": {"clip_id": clip["_id"]}}
+            )
+            thread.clip_id = clip["_id"]
     if snapshot is not None:
         await EventSnapshot.get_pymongo_collection().update_one(
             {"event_id": thread.id},
             {"$set": {"jpeg": snapshot, "expires_at": fields["expires_at"]}},
             upsert=True,
         )
-    out = event_out(thread)
-    await ctx.signaling.push(await audience(device.id), EventPush(**out.model_dump()))
-    await notify(request, device, out)  # Web Push and webhooks, from the outbox (cloud.notify)
-    log.info(
-        "event %s %s %s of device %s from relay %s",
-        out.id,
-        body.kind,
-        body.state,
-        device.id,
-        relay_id,
-    )
-    return reply(out)
+    return event_out(thread), await audience(device.id)
 
 
 # users ----------------------------------------------------------------------------------
@@ -234,7 +317,13 @@ ENDPOINTS = [
         "relays",
         body=EventReport,
         response=Event,
-        errors=(403, 404),
+        errors=(403, 404, 503),
         auth=require_relay,
+        description=(
+            "Send an Idempotency-Key header (8-128 letters, digits, '_' or '-'; the same on "
+            "every retry of one report): a report already applied is answered as the first "
+            "time and changes nothing (no second push or notification). 503 with Retry-After "
+            "while the database is away, or while another request applies the same report."
+        ),
     ),
 ]
