@@ -11,10 +11,10 @@ connection, :class:`Subscribe` to a channel, and the records the edge keeps in t
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from cloud.signaling.envelopes import Envelope
 from protocol.messages import Message, SessionStats
 
 Role = Literal["user", "device", "relay"]
-Envelope = dict[str, Any]
 BROADCAST = "all"
 
 CLOSE_AUTH = 4401

@@ -8,8 +8,9 @@ an envelope on a bus channel, :class:`Close` a connection, :class:`Subscribe` to
 Routing. Each camera is reachable on the channel ``dev.<device id>``, held by the instance
 where its connection lives; each viewer connection on ``conn.<connection id>``. A session
 is known on both sides: :class:`ViewerSide` on the viewer's instance, :class:`CameraSide` on
-the camera's. The two sides talk only through envelopes ``{"kind": ..., "session": ...}``,
-so the behaviour is the same whether both connections are on one instance or not.
+the camera's. The two sides talk only through envelopes (cloud.signaling.envelopes: open,
+accepted, offer, answer, ice, end), so the behaviour is the same whether both connections
+are on one instance or not.
 
 Lifecycle (docs/protocol.md): request -> created -> offer -> answer -> ice ... -> end, and
 each side's ``session.stats`` once it is connected (kept on the record). Access is decided
@@ -26,7 +27,7 @@ a while (:class:`~cloud.signaling.sessions.Revocations`; docs/protocol.md, "Revo
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast, get_args
+from typing import Any, cast, get_args
 
 from cloud import metrics
 from cloud.signaling.deliveries import (
@@ -37,7 +38,6 @@ from cloud.signaling.deliveries import (
     CLOSE_REPLACED,
     Close,
     Delivery,
-    Envelope,
     MotionReport,
     PresenceChanged,
     Publish,
@@ -49,6 +49,22 @@ from cloud.signaling.deliveries import (
     conn_channel,
     device_channel,
     user_channel,
+)
+from cloud.signaling.envelopes import (
+    SESSION_ENVELOPES,
+    Accepted,
+    Access,
+    Answer,
+    End,
+    Envelope,
+    Gone,
+    Ice,
+    Offer,
+    Open,
+    Push,
+    SessionEnvelope,
+    Snapshot,
+    Takeover,
 )
 from cloud.signaling.sessions import (
     Bucket,
@@ -133,7 +149,7 @@ class Hub:
             self.cameras[principal] = conn
             # The camera's earlier connection may live on another instance: it leaves on this.
             out += [
-                Publish(device_channel(principal), {"kind": "takeover", "conn": conn}),
+                Publish(device_channel(principal), Takeover(conn)),
                 Subscribe(device_channel(principal)),
                 PresenceChanged(principal, conn, True),
             ]
@@ -303,15 +319,8 @@ class Hub:
             grants=grants,
         )
         self.viewer_sides[side.id] = side
-        envelope = {
-            "kind": "open",
-            "session": side.id,
-            "viewer": conn,
-            "user": info.principal,
-            "device": request.device_id,
-            "grants": list(grants),
-        }
-        return [Publish(side.target, envelope)]
+        opening = Open(side.id, conn, info.principal, request.device_id, grants)
+        return [Publish(side.target, opening)]
 
     def relay_serves(self, conn: str, device_id: str) -> Grants | None:
         """The camera's binding if relay connection ``conn`` serves a viewer of ``device_id``
@@ -323,7 +332,9 @@ class Hub:
 
     def unrouted(self, publish: Publish) -> list[Delivery]:
         """Nobody holds the channel a publish went to: the peer is gone."""
-        session = str(publish.envelope.get("session", ""))
+        if not isinstance(publish.envelope, SESSION_ENVELOPES):
+            return []
+        session = publish.envelope.session
         viewer = self.viewer_sides.get(session)
         if viewer is not None and publish.channel == viewer.target:
             reason = "relay_failed" if viewer.relay else "device_offline"
@@ -347,16 +358,10 @@ class Hub:
                         info.id, message.id, ErrorCode.INVALID_REQUEST, "wait for session.created"
                     )
                 side.offered_at = now
-                return [
-                    Publish(side.target, {"kind": "offer", "session": side.id, "sdp": message.sdp})
-                ]
+                return [Publish(side.target, Offer(side.id, message.sdp))]
             case SessionIce():
                 candidate = message.candidate.dump() if message.candidate else None
-                return [
-                    Publish(
-                        side.target, {"kind": "ice", "session": side.id, "candidate": candidate}
-                    )
-                ]
+                return [Publish(side.target, Ice(side.id, candidate))]
             case SessionEnd():
                 return self._end_viewer_side(side, "peer_hangup", tell_viewer=False)
             case SessionStats():
@@ -383,20 +388,10 @@ class Hub:
             )
         match message:
             case SessionAnswer():
-                return [
-                    Publish(
-                        side.viewer_channel,
-                        {"kind": "answer", "session": side.id, "sdp": message.sdp},
-                    )
-                ]
+                return [Publish(side.viewer_channel, Answer(side.id, message.sdp))]
             case SessionIce():
                 candidate = message.candidate.dump() if message.candidate else None
-                return [
-                    Publish(
-                        side.viewer_channel,
-                        {"kind": "ice", "session": side.id, "candidate": candidate},
-                    )
-                ]
+                return [Publish(side.viewer_channel, Ice(side.id, candidate))]
             case SessionEnd():
                 reason = "peer_hangup" if message.reason == "user_hangup" else message.reason
                 return self._end_camera_side(side, reason, tell_camera=False)
@@ -427,38 +422,44 @@ class Hub:
     # envelopes from the bus ---------------------------------------------------------------
 
     def deliver(self, channel: str, envelope: Envelope, now: float) -> list[Delivery]:
-        kind = envelope.get("kind")
         if channel == BROADCAST:
-            if kind == "access":
-                grants = _grants(envelope)
-                change, device = str(envelope["id"]), str(envelope["device"])
-                return self.access_changed(change, device, grants, envelope["reason"], now)
-            if kind == "gone":
-                return self.device_gone(str(envelope["device"]))
+            match envelope:
+                case Access():
+                    return self.access_changed(
+                        envelope.id, envelope.device, envelope.grants, envelope.reason, now
+                    )
+                case Gone():
+                    return self.device_gone(envelope.device)
             return []
-        if kind == "snapshot":  # to a camera (its device channel) or a relay node (its conn)
-            return self._snapshot(channel, envelope)
+        match envelope:
+            case Snapshot():  # to a camera (its device channel) or a relay node (its conn)
+                return self._snapshot(channel, envelope)
+            case Push() if channel.startswith("user."):
+                # Pushes (presence, activation, events) are addressed by the edge to the
+                # users the database says may see them; here they fan out to their
+                # connections.
+                conns = self._user_conns(channel.removeprefix("user."))
+                return [Send(c, envelope.message) for c in conns]
+            case Takeover() if channel.startswith("dev."):
+                return self._takeover(channel.removeprefix("dev."), envelope)
+        if not isinstance(envelope, SESSION_ENVELOPES):
+            return []
         if channel.startswith("dev."):
             return self._to_camera(channel.removeprefix("dev."), envelope)
         if channel.startswith("conn."):
             # A connection channel reaches a viewer, or a relay playing the camera's part.
             conn = channel.removeprefix("conn.")
-            served = self.camera_sides.get(str(envelope.get("session", "")))
+            served = self.camera_sides.get(envelope.session)
             if served is not None and served.camera == conn:
                 return self._to_camera_side(served, envelope)
-            if kind == "open":
+            if isinstance(envelope, Open):
                 return self._open_on_relay(conn, envelope)
             return self._to_viewer(envelope, now)
-        if channel.startswith("user.") and kind == "push":
-            # Pushes (presence, activation, events) are addressed by the edge to the users
-            # the database says may see them; here they fan out to that user's connections.
-            message = envelope["message"]
-            return [Send(c, message) for c in self._user_conns(channel.removeprefix("user."))]
         return []
 
-    def _snapshot(self, channel: str, envelope: Envelope) -> list[Delivery]:
+    def _snapshot(self, channel: str, envelope: Snapshot) -> list[Delivery]:
         """Ask the camera, or the relay node watching it, for a JPEG (a snapshot request)."""
-        device_id = str(envelope["device"])
+        device_id = envelope.device
         if channel.startswith("dev."):
             conn = self.cameras.get(device_id)
         else:
@@ -467,91 +468,77 @@ class Hub:
             conn = conn if info is not None and info.role == "relay" else None
         if conn is None:
             return []  # gone meanwhile: the one waiting gives up after its deadline
-        return [Send(conn, SnapshotRequest(id=str(envelope["request"]), device_id=device_id))]
+        return [Send(conn, SnapshotRequest(id=envelope.request, device_id=device_id))]
 
-    def _to_camera(self, device_id: str, envelope: Envelope) -> list[Delivery]:
-        kind, session_id = envelope.get("kind"), str(envelope.get("session", ""))
+    def _takeover(self, device_id: str, envelope: Takeover) -> list[Delivery]:
+        """The camera connected on another instance: its connection here is replaced."""
         camera = self.cameras.get(device_id)
-        if kind == "takeover":
-            if camera is not None and camera != envelope.get("conn"):
-                del self.cameras[device_id]
-                return [
-                    *self._replace_camera(camera, "replaced by a newer connection"),
-                    Subscribe(device_channel(device_id), on=False),
-                ]
-            return []
-        if kind == "open":
-            viewer_channel = conn_channel(str(envelope["viewer"]))
-            grants = _grants(envelope)
+        if camera is not None and camera != envelope.conn:
+            del self.cameras[device_id]
+            return [
+                *self._replace_camera(camera, "replaced by a newer connection"),
+                Subscribe(device_channel(device_id), on=False),
+            ]
+        return []
+
+    def _to_camera(self, device_id: str, envelope: SessionEnvelope) -> list[Delivery]:
+        session_id = envelope.session
+        camera = self.cameras.get(device_id)
+        if isinstance(envelope, Open):
+            viewer_channel = conn_channel(envelope.viewer)
+            grants = envelope.grants
             if camera is None or self.revocations.any(grants):
                 reason = "device_offline" if camera is None else "access_revoked"
-                return [
-                    Publish(
-                        viewer_channel, {"kind": "end", "session": session_id, "reason": reason}
-                    )
-                ]
+                return [Publish(viewer_channel, End(session_id, reason))]
             active = sum(1 for s in self.camera_sides.values() if s.camera == camera)
             if active >= self.limits.viewers_per_camera:
-                return [
-                    Publish(
-                        viewer_channel,
-                        {"kind": "end", "session": session_id, "reason": "resource_exhausted"},
-                    )
-                ]
+                return [Publish(viewer_channel, End(session_id, "resource_exhausted"))]
             self.camera_sides[session_id] = CameraSide(
-                session_id, device_id, camera, viewer_channel, str(envelope["user"]), grants
+                session_id, device_id, camera, viewer_channel, envelope.user, grants
             )
-            return [Publish(viewer_channel, {"kind": "accepted", "session": session_id})]
+            return [Publish(viewer_channel, Accepted(session_id))]
         side = self.camera_sides.get(session_id)
         if side is None:
             return []
         return self._to_camera_side(side, envelope)
 
-    def _open_on_relay(self, relay_conn: str, envelope: Envelope) -> list[Delivery]:
+    def _open_on_relay(self, relay_conn: str, envelope: Open) -> list[Delivery]:
         """A relayed session arrives at the relay chosen for it: the relay plays the camera."""
-        session_id = str(envelope.get("session", ""))
-        viewer_channel = conn_channel(str(envelope["viewer"]))
+        session_id = envelope.session
+        viewer_channel = conn_channel(envelope.viewer)
         info = self.connections.get(relay_conn)
-        grants = _grants(envelope)
-        revoked = self.revocations.any(grants)
+        revoked = self.revocations.any(envelope.grants)
         if revoked or info is None or info.role != "relay":
             reason = "access_revoked" if revoked else "relay_failed"
-            return [
-                Publish(viewer_channel, {"kind": "end", "session": session_id, "reason": reason})
-            ]
-        device_id = str(envelope["device"])
+            return [Publish(viewer_channel, End(session_id, reason))]
+        device_id = envelope.device
         self.camera_sides[session_id] = CameraSide(
-            session_id, device_id, relay_conn, viewer_channel, str(envelope["user"]), grants
+            session_id, device_id, relay_conn, viewer_channel, envelope.user, envelope.grants
         )
         return [
             Send(relay_conn, RelaySession(session_id=session_id, device_id=device_id)),
-            Publish(viewer_channel, {"kind": "accepted", "session": session_id}),
+            Publish(viewer_channel, Accepted(session_id)),
         ]
 
-    def _to_camera_side(self, side: CameraSide, envelope: Envelope) -> list[Delivery]:
-        kind = envelope.get("kind")
-        if kind == "offer":
-            principal = self.connections[side.camera].principal
-            offer = SessionOffer(
-                session_id=side.id,
-                sdp=str(envelope["sdp"]),
-                ice_servers=self.ice_servers(principal),
-            )
-            return [Send(side.camera, offer)]
-        if kind == "ice":
-            return [_ice(side.camera, side.id, envelope)]
-        if kind == "end":
-            return self._end_camera_side(
-                side, envelope.get("reason", "peer_hangup"), tell_peer=False
-            )
+    def _to_camera_side(self, side: CameraSide, envelope: SessionEnvelope) -> list[Delivery]:
+        match envelope:
+            case Offer():
+                principal = self.connections[side.camera].principal
+                offer = SessionOffer(
+                    session_id=side.id, sdp=envelope.sdp, ice_servers=self.ice_servers(principal)
+                )
+                return [Send(side.camera, offer)]
+            case Ice():
+                return [_ice(side.camera, side.id, envelope.candidate)]
+            case End():
+                return self._end_camera_side(side, envelope.reason, tell_peer=False)
         return []
 
-    def _to_viewer(self, envelope: Envelope, now: float) -> list[Delivery]:
-        kind, session_id = envelope.get("kind"), str(envelope.get("session", ""))
-        side = self.viewer_sides.get(session_id)
+    def _to_viewer(self, envelope: SessionEnvelope, now: float) -> list[Delivery]:
+        side = self.viewer_sides.get(envelope.session)
         if side is None:
             return []
-        if kind == "accepted":
+        if isinstance(envelope, Accepted):
             side.accepted = True
             metrics.SESSIONS_STARTED.labels(side.route).inc()
             viewer = self.connections.get(side.viewer)
@@ -571,21 +558,19 @@ class Hub:
                 ice_servers=side.ice_servers,
             )
             return [Send(side.viewer, created), record]
-        if kind == "answer":
+        if isinstance(envelope, Answer):
             if not side.answered:
                 metrics.SIGNALING_LATENCY.observe(max(0.0, now - side.created_at))
             side.answered = True
             answered = Record(side.id, "answered", side.device_id, side.user_id)
             return [
-                Send(side.viewer, SessionAnswer(session_id=side.id, sdp=str(envelope["sdp"]))),
+                Send(side.viewer, SessionAnswer(session_id=side.id, sdp=envelope.sdp)),
                 answered,
             ]
-        if kind == "ice":
-            return [_ice(side.viewer, side.id, envelope)]
-        if kind == "end":
-            return self._end_viewer_side(
-                side, envelope.get("reason", "peer_hangup"), tell_peer=False
-            )
+        if isinstance(envelope, Ice):
+            return [_ice(side.viewer, side.id, envelope.candidate)]
+        if isinstance(envelope, End):
+            return self._end_viewer_side(side, envelope.reason, tell_peer=False)
         return []
 
     # changes of access and liveness ---------------------------------------------------------
@@ -668,7 +653,7 @@ class Hub:
             end = SessionEnd(id=request_id, session_id=side.id, reason=_reason(reason))
             out.append(Send(side.viewer, end))
         if tell_peer:
-            out.append(Publish(side.target, {"kind": "end", "session": side.id, "reason": reason}))
+            out.append(Publish(side.target, End(side.id, str(reason))))
         return out
 
     def _end_camera_side(
@@ -684,9 +669,7 @@ class Hub:
         if tell_camera and side.camera in self.connections:
             out.append(Send(side.camera, SessionEnd(session_id=side.id, reason=_reason(reason))))
         if tell_peer:
-            out.append(
-                Publish(side.viewer_channel, {"kind": "end", "session": side.id, "reason": reason})
-            )
+            out.append(Publish(side.viewer_channel, End(side.id, str(reason))))
         return out
 
     def _end_camera_sides(self, camera: str, reason: EndReason) -> list[Delivery]:
@@ -704,14 +687,9 @@ def _reason(value: str) -> EndReason:
     return cast(EndReason, value) if value in _END_REASONS else "peer_hangup"
 
 
-def _grants(envelope: Envelope) -> Grants:
-    return tuple(str(g) for g in envelope.get("grants") or ())
-
-
-def _ice(conn: str, session_id: str, envelope: Envelope) -> Send:
+def _ice(conn: str, session_id: str, candidate: dict[str, Any] | None) -> Send:
     """A trickled candidate (or its end) from the bus, to the local party of the session."""
-    candidate = {"session_id": session_id, "candidate": envelope["candidate"]}
-    return Send(conn, SessionIce.model_validate(candidate))
+    return Send(conn, SessionIce.model_validate({"session_id": session_id, "candidate": candidate}))
 
 
 def _error(request_id: str | None, code: ErrorCode, message: str) -> Status:

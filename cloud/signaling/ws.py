@@ -41,6 +41,7 @@ from cloud.ice import ice_servers
 from cloud.logs import set_principal
 from cloud.relays import registry
 from cloud.settings import Settings
+from cloud.signaling import envelopes
 from cloud.signaling.bus import Bus, BusUnavailable
 from cloud.signaling.deliveries import (
     BROADCAST,
@@ -58,6 +59,7 @@ from cloud.signaling.deliveries import (
     Subscribe,
     user_channel,
 )
+from cloud.signaling.envelopes import Access, Gone, Push, Snapshot
 from cloud.signaling.hub import Hub
 from cloud.signaling.identity import DeviceAssertions
 from cloud.signaling.models import keep_record, keep_stats
@@ -205,8 +207,7 @@ class Signaling:
 
     async def ask_snapshot(self, channel: str, request_id: str, device_id: str) -> None:
         """Send a snapshot request to the camera or relay node holding ``channel``."""
-        envelope = {"kind": "snapshot", "request": request_id, "device": device_id}
-        await self._publish(Publish(channel, envelope))
+        await self._publish(Publish(channel, Snapshot(request_id, device_id)))
 
     def reassign(self) -> None:
         """Run the analysis assignment now rather than at its next period (arming changed)."""
@@ -239,7 +240,7 @@ class Signaling:
         """Presence that expired without a clear means the camera's instance died."""
         for device_id in await self.bus.claim_expired_presence():
             log.info("presence of %s expired", device_id)
-            await self._publish(Publish(BROADCAST, {"kind": "gone", "device": device_id}))
+            await self._publish(Publish(BROADCAST, Gone(device_id)))
             if device_id.startswith("relay:"):  # the relay's instance died
                 relay_id = device_id.removeprefix("relay:")
                 await registry.expired(relay_id)
@@ -256,17 +257,22 @@ class Signaling:
                 await self._apply_access(_access_envelope(change))
         self._access_read_at = started
 
-    async def _apply_access(self, envelope: dict[str, Any]) -> None:
+    async def _apply_access(self, envelope: Access) -> None:
         async with self._lock:
             deliveries = self.hub.deliver(BROADCAST, envelope, time.monotonic())
         if deliveries:
-            log.info("access change %s applied: %s", envelope["id"], envelope["grants"])
+            log.info("access change %s applied: %s", envelope.id, envelope.grants)
         await self.execute(deliveries)
 
     # the bus --------------------------------------------------------------------------------
 
     def _handler(self, channel: str) -> Callable[[dict[str, Any]], Awaitable[None]]:
-        async def handle(envelope: dict[str, Any]) -> None:
+        async def handle(wire: dict[str, Any]) -> None:
+            try:
+                envelope = envelopes.decode(wire)
+            except envelopes.BadEnvelope as exc:  # from an instance of another version
+                log.warning("ignored on %s: %s", channel, exc)
+                return
             async with self._lock:
                 deliveries = self.hub.deliver(channel, envelope, time.monotonic())
             await self.execute(deliveries)
@@ -275,12 +281,10 @@ class Signaling:
 
     async def _publish(self, publish: Publish) -> None:
         try:
-            receivers = await self.bus.publish(publish.channel, publish.envelope)
+            receivers = await self.bus.publish(publish.channel, envelopes.encode(publish.envelope))
         except BusUnavailable:
             metrics.BUS_PUBLISH_ERRORS.inc()
-            log.warning(
-                "bus unavailable: dropped %s to %s", publish.envelope.get("kind"), publish.channel
-            )
+            log.warning("bus unavailable: dropped %s to %s", publish.envelope.kind, publish.channel)
             receivers = 0
         if receivers == 0 and publish.channel != BROADCAST:
             async with self._lock:
@@ -370,9 +374,7 @@ class Signaling:
 
     async def push(self, users: list[PydanticObjectId], message: Message | EventPush) -> None:
         for user in users:
-            await self._publish(
-                Publish(user_channel(str(user)), {"kind": "push", "message": message.dump()})
-            )
+            await self._publish(Publish(user_channel(str(user)), Push(message.dump())))
 
     # changes of access, from the REST routes ----------------------------------------------------
 
@@ -385,7 +387,7 @@ class Signaling:
         envelope = _access_envelope(change)
         await self._apply_access(envelope)
         try:
-            await self.bus.publish(BROADCAST, envelope)
+            await self.bus.publish(BROADCAST, envelopes.encode(envelope))
         except BusUnavailable:
             metrics.BUS_PUBLISH_ERRORS.inc()
             log.info(
@@ -528,14 +530,8 @@ class Signaling:
             return self.hub.request_session(conn, request, time.monotonic(), relay, access.grants)
 
 
-def _access_envelope(change: AccessChange) -> dict[str, Any]:
-    return {
-        "kind": "access",
-        "id": str(change.id),
-        "device": str(change.device_id or ""),
-        "grants": change.grants,
-        "reason": change.reason,
-    }
+def _access_envelope(change: AccessChange) -> Access:
+    return Access(str(change.id), str(change.device_id or ""), tuple(change.grants), change.reason)
 
 
 def refusal(exc: Exception) -> tuple[int, str]:

@@ -1,7 +1,11 @@
 """The pure hub, two instances wired by a synchronous in-test router: no sockets, no Redis."""
 
+import json
 from collections import defaultdict
 
+import pytest
+
+from cloud.signaling import envelopes
 from cloud.signaling.deliveries import (
     BROADCAST,
     CLOSE_POLICY,
@@ -51,8 +55,10 @@ class Cluster:
                     )
                     if not receivers:
                         self.run(name, self.hubs[name].unrouted(d))
+                    wire = json.loads(json.dumps(envelopes.encode(d.envelope)))  # as the bus
                     for r in receivers:
-                        self.run(r, self.hubs[r].deliver(d.channel, d.envelope, self.now))
+                        received = envelopes.decode(wire)
+                        self.run(r, self.hubs[r].deliver(d.channel, received, self.now))
 
     def connect(
         self, name: str, conn: str, role: str, principal: str, grant: str | None = None
@@ -156,7 +162,7 @@ def test_a_camera_instance_dying_ends_sessions_when_its_presence_expires() -> No
     c.connect("B", "cam", "device", "d1")
     c.connect("A", "v1", "user", "u1")
     sid = open_session(c)
-    c.run("A", [Publish(BROADCAST, {"kind": "gone", "device": "d1"})])
+    c.run("A", [Publish(BROADCAST, envelopes.Gone("d1"))])
     assert c.last("v1") == {"type": "session.end", "session_id": sid, "reason": "device_offline"}
 
 
@@ -176,14 +182,7 @@ BINDING, SHARE = "bind:d1:k1", "share:s1"
 
 
 def access_change(grants: list[str], reason: str, change_id: str = "c1") -> Publish:
-    envelope = {
-        "kind": "access",
-        "id": change_id,
-        "device": "d1",
-        "grants": grants,
-        "reason": reason,
-    }
-    return Publish(BROADCAST, envelope)
+    return Publish(BROADCAST, envelopes.Access(change_id, "d1", tuple(grants), reason))
 
 
 def test_revoking_a_share_ends_only_the_sessions_resting_on_it() -> None:
@@ -357,7 +356,7 @@ def test_pushes_reach_every_connection_of_the_addressed_user_only() -> None:
     c.connect("B", "laptop", "user", "u1")
     c.connect("A", "other", "user", "u2")
     push = {"type": "device.presence", "device_id": "d1", "online": True, "last_seen": None}
-    c.run("A", [Publish("user.u1", {"kind": "push", "message": push})])
+    c.run("A", [Publish("user.u1", envelopes.Push(push))])
     assert c.inbox["phone"] == [push]
     assert c.inbox["laptop"] == [push]
     assert c.inbox["other"] == []
@@ -416,7 +415,7 @@ def test_a_relay_dropping_ends_its_viewers_sessions_with_relay_failed() -> None:
 def test_a_relays_instance_dying_ends_relayed_sessions_elsewhere() -> None:
     c = Cluster("A", "B")
     down, _ = relayed(c)
-    c.run("A", [Publish(BROADCAST, {"kind": "gone", "device": "relay:r1"})])
+    c.run("A", [Publish(BROADCAST, envelopes.Gone("relay:r1"))])
     assert c.last("v1") == {"type": "session.end", "session_id": down, "reason": "relay_failed"}
 
 
@@ -479,3 +478,26 @@ def test_a_camera_flooding_motion_reports_is_limited() -> None:
     recorded = sum(isinstance(d, MotionReport) for out in reports for d in out)
     assert recorded == 2  # the bucket's burst; the rest are answered rate_limited
     assert reports[-1][0].message.dump()["error"]["code"] == "rate_limited"  # type: ignore[union-attr]
+
+
+def test_every_envelope_crosses_the_bus_as_itself_and_strangers_are_refused() -> None:
+    sent = [
+        envelopes.Open("s1", "c1", "u1", "d1", ("bind:d1:k", "share:x")),
+        envelopes.Accepted("s1"),
+        envelopes.Offer("s1", "v=0"),
+        envelopes.Answer("s1", "v=0"),
+        envelopes.Ice("s1", {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host"}),
+        envelopes.Ice("s1", None),
+        envelopes.End("s1", "peer_hangup"),
+        envelopes.Takeover("c2"),
+        envelopes.Snapshot("r1", "d1"),
+        envelopes.Push({"type": "device.presence", "device_id": "d1", "online": True}),
+        envelopes.Access("a1", "", ("signin:f1",), "signed_out"),
+        envelopes.Gone("relay:r1"),
+    ]
+    assert {type(e) for e in sent} == set(envelopes.KINDS.values())
+    for envelope in sent:
+        assert envelopes.decode(json.loads(json.dumps(envelopes.encode(envelope)))) == envelope
+    for wire in ({"kind": "teleport"}, {"kind": "end", "session": "s1"}, {"session": "s1"}):
+        with pytest.raises(envelopes.BadEnvelope):
+            envelopes.decode(wire)
