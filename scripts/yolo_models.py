@@ -11,7 +11,8 @@ Into DIR (default: ``models`` in the running venv, i.e. ``.venv/models``):
   frame gives a few dozen boxes above 0.25 with varied scores, labels and sizes. What it
   finds is nonsense, but deterministic, which is what comparing two runtimes needs.
 - ``yolo11n-random.onnx``: the same weights exported by ultralytics (dynamic input size,
-  simplified), for relay/onnx_detector.py.
+  simplified), for relay/onnx_detector.py; ``yolo11n-random-320.onnx``: exported with a fixed
+  320x320 input instead (ultralytics' default kind of export).
 
 ``--export``: instead, export these ``.pt`` files (trained models, e.g. yolo11n.pt) to ONNX
 next to them, the same way. Exporting needs torch, ultralytics, onnx and onnxslim; running the
@@ -20,6 +21,7 @@ next to them, the same way. Exporting needs torch, ultralytics, onnx and onnxsli
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -32,13 +34,22 @@ HUD_TIME = "2026-12-01 06:00:00"  # SyntheticVideo draws the time of day into it
 CLASS_HEAD_GAIN = 2.0  # with the calibrated statistics: boxes above 0.25 in most frames
 
 
-def export_onnx(pt: Path) -> Path:
+def export_onnx(pt: Path, fixed: int | None = None) -> Path:
+    """``pt`` exported to ``<stem>.onnx`` (dynamic input size), or with ``fixed`` to
+    ``<stem>-<fixed>.onnx`` (a fixed square input, as ultralytics exports by default)."""
     from ultralytics import YOLO
 
-    onnx = pt.with_suffix(".onnx")
-    if not onnx.exists():
-        YOLO(str(pt)).export(format="onnx", dynamic=True, simplify=True, imgsz=640, device="cpu")
-        print(f"exported {onnx} ({onnx.stat().st_size / 1e6:.1f} MB)")
+    onnx = pt.with_name(f"{pt.stem}-{fixed}.onnx" if fixed else f"{pt.stem}.onnx")
+    if onnx.exists():
+        return onnx
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / pt.name  # the export lands beside its source: not over another
+        shutil.copy(pt, source)
+        made = YOLO(str(source)).export(
+            format="onnx", dynamic=not fixed, simplify=True, imgsz=fixed or 640, device="cpu"
+        )
+        shutil.move(made, onnx)
+    print(f"exported {onnx} ({onnx.stat().st_size / 1e6:.1f} MB)")
     return onnx
 
 
@@ -92,8 +103,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as config_dir:
         os.environ.setdefault("YOLO_CONFIG_DIR", config_dir)
-        for pt in args.export or [make_random(args.out)]:
+        for pt in args.export:
             export_onnx(pt)
+        if not args.export:
+            random = make_random(args.out)
+            export_onnx(random)
+            export_onnx(random, fixed=320)
 
 
 if __name__ == "__main__":

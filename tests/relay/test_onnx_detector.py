@@ -41,9 +41,10 @@ from tests.servers import ROOT, cloud_process, relay_process, stop
 
 MODELS = Path(sys.prefix) / "models"
 PT, ONNX = MODELS / "yolo11n-random.pt", MODELS / "yolo11n-random.onnx"
+FIXED = MODELS / "yolo11n-random-320.onnx"  # exported with a fixed 320x320 input
 # Made by `make test` (scripts/install-yolo); without them this suite fails.
-assert PT.is_file(), f"no {PT}: run scripts/install-yolo {sys.prefix}"
-assert ONNX.is_file(), f"no {ONNX}: run scripts/install-yolo {sys.prefix}"
+for _model in (PT, ONNX, FIXED):
+    assert _model.is_file(), f"no {_model}: run scripts/install-yolo {sys.prefix}"
 
 HUD_TIME = "2026-12-01 06:00:00"
 
@@ -94,9 +95,15 @@ async def test_onnx_runtime_finds_what_pytorch_finds_with_the_same_weights(
     # Enough boxes, of several classes, under the 300 cap: the comparison means something.
     assert 10 <= len(expected) < 300, len(expected)
     assert len({d.label for d in expected}) >= 5
-    assert len(found) == len(expected)
     scores = [d.score for d in found]
     assert scores == sorted(scores, reverse=True)
+    assert_same_detections(frame, expected, found)
+
+
+def assert_same_detections(
+    frame: NDArray[np.uint8], expected: list[Detection], found: list[Detection]
+) -> None:
+    assert len(found) == len(expected)
     height, width = frame.shape[:2]
     scale = (width, height, width, height)
     unmatched = list(found)
@@ -108,6 +115,32 @@ async def test_onnx_runtime_finds_what_pytorch_finds_with_the_same_weights(
         pixels = max(abs(g - w) * s for g, w, s in zip(got.box, want.box, scale, strict=True))
         assert pixels <= 2.0, (want, got)
         assert abs(got.score - want.score) <= 1e-3, (want, got)
+
+
+async def test_a_model_with_a_fixed_input_size_runs_at_that_size_as_ultralytics_runs_it(
+    tmp_path: Path,
+) -> None:
+    """ultralytics pads a frame to the whole square for such a model, and so must we."""
+    onnx_side = OnnxDetector(str(FIXED), imgsz=640)  # the file's 320x320 wins
+    try:
+        found = await onnx_side.detect(FRAME)
+    finally:
+        await onnx_side.close()
+    for name, value in (("YOLO_OFFLINE", "1"), ("YOLO_AUTOINSTALL", "false")):
+        os.environ.setdefault(name, value)
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(tmp_path))
+    from ultralytics import YOLO  # the test process may import torch; the relay's may not
+
+    result = YOLO(str(FIXED), task="detect").predict(FRAME, imgsz=320, conf=0.25, verbose=False)
+    boxes = result[0].boxes
+    expected = [
+        Detection(result[0].names[int(k)], float(score), (cx - w / 2, cy - h / 2, w, h))
+        for (cx, cy, w, h), score, k in zip(
+            boxes.xywhn.tolist(), boxes.conf.tolist(), boxes.cls.tolist(), strict=True
+        )
+    ]
+    assert len(expected) >= 3
+    assert_same_detections(FRAME, expected, found)
 
 
 def test_the_letterbox_keeps_the_aspect_and_pads_to_the_stride_or_the_fixed_size() -> None:
