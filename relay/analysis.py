@@ -6,7 +6,6 @@ camera's own packets) uploaded while the thread runs
 (``PUT /relays/devices/{id}/clips/{thread_id}``)."""
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -23,12 +22,13 @@ from numpy.typing import NDArray
 from protocol.messages import RecordingOrder
 from relay import metrics
 from relay.budget import DetectionBudget
-from relay.clips import ClipRecorder, ClipSettings, PreRoll
+from relay.clips import ClipRecorder, ClipSettings, PreRoll, UploadRefused
 from relay.detector import Detector, DetectorError
 from relay.events import EventRecord, EventThreads, snapshot_jpeg
 from relay.media import Fanout
 from relay.motion import STILL, MotionConfig, MotionDetector
 from relay.remux import CLOCK_RATE, ClipError
+from relay.reports import ReportBuffer
 from relay.settings import RelaySettings
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,9 @@ def bgr(frame: VideoFrame) -> NDArray[np.uint8]:
 class Analysis:
     """The node's analysis of every camera it watches; ``stats`` counts frames and events.
 
-    ``http`` is the node's client to the cloud, set while the node runs; ``spawn`` runs an
-    event upload as one of the node's tasks, so a slow cloud never stalls the frames.
+    ``http`` is the node's client to the cloud, set while the node runs; event reports go
+    through ``reports`` (:mod:`relay.reports`: kept and retried until the cloud takes them,
+    in order per thread), so a slow or absent cloud never stalls the frames.
     """
 
     def __init__(
@@ -58,6 +59,7 @@ class Analysis:
         self.stats = stats
         self.http: httpx.AsyncClient | None = None
         self._spawn = spawn
+        self.reports = ReportBuffer(self._post_report, stats)
         self._clips: dict[str, Clips] = {}  # by device, while watched
         self._recordings: set[str] = set()  # ids of the recordings taken here
         self._waiting: dict[str, list[RecordingOrder]] = {}  # by device, until it is watched
@@ -127,26 +129,21 @@ class Analysis:
                     jpeg = (
                         await asyncio.to_thread(snapshot_jpeg, picture) if record.snapshot else None
                     )
-                    self._spawn(
-                        self.report(
-                            record.to_report(device, jpeg).model_dump(
-                                mode="json", exclude_none=True
-                            )
-                        )
+                    self.reports.put(
+                        record.to_report(device, jpeg).model_dump(mode="json", exclude_none=True)
                     )
         finally:
             for record in threads.end_all(time.time()):
-                with contextlib.suppress(Exception):
-                    await self.report(
-                        record.to_report(device).model_dump(mode="json", exclude_none=True)
-                    )
+                self.reports.put(
+                    record.to_report(device).model_dump(mode="json", exclude_none=True)
+                )
             await clips.close()
             if self._clips.get(device) is clips:
                 del self._clips[device]
 
     async def _upload_clip(self, clip: "ClipUpload", data: bytes, final: bool, kind: str) -> None:
         """Store the clip so far (it replaces the previous upload); raises on failure, so
-        that the recorder tries again with the next one."""
+        that the recorder tries again with the next one (UploadRefused: not worth it)."""
         assert self.http is not None
         params = {
             "final": "true" if final else "false",
@@ -160,8 +157,12 @@ class Analysis:
             content=data,
             headers={"Content-Type": kind},
         )
-        if response.status_code >= 300:
-            raise ClipError(f"clip refused ({response.status_code}): {response.text[:200]}")
+        status = response.status_code
+        if status >= 300:
+            problem = f"clip refused ({status}): {response.text[:200]}"
+            if 400 <= status < 500 and status not in (408, 425, 429):
+                raise UploadRefused(problem)  # trying again cannot help
+            raise ClipError(problem)
         self.stats["clip_uploads"] = self.stats.get("clip_uploads", 0) + 1
 
     async def snapshot(self, request_id: str, fanout: Fanout | None) -> None:
@@ -186,22 +187,17 @@ class Analysis:
         if response.status_code != 204:
             log.warning("relay: snapshot %s refused (%s)", request_id, response.status_code)
 
-    async def report(self, body: dict[str, Any]) -> None:
-        assert self.http is not None
-        try:
-            response = await self.http.post("/api/v1/relays/events", json=body)
-        except httpx.HTTPError as exc:
-            self.stats["events_failed"] += 1
-            metrics.EVENTS_SENT.labels("failed").inc()
-            log.warning("relay: event upload failed: %s", exc)
-            return
-        if response.status_code != 200:
-            self.stats["events_failed"] += 1
-            metrics.EVENTS_SENT.labels("refused").inc()
-            log.warning("relay: event refused (%s): %s", response.status_code, response.text[:200])
-        else:
-            self.stats["events_sent"] += 1
-            metrics.EVENTS_SENT.labels("sent").inc()
+    async def report(self, body: dict[str, Any]) -> bool:
+        """Report an event and wait until the cloud took it (True) or refused it; it is
+        retried meanwhile (the analysis of an uploaded file goes on once it is reported)."""
+        return await self.reports.put(body)
+
+    async def _post_report(self, body: dict[str, Any], key: str) -> httpx.Response:
+        if self.http is None:
+            raise httpx.TransportError("the node is not connected to the cloud yet")
+        return await self.http.post(
+            "/api/v1/relays/events", json=body, headers={"Idempotency-Key": key}
+        )
 
 
 @dataclass(frozen=True)

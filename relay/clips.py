@@ -28,9 +28,16 @@ logger = logging.getLogger(__name__)
 
 MAX_PREROLL_BYTES = 32 * 1024 * 1024  # about 2 min of 2 Mbit/s
 MAX_PREROLL_FRAMES = 3600  # 2 min at 30 fps
-FINAL_ATTEMPTS = 3
+FINAL_RETRY_FOR_S = 120.0  # the final upload is tried again for this long (an outage)
+FINAL_RETRY_FIRST_S = 1.0  # between tries: 1 s, 2 s, 4 s... up to FINAL_RETRY_MAX_S
+FINAL_RETRY_MAX_S = 10.0
 
 Upload = Callable[[bytes, bool, str], Awaitable[None]]
+
+
+class UploadRefused(Exception):
+    """The cloud refused an upload for good (a 4xx such as a removed camera): trying the
+    same again cannot help."""
 
 
 class PreRoll:
@@ -146,23 +153,24 @@ class ClipSettings:
 class ClipRecorder:
     """One event thread's clip: from the pre-roll to the thread's end plus the post-roll.
 
-    Created on the event loop when the thread opens, with the camera's codec (``"h264"`` or
-    ``"vp8"``, :attr:`relay.media.Fanout.codec`), its :class:`PreRoll` and ``start_pts`` (the
-    thread's start as a packet ``pts``; ``None``: the newest packet held). It starts with
-    ``preroll.since(start_pts - pre_roll)``; then feed it every live packet (:meth:`add`, from
-    the fan-out's listener, after the pre-roll's own ``add``). :meth:`end` when the thread
-    ends: it takes ``post_roll_s`` more of the stream and finishes. A clip reaching
-    ``max_clip_s`` finishes early (:attr:`reason` ``"cap"``); :meth:`close` finishes it now
-    (the camera left, the node stops) and waits for the final upload.
+        Created on the event loop when the thread opens, with the camera's codec (``"h264"`` or
+        ``"vp8"``, :attr:`relay.media.Fanout.codec`), its :class:`PreRoll` and ``start_pts`` (the
+        thread's start as a packet ``pts``; ``None``: the newest packet held). It starts with
+        ``preroll.since(start_pts - pre_roll)``; then feed it every live packet (:meth:`add`, from
+        the fan-out's listener, after the pre-roll's own ``add``). :meth:`end` when the thread
+        ends: it takes ``post_roll_s`` more of the stream and finishes. A clip reaching
+        ``max_clip_s`` finishes early (:attr:`reason` ``"cap"``); :meth:`close` finishes it now
+        (the camera left, the node stops) and waits for the final upload.
 
-    Uploads: ``upload(data, final, content_type)`` with the whole clip so far, every
-    ``upload_every_s`` while it grows (when it grew) and once at the finish with
-    ``final=True`` (the complete file; retried up to :data:`FINAL_ATTEMPTS` times). One
-    upload is in flight at a time, in a task the recorder owns; packet intake never waits
-    for it, an upload that starts late takes the newest clip, and the final upload does
-    not wait for a non-final one in flight: it cancels it. A failed or timed-out
-    upload is logged; the next one carries the data again. A clip with no keyframe uploads
-    nothing.
+        Uploads: ``upload(data, final, content_type)`` with the whole clip so far, every
+        ``upload_every_s`` while it grows (when it grew) and once at the finish with
+        ``final=True`` (the complete file; retried with backoff for :data:`FINAL_RETRY_FOR_S`,
+    so that it outlives a cloud or database outage, unless it is refused for good). One
+        upload is in flight at a time, in a task the recorder owns; packet intake never waits
+        for it, an upload that starts late takes the newest clip, and the final upload does
+        not wait for a non-final one in flight: it cancels it. A failed or timed-out
+        upload is logged; the next one carries the data again. A clip with no keyframe uploads
+        nothing.
     """
 
     def __init__(
@@ -186,6 +194,7 @@ class ClipRecorder:
         self._last_pts: int | None = None
         self._finished = asyncio.Event()
         self._uploaded_frames = 0
+        self._refused = False  # the cloud refused an upload for good
         if start_pts is None:
             start_pts = preroll.newest_pts or 0
         for packet, keyframe in preroll.since(
@@ -241,9 +250,9 @@ class ClipRecorder:
 
     async def close(self) -> None:
         """Finish now and wait for the final upload (an upload in flight, then the final's
-        attempts, each within ``upload_timeout_s``); cancel it if it takes longer still."""
+        tries, each within ``upload_timeout_s``); cancel it if it takes longer still."""
         self._finish("closed")
-        limit = self.settings.upload_timeout_s * (FINAL_ATTEMPTS + 2)
+        limit = self.settings.upload_timeout_s * 2 + FINAL_RETRY_FOR_S + FINAL_RETRY_MAX_S
         try:
             async with asyncio.timeout(limit):
                 await asyncio.shield(self._task)
@@ -296,11 +305,19 @@ class ClipRecorder:
         if final is None:
             logger.info("ClipRecorder(%s) has no keyframe: nothing to upload", self.name)
             return
-        for attempt in range(FINAL_ATTEMPTS):
-            if attempt:
-                await asyncio.sleep(attempt)
-            if await self._send(final, final=True):
+        give_up = loop.time() + FINAL_RETRY_FOR_S
+        pause = FINAL_RETRY_FIRST_S
+        while not await self._send(final, final=True):
+            if self._refused or loop.time() + pause > give_up:
+                logger.error(
+                    "ClipRecorder(%s) final upload of %d bytes abandoned after %d failures",
+                    self.name,
+                    len(final),
+                    self.failed_uploads,
+                )
                 return
+            await asyncio.sleep(pause)
+            pause = min(FINAL_RETRY_MAX_S, pause * 2)
 
     async def _send_unless_finished(self, data: bytes) -> bool:
         """A non-final upload, abandoned when the clip finishes meanwhile: the final upload
@@ -325,6 +342,7 @@ class ClipRecorder:
                 await self._upload(data, final, self.muxer.content_type)
         except Exception as exc:  # the next upload carries the data again
             self.failed_uploads += 1
+            self._refused = isinstance(exc, UploadRefused)
             logger.warning(
                 "ClipRecorder(%s) upload of %d bytes (final=%s) failed: %r",
                 self.name,

@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0
 UPSTREAM_ANSWER_TIMEOUT_S = 10.0
 LOAD_EVERY_S = 5.0
+SHUTDOWN_REPORTS_S = 5.0
 
 
 def _ms(value: float | None) -> str:
@@ -130,6 +131,9 @@ class RelayNode:
         try:
             await self.signaling.run(stop)
         finally:
+            # Event reports still held (the cloud was away): a few seconds to deliver them.
+            await self.analysis.reports.flush(SHUTDOWN_REPORTS_S)
+            await self.analysis.reports.close()
             await http.aclose()
             if self.detector is not None:
                 await self.detector.close()
