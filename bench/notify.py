@@ -133,6 +133,14 @@ async def run(args: argparse.Namespace, urls: list[str], pids: dict[str, int]) -
         relay = await connect(u.replace("http", "ws"), "/ws/v1/relay", RELAY["Authorization"][7:])
         assert (await relay.recv())["type"] == "welcome"
         relays.append(relay)
+
+    async def heartbeat() -> None:  # a relay node that reports no load goes stale in 30 s
+        while True:
+            for relay in relays:
+                await relay.send({"type": "relay.load", "load": 0.1, "sessions": 0})
+            await asyncio.sleep(5)
+
+    beating = asyncio.create_task(heartbeat())
     sent_at: dict[tuple[str, str], float] = {}  # (event id, state) -> just before the POST
     failures: Counter[str] = Counter()
     tasks: set[asyncio.Task[None]] = set()
@@ -184,6 +192,7 @@ async def run(args: argparse.Namespace, urls: list[str], pids: dict[str, int]) -
     await asyncio.sleep(1.0)
     wall = time.monotonic() - begun
     cpu = {name: (cpu_s(pid) - cpu0[name]) / wall * 100 for name, pid in pids.items()}
+    beating.cancel()
     for relay in relays:
         await relay.socket.close()
     for client in clients:

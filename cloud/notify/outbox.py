@@ -37,6 +37,7 @@ SEND_TIMEOUT_S = 10.0
 BATCH = 100
 CONCURRENCY = 64
 ORDER_WAIT_S = 0.3  # a delivery waiting for an earlier one of its group looks again after
+FLUSH_S = 0.05  # successes are recorded together, this long after the first of a batch
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,11 @@ class Outbox:
         self._owner = secrets.token_hex(4)
         self._claims = itertools.count()
         self.allowed: Check = _anyone  # None: send; an Outcome: settle with it unsent
+        self._direct: list[Delivery] = []  # enqueued here, leased to this instance, unsent
+        self._look = True  # claim from the database now (else at the next poll)
+        self._stopping = False
+        self._delivered: list[tuple[Delivery, Outcome]] = []  # recorded in batches
+        self._flushing: asyncio.Task[None] | None = None
 
     # enqueueing ---------------------------------------------------------------------------
 
@@ -86,21 +92,36 @@ class Outbox:
 
     async def enqueue(self, deliveries: list[Delivery]) -> int:
         """Store ``deliveries``; those whose ``key`` is already stored are skipped. Answers
-        how many were added."""
+        how many were added. With the worker running they are stored leased to this
+        instance and sent from memory at once (no claim round trip); a crash before they
+        are settled leaves them to whoever claims them when the lease runs out."""
         if not deliveries:
             return 0
-        documents = [d.model_dump(by_alias=True, exclude={"id", "revision_id"}) for d in deliveries]
-        added = len(documents)
+        direct = self._task is not None
+        at = now()
+        documents = []
+        for delivery in deliveries:
+            document = delivery.model_dump(by_alias=True, exclude={"id", "revision_id"})
+            if direct:
+                document["lease_owner"] = f"{self._owner}:direct"
+                document["lease_until"] = at + timedelta(seconds=LEASE_S)
+            documents.append(document)
+        refused: set[int] = set()
         try:
             await Delivery.get_pymongo_collection().insert_many(documents, ordered=False)
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
             if any(e.get("code") != 11000 for e in errors):
                 raise
-            added -= len(errors)
+            refused = {e["index"] for e in errors}
+        added = [d for i, d in enumerate(documents) if i not in refused and "_id" in d]
+        if direct:
+            self._direct.extend(Delivery.model_validate({**d, "id": d["_id"]}) for d in added)
+        else:
+            self._look = True
         if added:
             self._wake.set()
-        return added
+        return len(added)
 
     def wake(self) -> None:
         self._wake.set()
@@ -109,21 +130,35 @@ class Outbox:
         """Look again at ``when`` (sooner than the next poll)."""
         delay = (when - now()).total_seconds()
         if delay < POLL_S:
-            asyncio.get_running_loop().call_later(max(0.0, delay) + 0.005, self._wake.set)
+            asyncio.get_running_loop().call_later(max(0.0, delay) + 0.005, self._look_now)
+
+    def _look_now(self) -> None:
+        self._look = True
+        self._wake.set()
 
     # the worker ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._look, self._stopping = True, False
         self._task = asyncio.create_task(self._run(), name="notify-outbox")
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            self._stopping = True
+            self._wake.set()
+            done, _ = await asyncio.wait({self._task}, timeout=5)
+            if not done:
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=5)
             self._task = None
         for task in list(self._inflight):
             task.cancel()
-        await asyncio.gather(*self._inflight, return_exceptions=True)
+        if self._inflight:  # (pymongo may swallow a cancellation: do not wait forever)
+            await asyncio.wait(set(self._inflight), timeout=5)
+        if self._flushing is not None:
+            self._flushing.cancel()
+        await self.flush()
+        self._direct = []
         try:  # what this instance held goes back now, not when its lease runs out
             await Delivery.get_pymongo_collection().update_many(
                 {"lease_owner": {"$regex": f"^{self._owner}:"}},
@@ -133,37 +168,52 @@ class Outbox:
             log.warning("outbox: could not release its leases; they run out in %d s", LEASE_S)
 
     async def _run(self) -> None:
-        while True:
-            claimed = 0
-            room = CONCURRENCY - len(self._inflight)
-            if room > 0:
-                self._wake.clear()
-                try:
-                    claimed = await self._claim_and_send(min(room, BATCH))
-                except PyMongoError:
-                    log.warning("outbox: the database failed; trying again", exc_info=True)
-                except Exception:
-                    log.exception("outbox: claiming failed")
-            if claimed and len(self._inflight) < CONCURRENCY:
+        last_claim = -POLL_S
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            progressed = False
+            self._wake.clear()
+            try:
+                room = CONCURRENCY - len(self._inflight)
+                if room > 0 and self._direct:
+                    batch, self._direct = self._direct[:room], self._direct[room:]
+                    await self._dispatch(batch)
+                    progressed = True
+                room = min(CONCURRENCY - len(self._inflight), BATCH)
+                if room > 0 and (self._look or loop.time() - last_claim >= POLL_S):
+                    self._look, last_claim = False, loop.time()
+                    claimed = await self.claim(room)
+                    await self._dispatch(claimed)
+                    if len(claimed) == room:  # a full batch: more may be due
+                        self._look = True
+                    progressed = progressed or bool(claimed)
+            except PyMongoError:
+                log.warning("outbox: the database failed; trying again", exc_info=True)
+            except Exception:
+                log.exception("outbox: claiming failed")
+            if (progressed or self._look) and len(self._inflight) < CONCURRENCY:
                 await asyncio.sleep(0)
                 continue
             waiters: set[asyncio.Future[Any]] = set(self._inflight)
             wake = asyncio.ensure_future(self._wake.wait())
             waiters.add(wake)
+            timeout = max(0.01, POLL_S - (loop.time() - last_claim))
             try:
-                await asyncio.wait(waiters, timeout=POLL_S, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 wake.cancel()
 
-    async def _claim_and_send(self, limit: int) -> int:
-        docs = await self.claim(limit)
+    async def _dispatch(self, docs: list[Delivery]) -> None:
         if not docs:
-            return 0
+            return
+        for channel in {d.channel for d in docs}:
+            prefetch = getattr(self._senders[channel], "prefetch", None)
+            if prefetch is not None:
+                await prefetch([d.target_id for d in docs if d.channel == channel])
         for group in await self._in_order(docs):
             task = asyncio.create_task(self._send_group(group))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
-        return len(docs)
 
     async def claim(self, limit: int) -> list[Delivery]:
         """Lease up to ``limit`` due deliveries to this instance."""
@@ -184,7 +234,10 @@ class Outbox:
             {"$set": {"lease_until": at + timedelta(seconds=LEASE_S), "lease_owner": token}},
         )
         found = collection.find({"_id": {"$in": ids}, "lease_owner": token})
-        return [Delivery.model_validate({**doc, "id": doc["_id"]}) async for doc in found]
+        won = [Delivery.model_validate({**doc, "id": doc["_id"]}) async for doc in found]
+        if len(won) < len(ids):  # another instance took some: look again at once
+            self._look = True
+        return won
 
     async def _in_order(self, docs: list[Delivery]) -> list[list[Delivery]]:
         """``docs`` by group in seq order, without those an unsettled earlier delivery of
@@ -251,7 +304,13 @@ class Outbox:
             return Outcome(False, error="timed out")
 
     async def record(self, doc: Delivery, outcome: Outcome) -> bool:
-        """Store the try's outcome; True when the delivery is settled (delivered or dead)."""
+        """Store the try's outcome; True when the delivery is settled (delivered or dead).
+        Successes are written in batches (within ``FLUSH_S``)."""
+        if outcome.delivered:
+            self._delivered.append((doc, outcome))
+            if self._flushing is None or self._flushing.done():
+                self._flushing = asyncio.create_task(self._flush_later())
+            return True
         at = now()
         attempt: dict[str, Any] = {
             "at": at,
@@ -260,33 +319,55 @@ class Outbox:
             "next_attempt_at": None,
         }
         fields: dict[str, Any] = {"lease_until": EPOCH_LEASE, "lease_owner": None}
-        if outcome.delivered:
-            fields |= {"status": "delivered", "delivered_at": at, "last_error": None}
+        failures = len(doc.attempts) + 1
+        retry_at = at + timedelta(seconds=next_delay(self.settings, failures))
+        give_up = doc.created_at + timedelta(seconds=self.settings.notify_retry_for_s)
+        error = outcome.error or f"HTTP {outcome.status_code}"
+        if outcome.retry and retry_at <= give_up:
+            self._wake_at(retry_at)
+            attempt["next_attempt_at"] = retry_at
+            fields |= {"status": "failed", "next_attempt_at": retry_at, "last_error": error}
         else:
-            failures = len(doc.attempts) + 1
-            retry_at = at + timedelta(seconds=next_delay(self.settings, failures))
-            give_up = doc.created_at + timedelta(seconds=self.settings.notify_retry_for_s)
-            error = outcome.error or f"HTTP {outcome.status_code}"
-            if outcome.retry and retry_at <= give_up:
-                self._wake_at(retry_at)
-                attempt["next_attempt_at"] = retry_at
-                fields |= {"status": "failed", "next_attempt_at": retry_at, "last_error": error}
-            else:
-                fields |= {"status": "dead", "last_error": error}
+            fields |= {"status": "dead", "last_error": error}
         await Delivery.get_pymongo_collection().update_one(
             {"_id": doc.id, "lease_owner": doc.lease_owner},
             {"$set": fields, "$push": {"attempts": attempt}},
         )
-        settled = fields.get("status") in ("delivered", "dead")
-        log.log(
-            logging.DEBUG if outcome.delivered else logging.INFO,
-            "delivery %s (%s %s): %s",
-            doc.id,
-            doc.channel,
-            doc.type,
-            fields.get("status"),
+        log.info(
+            "delivery %s (%s %s): %s, %s", doc.id, doc.channel, doc.type, fields["status"], error
         )
-        return settled
+        return bool(fields["status"] == "dead")
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(FLUSH_S)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write the successes recorded since the last flush: one update per status code."""
+        while self._delivered:
+            done, self._delivered = self._delivered, []
+            at = now()
+            by_code: dict[int | None, list[Any]] = {}
+            for doc, outcome in done:
+                by_code.setdefault(outcome.status_code, []).append(doc.id)
+            for code, ids in by_code.items():
+                attempt = {"at": at, "status_code": code, "error": None, "next_attempt_at": None}
+                try:
+                    await Delivery.get_pymongo_collection().update_many(
+                        {"_id": {"$in": ids}, "status": {"$in": list(CLAIMABLE)}},
+                        {
+                            "$set": {
+                                "status": "delivered",
+                                "delivered_at": at,
+                                "last_error": None,
+                                "lease_until": EPOCH_LEASE,
+                                "lease_owner": None,
+                            },
+                            "$push": {"attempts": attempt},
+                        },
+                    )
+                except PyMongoError:  # not recorded: they are sent again (at least once)
+                    log.warning("outbox: %d deliveries sent but not recorded", len(ids))
 
     async def kill_target(self, target_id: ObjectId, reason: str) -> None:
         """Every unsent delivery to ``target_id`` is dead (its target is gone or disabled)."""

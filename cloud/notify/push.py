@@ -108,6 +108,14 @@ class PushSender:
         self.outbox: Outbox | None = None
         self._session: aiohttp.ClientSession | None = None
         self._claims: dict[str, tuple[float, dict[str, str]]] = {}
+        self._batch: dict[Any, PushSubscription] = {}  # read for the deliveries in hand
+
+    async def prefetch(self, ids: list[Any]) -> None:
+        """Read the subscriptions of a batch of deliveries in one query."""
+        if len(self._batch) > 10_000:
+            self._batch.clear()
+        found = await PushSubscription.find({"_id": {"$in": list(set(ids))}}).to_list()
+        self._batch.update({s.id: s for s in found})
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -138,7 +146,9 @@ class PushSender:
     async def __call__(self, delivery: Delivery) -> Outcome:
         if self.vapid is None:
             return Outcome(False, error="Web Push is not configured", retry=False)
-        sub = await PushSubscription.get(delivery.target_id)
+        sub = self._batch.pop(delivery.target_id, None) or await PushSubscription.get(
+            delivery.target_id
+        )
         if sub is None:
             return Outcome(False, error="the subscription was deleted", retry=False)
         info = {"endpoint": sub.endpoint, "keys": {"p256dh": sub.p256dh, "auth": sub.auth}}

@@ -58,7 +58,7 @@ async def wait_settled(keys: list[str], timeout: float = 10.0) -> list[Delivery]
 
 
 async def test_two_instances_never_send_the_same_delivery(settings: Settings, paused: None) -> None:
-    one, two = Recorder(delay=0.01), Recorder(delay=0.01)
+    one, two = Recorder(delay=0.05), Recorder(delay=0.05)
     a, b = outbox(settings, one), outbox(settings, two)
     tag = secrets.token_hex(4)
     keys = [f"{tag}-{i}" for i in range(200)]
