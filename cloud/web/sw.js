@@ -14,7 +14,7 @@
 // state, url}; one notification per tag (an event thread), replaced by the thread's next
 // push; a click focuses the app (or opens it) at `url`.
 
-const VERSION = "vc-shell-1";
+const VERSION = "vc-shell-2";
 const SHELL = [
   "/",
   "/manifest.webmanifest",
@@ -39,6 +39,7 @@ const SHELL = [
   "/static/js/views/cameras.js",
   "/static/js/views/events.js",
   "/static/js/views/notifications.js",
+  "/static/js/views/stats.js",
   "/static/js/views/watch.js",
 ];
 const IN_SHELL = new Set(SHELL);

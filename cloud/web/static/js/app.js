@@ -2,7 +2,7 @@
 //
 // Routes: #/signin #/register #/cameras #/add #/camera/<id> (also #/devices/<id>, where
 // push notifications open) #/live/<id>[?mode=relay]
-// #/events #/notifications. A view module exports mount(app, params, query) and returns its cleanup.
+// #/events #/notifications #/stats. A view module exports mount(app, params, query) and returns its cleanup.
 
 import { Api } from "./api.js";
 import { Devices } from "./devices.js";
@@ -14,6 +14,7 @@ import * as camera from "./views/camera.js";
 import * as watch from "./views/watch.js";
 import * as events from "./views/events.js";
 import * as notifications from "./views/notifications.js";
+import * as stats from "./views/stats.js";
 
 const ROUTES = [
   { pattern: /^\/signin$/, view: auth, open: true, params: () => ({ mode: "signin" }) },
@@ -26,6 +27,7 @@ const ROUTES = [
   { pattern: /^\/live\/([\w-]+)$/, view: watch, tab: "cameras", params: (m) => ({ id: m[1] }) },
   { pattern: /^\/events$/, view: events, tab: "events" },
   { pattern: /^\/notifications$/, view: notifications, tab: "notifications" },
+  { pattern: /^\/stats$/, view: stats, tab: "stats" },
 ];
 
 class App {
