@@ -89,7 +89,7 @@ EVENT_THREADS = Counter(
 NOTIFY_DELIVERIES = Counter(
     f"{PREFIX}_notify_deliveries",
     "Push and webhook deliveries by channel (push, webhook) and outcome"
-    " (delivered, failed: a try that will be retried, dead: given up or refused)",
+    " (delivered; failed: a try to be retried; refused: given up at once)",
     ["channel", "outcome"],
 )
 

@@ -26,6 +26,7 @@ from typing import Any
 from bson import ObjectId
 from pymongo.errors import BulkWriteError, PyMongoError
 
+from cloud import metrics
 from cloud.notify.models import CLAIMABLE, EPOCH_LEASE, Channel, Delivery
 from cloud.settings import Settings
 
@@ -306,6 +307,7 @@ class Outbox:
     async def record(self, doc: Delivery, outcome: Outcome) -> bool:
         """Store the try's outcome; True when the delivery is settled (delivered or dead).
         Successes are written in batches (within ``FLUSH_S``)."""
+        metrics.NOTIFY_DELIVERIES.labels(doc.channel, outcome_label(outcome)).inc()
         if outcome.delivered:
             self._delivered.append((doc, outcome))
             if self._flushing is None or self._flushing.done():
@@ -375,3 +377,11 @@ class Outbox:
             {"target_id": target_id, "status": {"$in": list(CLAIMABLE)}},
             {"$set": {"status": "dead", "last_error": reason}},
         )
+
+
+def outcome_label(outcome: Outcome) -> str:
+    """``delivered``, ``failed`` (tried again later) or ``refused`` (dead at once); a retried
+    failure that runs out of time is counted as failed."""
+    if outcome.delivered:
+        return "delivered"
+    return "failed" if outcome.retry else "refused"
