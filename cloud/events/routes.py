@@ -100,7 +100,7 @@ async def report_event(request: Request) -> Response:
         out, users = await _apply(
             ctx.settings.event_retention_days, relay_id, device, body, snapshot
         )
-        await notify(request, device, out)  # Web Push and webhooks, from the outbox (cloud.notify)
+        await notify(request, device, out, users)  # Web Push, webhooks (cloud.notify)
         if receipt_id is not None:
             await EventReceipt.get_pymongo_collection().update_one(
                 {"_id": receipt_id},

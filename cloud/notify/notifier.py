@@ -125,10 +125,13 @@ class Notifier:
 
     # enqueueing -----------------------------------------------------------------------------
 
-    async def on_event(self, device: Device, event: Event) -> int:
-        """Queue what this state change of a thread gives; answers how many were added."""
+    async def on_event(
+        self, device: Device, event: Event, users: list[PydanticObjectId] | None = None
+    ) -> int:
+        """Queue what this state change of a thread gives (to ``users``, the camera's
+        audience read just now, else read here); answers how many were added."""
         assert device.id is not None
-        users = await audience(device.id)
+        users = await audience(device.id) if users is None else users
         if not users:
             return 0
         deliveries = await self._webhook_deliveries(users, device, event)
@@ -295,9 +298,11 @@ def notifier(request: Request) -> Notifier:
     return found
 
 
-async def on_event(request: Request, device: Device, event: Event) -> None:
+async def on_event(
+    request: Request, device: Device, event: Event, users: list[PydanticObjectId] | None = None
+) -> None:
     """The hook of ``POST /relays/events`` (cloud.events.routes)."""
-    added = await notifier(request).on_event(device, event)
+    added = await notifier(request).on_event(device, event, users)
     if added:
         log.info("event %s %s: %d notifications queued", event.id, event.state, added)
 
