@@ -285,6 +285,7 @@ def main() -> None:
                 urls.append(url)
             pids = {f"cloud{n}": p.pid for n, p in enumerate(processes)}
             pids["secantusdb"] = db_process.pid
+            pids["this process (receivers, load)"] = os.getpid()
             result = asyncio.run(run(args, urls, pids))
             figures = outbox_figures(mongodb_url, database)
         finally:
