@@ -254,9 +254,20 @@ async def test_without_a_network_the_app_opens_on_its_offline_state(
         await expect(page.locator("#tabs")).to_be_visible()
         await expect(page.locator("#offline")).to_be_hidden()
 
+        # the signed-in app has used the API: nothing of it went into the cache
+        version, paths = shell()
+        cached = await page.evaluate(
+            """async (v) => (await (await caches.open(v)).keys()).map((r) => r.url)""", version
+        )
+        assert sorted(cached) == sorted(url + p for p in paths)
+
         await browser_context.set_offline(True)
         await page.reload()
         await expect(page.locator("#offline")).to_be_visible()
+        api = await page.evaluate(
+            "fetch('/api/v1/me').then((r) => `HTTP ${r.status}`, (e) => e.name)"
+        )
+        assert api == "TypeError"  # the network's failure: never an answer from a cache
         await expect(page.locator("#offline")).to_contain_text("You are offline")
         await expect(page.locator("#tabs")).to_be_visible()  # the app, not an error page
         assert await page.title() == "VisionConnect"
