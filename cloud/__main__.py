@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         ws_ping_timeout=20.0,
         timeout_graceful_shutdown=10,
     )
+    # Again: building a uvicorn Config (the ws protocol's start-up check does too) installs
+    # uvicorn's own handlers on its loggers, in its own text format.
+    configure_logging(args.log_level)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after its shutdown
         DrainingServer(config, app).run()
     return 0
