@@ -102,8 +102,15 @@ async def visible_devices(principal: UserPrincipal) -> list[DeviceAccess]:
 
 async def audience(device_id: PydanticObjectId) -> list[PydanticObjectId]:
     """Users who may see ``device_id`` right now: its owner and its viewers."""
-    device = await Device.get(device_id)
+    # The ids only, without building documents: every camera's connect asks (presence).
+    device = await Device.get_pymongo_collection().find_one(
+        {"_id": device_id}, projection={"owner_id": 1}
+    )
     if device is None:
         return []
-    shares = await Share.find(Share.device_id == device_id).to_list()
-    return [device.owner_id, *(s.user_id for s in shares)]
+    shares = Share.get_pymongo_collection().find(
+        {"device_id": device_id}, projection={"user_id": 1, "_id": 0}
+    )
+    return [
+        PydanticObjectId(i) for i in [device["owner_id"], *[s["user_id"] async for s in shares]]
+    ]

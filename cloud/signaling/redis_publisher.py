@@ -1,4 +1,5 @@
-"""PUBLISH on a Redis connection of its own, pipelined.
+"""PUBLISH (and the other one-line commands of a camera's connect) on a Redis connection of
+its own, pipelined.
 
 Every signaling message between instances is one PUBLISH. Through redis-py's pool one costs
 ~125 µs of CPU (checkout, health check, retry wrapper, parser); here it is one formatted
@@ -16,6 +17,8 @@ from collections import deque
 from typing import Any
 
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+
+NIL = -1  # the reply nil (only commands whose integer replies are never negative use it)
 
 
 class PublishFailed(Exception):
@@ -70,8 +73,14 @@ class _Connection(asyncio.Protocol):
                 future.set_result(int(line[1:]))
             elif line[:1] == b"+":
                 future.set_result(0)
-            else:
+            elif line == b"$-1":  # nil: SET NX that lost, a script that returns nothing
+                future.set_result(NIL)
+            elif line[:1] == b"-":
                 future.set_exception(PublishFailed(line.decode(errors="replace")))
+            else:  # a reply of several lines: no command sent here asks for one
+                future.set_exception(PublishFailed("unexpected reply"))
+                self.abort()
+                return
 
     def send(self, command: bytes) -> asyncio.Future[int]:
         if self.closed or self._transport is None:
@@ -121,6 +130,14 @@ class Publisher:
         if connection is None or connection.closed:
             connection = await self._connect()
         return await connection.send(_command(b"PUBLISH", channel.encode(), text.encode()))
+
+    async def command(self, *parts: bytes) -> int:
+        """Any command whose reply is one line: an integer, ``+OK`` (0) or nil (:data:`NIL`).
+        Not retried, like a publish."""
+        connection = self._connection
+        if connection is None or connection.closed:
+            connection = await self._connect()
+        return await connection.send(_command(*parts))
 
     def close(self) -> None:
         if self._connection is not None:
