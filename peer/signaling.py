@@ -14,8 +14,9 @@
   does not decode is logged and skipped, as is a message whose handler raises: neither
   ends the connection;
 - a connection that fails or drops abnormally is retried after a delay of full jitter
-  (:class:`Backoff`); one that ends cleanly (``go_away``, the server's normal close) resets
-  the backoff;
+  (:class:`Backoff`), doubling its bound with each failure in a row; a welcome ends the row
+  (resets the backoff), and so does a connection that ends cleanly (``go_away``, the
+  server's normal close);
 - close code 4404 (the device was removed or re-onboarded) sets ``removed`` and ends
   :meth:`SignalingClient.run` for good, unless ``stop_on_removed`` is False;
 - when a connection (or an attempt) ends, ``online`` is cleared and ``on_offline()`` (if
@@ -185,6 +186,10 @@ class SignalingClient:
         self, socket: ClientConnection, welcome: Welcome, stop: asyncio.Event
     ) -> int | None:
         self.stats.connects += 1
+        # A welcome ends the run of failures: a connection that drops later starts again
+        # from the first wait (after a storm, every camera would otherwise keep the long
+        # bound its attempts reached, up to backoff_max_s, for its next drop).
+        self.backoff.reset()
         self.welcome = welcome
         self._socket = socket
         self.online.set()

@@ -30,7 +30,7 @@ from websockets.protocol import OPEN, Protocol
 from websockets.server import ServerProtocol
 
 from cloud.errors import CloudError, Unavailable, outage_unavailable
-from cloud.signaling.deliveries import CLOSE_AUTH, Role
+from cloud.signaling.deliveries import CLOSE_AUTH, CLOSE_TRY_AGAIN, Role
 from cloud.signaling.ws import HELLO_TIMEOUT_S, Signaling, refusal
 from protocol.errors import ErrorCode, ProtocolError
 
@@ -45,6 +45,18 @@ CLOSE_TIMEOUT_S = 5.0  # for the peer's answer to our close frame
 WRITE_LIMIT = 256 * 1024  # bytes the peer has not read yet: past this it is too slow
 INBOX_HIGH, INBOX_LOW = 64, 16  # frames waiting: stop reading the socket, read again
 PING: Final = b"vc"
+# Connections past their upgrade whose hello is not handled yet, per process. Beyond this
+# a new connection is refused at once with 1013 (try again later): during a reconnect
+# storm the hellos already taken are served in time, and the refused cameras come back
+# after their backoff, instead of every hello waiting until its camera gives up.
+MAX_HELLOS = 64
+
+
+class _Hellos:
+    """How many connections of this process wait for their hello to be handled."""
+
+    waiting = 0
+    refused = 0  # since the process started
 
 
 class _Lost:
@@ -72,6 +84,7 @@ class DirectSocket(asyncio.Protocol):
         "_principal",
         "_reading",
         "_role",
+        "_saying_hello",
         "_server",
         "_setup",
         "_signaling",
@@ -107,6 +120,7 @@ class DirectSocket(asyncio.Protocol):
         self._ping = False  # a ping awaits its pong
         self._parts: list[bytes] | None = None  # a fragmented message being assembled
         self._reading = True
+        self._saying_hello = False  # counted in _Hellos.waiting
 
     # asyncio.Protocol --------------------------------------------------------------------
 
@@ -136,6 +150,7 @@ class DirectSocket(asyncio.Protocol):
             return
         self._server.connections.discard(self)
         self._cancel_timer()
+        self._hello_done()
         if self._ws is not None and self._ws.handshake_exc is None:
             self._push(LOST)
 
@@ -191,6 +206,12 @@ class DirectSocket(asyncio.Protocol):
         if self._signaling.draining:
             self.close_now(1012, "server restarting")
             return
+        if _Hellos.waiting >= MAX_HELLOS:
+            _Hellos.refused += 1
+            self.close_now(CLOSE_TRY_AGAIN, "try again later")
+            return
+        _Hellos.waiting += 1
+        self._saying_hello = True
         self._arm(HELLO_TIMEOUT_S, self._hello_timeout)
 
     # frames in ---------------------------------------------------------------------------
@@ -272,6 +293,17 @@ class DirectSocket(asyncio.Protocol):
                 self._inbox = None
 
     async def _hello(self, signaling: Signaling, text: str | None) -> None:
+        try:
+            await self._say_hello(signaling, text)
+        finally:
+            self._hello_done()
+
+    def _hello_done(self) -> None:
+        if self._saying_hello:
+            self._saying_hello = False
+            _Hellos.waiting -= 1
+
+    async def _say_hello(self, signaling: Signaling, text: str | None) -> None:
         if not self._is_live():
             return  # closed before its hello was handled, or a frame after a refused hello
         self._cancel_timer()
@@ -298,6 +330,7 @@ class DirectSocket(asyncio.Protocol):
 
     def _hello_timeout(self) -> None:
         self._timer = None
+        self._hello_done()
         log.info("%s connection refused: no hello within %.0f s", self._role, HELLO_TIMEOUT_S)
         self.close_now(CLOSE_AUTH, "authentication failed")
 

@@ -250,6 +250,25 @@ async def test_a_clean_connection_resets_the_backoff() -> None:
     assert client.signaling.backoff.cap_s <= 0.1  # reset by connection 4, one wait since
 
 
+async def test_a_welcome_ends_the_run_of_failures() -> None:
+    async def script(socket: ServerConnection, n: int) -> None:
+        if n < 3:
+            await socket.recv()
+            await socket.close(1011, "internal error")  # refused before the welcome
+            return
+        await c.hello(socket)
+        await socket.close(1011, "internal error")  # welcomed, then dropped abnormally
+
+    async with cloud(script) as c:
+        client = Client(c.url)
+        backoff = client.signaling.backoff = RecordingBackoff(0.05, 0.4)
+        client.start()
+        await until(lambda: len(c.opened) >= 6, timeout=10)
+        await client.finish()
+    caps = [cap for _, cap in backoff.waits[:5]]
+    assert caps == [0.05, 0.1, 0.2, 0.05, 0.05]  # after each welcome: the first wait again
+
+
 @pytest.mark.parametrize("welcomed", [True, False])
 async def test_close_code_4404_stops_for_good(welcomed: bool) -> None:
     async def script(socket: ServerConnection, n: int) -> None:

@@ -12,6 +12,7 @@ from websockets.frames import Frame
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
+from cloud.signaling import direct_socket
 from cloud.signaling.asgi_socket import AsgiSocket
 from cloud.signaling.deliveries import Role
 from cloud.signaling.direct_socket import DirectSocket
@@ -117,6 +118,29 @@ async def test_a_camera_without_a_valid_hello_is_closed_with_4401(
     assert await Peer(silent).closed_with(timeout=8) == 4401
     assert 4.5 < time.monotonic() - started < 7
     live = await camera(ws_base, device)  # and the device's next proof is served
+    await live.send({"type": "ping", "id": "p"})
+    assert (await live.expect("pong"))["id"] == "p"
+
+
+async def test_past_max_hellos_waiting_a_connection_is_refused_with_1013_at_once(
+    ws_base: str,
+    make_account: MakeAccount,
+    activate_device: ActivateDevice,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reconnect storm: connections beyond those whose hello waits are sent away to try
+    again later (their backoff), instead of queueing until their cameras give up."""
+    device = await activate_device(await make_account("owner"))
+    monkeypatch.setattr(direct_socket, "MAX_HELLOS", 2)
+    waiting = [await websockets.connect(ws_base + "/ws/v1/device") for _ in range(2)]
+    refused = await websockets.connect(ws_base + "/ws/v1/device")
+    started = time.monotonic()
+    assert await Peer(refused).closed_with() == 1013
+    assert time.monotonic() - started < 1
+    for socket in waiting:  # they leave without a hello: their places are free again
+        await socket.close()
+    await asyncio.sleep(0.2)
+    live = await camera(ws_base, device)
     await live.send({"type": "ping", "id": "p"})
     assert (await live.expect("pong"))["id"] == "p"
 
