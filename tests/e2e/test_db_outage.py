@@ -129,8 +129,10 @@ async def test_a_motion_episode_during_a_database_pause_is_stored_and_pushed_onc
             hello = None
             while time.monotonic() - paused < PAUSE_S - SLOWEST_S:
                 paths = ("/api/v1/devices", "/api/v1/events", f"/api/v1/devices/{camera.id}")
-                got = await asyncio.gather(*(timed_get(stack.url, p, owner.headers) for p in paths))
-                answers += [(path, *answer) for path, answer in zip(paths, got, strict=True)]
+                timed = await asyncio.gather(
+                    *(timed_get(stack.url, p, owner.headers) for p in paths)
+                )
+                answers += [(path, *answer) for path, answer in zip(paths, timed, strict=True)]
                 if hello is None and time.monotonic() - paused > 6:  # past the sign-in cache
                     hello = await hello_closes_with(stack.url, token)
                 await asyncio.sleep(0.5)
