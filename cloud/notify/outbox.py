@@ -252,12 +252,12 @@ class Outbox:
             groups.setdefault(doc.group, []).append(doc)
         blockers: dict[str, tuple[int, datetime]] = {}
         # a group's first delivery (a thread's new, a test) has nothing before it
-        later = [name for name, members in groups.items() if members[-1].type not in FIRST]
-        if not later:
+        behind = [name for name, members in groups.items() if members[-1].type not in FIRST]
+        if not behind:
             return list(groups.values())
         cursor = Delivery.get_pymongo_collection().find(
             {
-                "group": {"$in": later},
+                "group": {"$in": behind},
                 "status": {"$in": list(CLAIMABLE)},
                 "_id": {"$nin": [d.id for d in docs]},
             },
