@@ -94,10 +94,10 @@ class SoakConfig:
     cameras: int = 1000
     accounts: int = 100
     share_fraction: float = 0.3  # of cameras shared, each with 1..3 other accounts
-    listeners: int = 2  # client WebSockets of each account's extra sign-in
+    listeners: int = 3  # client WebSockets of each account's extra sign-in
     session_rate: float = 20.0  # sessions opened per second
     ice: int = 4  # candidates each side sends per session (plus the end of candidates)
-    report_rate: float = 60.0  # event reports per second (threads of new, update, end)
+    report_rate: float = 30.0  # event reports per second (threads of new, update, end)
     churn_every_s: float = 3.0  # a revocation (and a new share) this often, every phase
     remove_every_s: float = 20.0  # a camera removed this often, every phase
     password_every_s: float = 20.0  # a password changed this often, every phase
@@ -105,7 +105,7 @@ class SoakConfig:
     modes: tuple[str, ...] = ("kill9", "redis", "dbpause", "lifecycle")
     baseline_s: float = 20.0  # load before the first fault (resources measured after)
     lead_s: float = 50.0  # load in a phase before its fault
-    after_s: float = 110.0  # load in a phase after its fault healed
+    after_s: float = 120.0  # load in a phase after its fault healed
     db_pause_s: float = 30.0
     redis_down_s: float = 5.0
     final_s: float = 20.0  # load after the last phase, before the load stops
