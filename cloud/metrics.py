@@ -18,6 +18,7 @@ Exposure (:func:`allowed`): with ``METRICS_TOKEN`` set, ``/metrics`` needs
 to loopback clients in development and answers 404 otherwise.
 """
 
+import atexit
 import hmac
 import os
 from collections.abc import Awaitable, Callable, Iterable
@@ -122,6 +123,9 @@ class Live(Collector):
 
 LIVE = Live()
 REGISTRY.register(LIVE)
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # A process that ends drops out of the live gauges (connections) of the others' scrapes.
+    atexit.register(multiprocess.mark_process_dead, os.getpid())
 
 
 def exposition() -> bytes:

@@ -1,7 +1,11 @@
 """GET /metrics in process: who may read it, route templates as labels, counters that move.
 The full set of metrics against real processes is tests/e2e/test_metrics.py."""
 
+import os
 import secrets
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -71,3 +75,29 @@ async def test_requests_are_counted_by_route_template_and_failed_sign_ins(
     failures = ("visionconnect_sign_in_failures_total", ())
     assert after[failures] - before.get(failures, 0) == 1
     assert ("visionconnect_cameras_online", ()) in after
+
+
+def test_multiprocess_mode_sums_the_processes_of_one_directory(tmp_path: Path) -> None:
+    """Two processes with PROMETHEUS_MULTIPROC_DIR: either one's scrape holds both's counts."""
+    code = (
+        "import sys; from cloud import metrics;"
+        "metrics.SIGN_IN_FAILURES.inc(int(sys.argv[1]));"
+        "metrics.CONNECTIONS.labels('device').inc();"
+        "sys.stdout.write(metrics.exposition().decode())"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    outs = [
+        subprocess.run(
+            [sys.executable, "-c", code, str(n)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parents[2],
+        ).stdout
+        for n in (2, 3)
+    ]
+    last = samples(outs[-1])
+    assert last[("visionconnect_sign_in_failures_total", ())] == 5
+    assert last[("visionconnect_signaling_connections", (("role", "device"),))] == 1  # livesum
+    assert ("visionconnect_cameras_online", ()) in last
