@@ -50,6 +50,7 @@ from cloud.devices.access import visible_devices
 from cloud.errors import CloudError, Malformed, Unauthenticated, Unavailable
 from cloud.events.models import EventThread, event_out
 from cloud.http import Endpoint, parse_query
+from cloud.signaling.deliveries import CLOSE_AUTH
 from cloud.signaling.ws import Signaling
 from protocol.messages import EventPush, GoAway
 
@@ -136,6 +137,8 @@ class StreamSocket:
     async def close(self, code: int, reason: str) -> None:
         if not self.closed:
             self.closed = True
+            if code == CLOSE_AUTH:  # its sign-in ended (cloud.auth.signins): say so
+                self.frames.put_nowait(GoAway(reconnect_after_ms=0, reason="token_revoked").text())
             self.frames.put_nowait(None)
 
 

@@ -3,12 +3,14 @@ tokens, access tokens and the connections opened with them; the account's remova
 everything of it."""
 
 import httpx
+import pytest
 from beanie import PydanticObjectId
 
 from cloud.devices.models import Device, Share
 from cloud.events.models import EventThread
 from cloud.notify.models import Webhook
 from tests.cloud.events.test_routes import RELAY, relay, report  # noqa: F401 (a fixture)
+from tests.cloud.signaling.test_sse import stream
 from tests.conftest import PASSWORD, Account, ActivateDevice, MakeAccount, share
 from tests.peers import Peer, camera, connect, viewer
 
@@ -30,16 +32,22 @@ async def renew(client: httpx.AsyncClient, who: Account) -> int:
     return (await client.post("/api/v1/auth/refresh", json=body)).status_code
 
 
-async def test_logout_ends_the_sign_in_its_access_token_and_its_socket(
+async def test_logout_ends_the_sign_in_its_access_token_its_socket_and_its_stream(
     ws_base: str, client: httpx.AsyncClient, make_account: MakeAccount
 ) -> None:
     phone = await make_account("leaving")
     laptop = await sign_in(client, phone.email)
     phone_socket, laptop_socket = await viewer(ws_base, phone), await viewer(ws_base, laptop)
-    body = {"refresh_token": phone.tokens["refresh_token"]}
-    assert (
-        await client.post("/api/v1/auth/logout", json=body, headers=phone.headers)
-    ).status_code == 204
+    base = ws_base.replace("ws://", "http://")
+    async with stream(base, phone.tokens["access_token"]) as events:
+        assert (await events.next())["event"] == "welcome"
+        body = {"refresh_token": phone.tokens["refresh_token"]}
+        logout = await client.post("/api/v1/auth/logout", json=body, headers=phone.headers)
+        assert logout.status_code == 204
+        bye = await events.expect("go_away")
+        assert bye["data"]["reason"] == "token_revoked"
+        with pytest.raises(EOFError):
+            await events.next(3)
     assert await me(client, phone) == 401  # not 15 more minutes of access
     assert await renew(client, phone) == 401
     assert await phone_socket.closed_with() == 4401
