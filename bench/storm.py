@@ -15,7 +15,7 @@ a "load balancer" that sends new connections to the surviving instances at rando
 script reads presence as the cloud keeps it (each device's holder in Redis, and the
 device's ``presence_epoch`` in the database) until every camera is held by a survivor, and
 prints: time until all online, connects/s per surviving instance, their peak CPU, and the
-connects refused (1013) or failed on the way.
+connects refused (503 or 1013) or failed on the way.
 
 The simulated cameras are bare asyncio protocols speaking just enough RFC 6455 (a masked
 ``hello``, answers to the server's pings), so that a few client processes carry 10,000.
@@ -77,7 +77,7 @@ CLOSE_TRY_AGAIN = 1013
 class Tally:
     attempts: int = 0
     welcomes: int = 0
-    refused: int = 0  # closed with 1013 before the welcome
+    refused: int = 0  # refused with 503 (busy) or closed with 1013 before the welcome
     failed: int = 0  # any other end before the welcome (refused TCP, timeout, 4401...)
     dropped: int = 0  # ends after the welcome
     closes: Counter[int] = field(default_factory=Counter)
@@ -129,7 +129,7 @@ class Swarm:
         if welcomed:
             self.tally.dropped += 1
             self.online.discard(camera.device)
-        elif code == CLOSE_TRY_AGAIN:
+        elif code == CLOSE_TRY_AGAIN or why.startswith("HTTP/1.1 503"):
             self.tally.refused += 1
         else:
             self.tally.failed += 1
@@ -455,7 +455,7 @@ def bench_rate(args: argparse.Namespace, tmp: Path, db: str) -> None:
         print(
             f"  {online / span:.0f} connects/s; cloud CPU {used:.1f} s = "
             f"{1000 * used / max(1, online):.2f} ms per connect "
-            f"({used / span:.0%} of a core); attempts {tally['attempts']}, refused (1013) "
+            f"({used / span:.0%} of a core); attempts {tally['attempts']}, refused (503 or 1013) "
             f"{tally['refused']}, failed {tally['failed']} {dict(tally['errors'])}"
         )
         busy = machine_end - machine
@@ -594,7 +594,7 @@ def run_storm(
         },
         "peak_cpu": [round(peak[c.pid], 2) for c in survivors],
         "attempts": tally["attempts"] - cameras,  # after the first connects
-        "refused_1013": tally["refused"],
+        "refused": tally["refused"],
         "failed": tally["failed"],
         "errors": dict(tally["errors"]),
         "closes": dict(tally["closes"]),
@@ -620,7 +620,7 @@ def bench_storm(args: argparse.Namespace, tmp: Path, db: str) -> None:
         )
     print(f"  peak CPU of the survivors (0.5 s samples, 1.0 = a core): {figures['peak_cpu']}")
     print(
-        f"  attempts after the kill {figures['attempts']}, refused (1013) "
+        f"  attempts after the kill {figures['attempts']}, refused (503 or 1013) "
         f"{figures['refused_1013']}, failed otherwise {figures['failed']} {figures['errors']}"
     )
     line = ", ".join(f"{t:.0f}s {n}" for t, n in figures["samples"][1::4])

@@ -33,8 +33,13 @@ class Action(StrEnum):
 
 def binding(device: Device) -> str:
     """The grant of a camera's activation with its current key."""
-    key = hashlib.sha256(device.public_key.encode()).hexdigest()[:16]
-    return f"bind:{device.id}:{key}"
+    return binding_of(str(device.id), device.public_key)
+
+
+def binding_of(device_id: str, public_key: str) -> str:
+    """:func:`binding` from the two fields it rests on (a camera's hello reads only those)."""
+    key = hashlib.sha256(public_key.encode()).hexdigest()[:16]
+    return f"bind:{device_id}:{key}"
 
 
 def share_grant(share: Share) -> str:

@@ -30,11 +30,20 @@ from websockets.protocol import OPEN, Protocol
 from websockets.server import ServerProtocol
 
 from cloud.errors import CloudError, Unavailable, outage_unavailable
-from cloud.signaling.deliveries import CLOSE_AUTH, CLOSE_TRY_AGAIN, Role
+from cloud.signaling.deliveries import CLOSE_AUTH, Role
 from cloud.signaling.ws import HELLO_TIMEOUT_S, Signaling, refusal
 from protocol.errors import ErrorCode, ProtocolError
 
 log = logging.getLogger(__name__)
+# websockets' own lines ("connection open" for every camera): warnings only, or a reconnect
+# storm writes one line per attempt.
+ws_log = logging.getLogger(__name__ + ".websockets")
+ws_log.setLevel(logging.WARNING)
+# A connection refused before its upgrade: no WebSocket handshake, no closing handshake.
+BUSY: Final = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
+    b"Connection: close\r\n\r\n"
+)
 
 ROLES: Final[dict[bytes, Role]] = {
     b"/ws/v1/device": "device",
@@ -46,10 +55,13 @@ WRITE_LIMIT = 256 * 1024  # bytes the peer has not read yet: past this it is too
 INBOX_HIGH, INBOX_LOW = 64, 16  # frames waiting: stop reading the socket, read again
 PING: Final = b"vc"
 # Connections past their upgrade whose hello is not handled yet, per process. Beyond this
-# a new connection is refused at once with 1013 (try again later): during a reconnect
+# a new connection is refused at once with 503 (try again later): during a reconnect
 # storm the hellos already taken are served in time, and the refused cameras come back
-# after their backoff, instead of every hello waiting until its camera gives up.
-MAX_HELLOS = 64
+# after their backoff, instead of every hello waiting until its camera gives up (the agent
+# waits 10 s for its welcome). At the ~100-150 connects/s of one process on the 2-core
+# machine, 200 waiting is under 2 s of work. The refusal is a bare 503 before the upgrade:
+# in bench/storm.py, refusals outnumber connects several times over.
+MAX_HELLOS = 200
 
 
 class _Hellos:
@@ -185,8 +197,13 @@ class DirectSocket(asyncio.Protocol):
             inner.connection_made(self._transport)
             inner.data_received(request)
             return
+        if _Hellos.waiting >= MAX_HELLOS:
+            _Hellos.refused += 1
+            self._transport.write(BUSY)
+            self._transport.close()
+            return
         self._role, self._signaling = role, context.signaling
-        self._ws = ServerProtocol(max_size=config.ws_max_size, logger=log)
+        self._ws = ServerProtocol(max_size=config.ws_max_size, logger=ws_log)
         self._ws.receive_data(request)
         self._handle_events()
 
@@ -205,10 +222,6 @@ class DirectSocket(asyncio.Protocol):
         self._server.connections.add(self)  # type: ignore[arg-type]  # any with shutdown()
         if self._signaling.draining:
             self.close_now(1012, "server restarting")
-            return
-        if _Hellos.waiting >= MAX_HELLOS:
-            _Hellos.refused += 1
-            self.close_now(CLOSE_TRY_AGAIN, "try again later")
             return
         _Hellos.waiting += 1
         self._saying_hello = True
@@ -327,6 +340,10 @@ class DirectSocket(asyncio.Protocol):
         except Unavailable as exc:  # the LOST item detaches it
             log.info("%s connection %s refused: %s", self._role, self._conn, exc.message)
             self.close_now(*refusal(exc))
+        except RuntimeError:  # gone before its welcome (it gave up waiting): LOST detaches it
+            if self._is_live():
+                raise
+            log.info("%s connection %s left before its welcome", self._role, self._conn)
 
     def _hello_timeout(self) -> None:
         self._timer = None

@@ -16,7 +16,7 @@ import jwt
 from beanie import PydanticObjectId
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from cloud.devices.access import binding
+from cloud.devices.access import binding_of
 from cloud.devices.models import Device
 from cloud.errors import Unauthenticated, Unavailable
 from cloud.signaling.bus import Bus, BusUnavailable
@@ -87,8 +87,9 @@ class DeviceAssertions:
         if not fresh:
             raise _refuse("replayed")
         device_id = PydanticObjectId(sub)
-        grant = binding(Device.model_construct(id=device_id, public_key=key))
-        return DevicePrincipal(device_id, PydanticObjectId(device["owner_id"]), grant)
+        return DevicePrincipal(
+            device_id, PydanticObjectId(device["owner_id"]), binding_of(sub, key)
+        )
 
 
 def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
