@@ -257,7 +257,7 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
             route = route_template(scope)
             metrics.HTTP_REQUESTS.labels(route, scope["method"], str(status)).inc()
-            metrics.HTTP_DURATION.labels(route).observe(elapsed)
+            metrics.HTTP_DURATION.observe(elapsed)
             access_log.info(
                 "%s %s %d %.1fms",
                 scope["method"],
