@@ -104,8 +104,8 @@ class SoakConfig:
     burst: int = 10  # lifecycle: revocations, removals and password changes at once
     modes: tuple[str, ...] = ("kill9", "redis", "dbpause", "lifecycle")
     baseline_s: float = 20.0  # load before the first fault (resources measured after)
-    lead_s: float = 50.0  # load in a phase before its fault
-    after_s: float = 120.0  # load in a phase after its fault healed
+    lead_s: float = 30.0  # load in a phase before its fault
+    after_s: float = 75.0  # load in a phase after its fault healed
     db_pause_s: float = 30.0
     redis_down_s: float = 5.0
     final_s: float = 20.0  # load after the last phase, before the load stops
@@ -336,6 +336,7 @@ class ClientConn:
         self.closed: float | None = None
         self.ws: Any = None
         self.pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.asked: dict[str, str] = {}  # request id -> device, every session.request sent
         self.sessions: dict[str, Session] = {}
 
     @property
@@ -360,19 +361,27 @@ class ClientConn:
         elif kind in SESSION_TYPES:
             sid = message.get("session_id")
             if kind == "session.created":
-                fut = self.pending.pop(str(message.get("id")), None)
+                rid = str(message.get("id"))
+                fut = self.pending.pop(rid, None)
                 device = message.get("device_id", "")
-                if fut is None:
+                if self.asked.get(rid) != device:
                     verdict = "violation"  # a session this connection did not ask for
-                else:
+                elif fut is not None:
                     fut.set_result(message)
+                else:  # an answer after the bench stopped waiting (a database pause)
+                    b.other["session.created after the request timed out"] += 1
+                    end = {"type": "session.end", "session_id": sid, "reason": "user_hangup"}
+                    b.spawn(self.ws.send(json.dumps(end)))
                 verdict = worst(verdict, g.access(self.user, device, t))
                 b.check(channel + ":" + kind, verdict, t, f"{self.user} created on {device}")
                 return
             session = self.sessions.get(str(sid))
             if session is None:
-                if kind == "session.end" and str(message.get("id")) in self.pending:
-                    self.pending.pop(str(message.get("id"))).set_result(message)
+                rid = str(message.get("id"))
+                if kind == "session.end" and rid in self.asked:
+                    if rid in self.pending:
+                        self.pending.pop(rid).set_result(message)
+                    verdict = worst(verdict, g.access(self.user, self.asked[rid], t))
                     b.check(channel + ":" + kind, verdict, t, "end before created")
                     return
                 b.check(channel + ":" + kind, "violation", t, f"{self.user}: {kind} of {sid}")
@@ -531,6 +540,8 @@ class Soak:
         self.key = Ed25519PrivateKey.generate()
         self.sessions_live: dict[str, Session] = {}  # every session, by id
         self.active: set[str] = set()
+        self.relay: Any = None  # the relay node's connection
+        self.refused_since: float | None = None  # event reports answered 403 since
         self.redis_port = free_port()
         self.redis: subprocess.Popen[bytes] | None = None
         self.db_process: subprocess.Popen[bytes] | None = None
@@ -946,6 +957,7 @@ class Soak:
         rid = f"r{next(self.names)}"
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         conn.pending[rid] = fut
+        conn.asked[rid] = device
         try:
             await conn.ws.send(
                 json.dumps(
@@ -983,6 +995,7 @@ class Soak:
                     self.pick().ws + "/ws/v1/relay", open_timeout=10, **WS_OPTIONS
                 ) as ws:
                     await ws.send(json.dumps({"type": "hello", "token": RELAY_TOKEN}))
+                    self.relay = ws
                     beat = asyncio.ensure_future(self.relay_load(ws))
                     try:
                         async for _ in ws:
@@ -1050,6 +1063,7 @@ class Soak:
             )
             p = self.phases[phase]
             if status == 200:
+                self.refused_since = None
                 p.reports["accepted"] += 1
                 self.reports.append(Report(out["id"], d.id, state, first, answered, phase))
                 return True
@@ -1058,13 +1072,23 @@ class Soak:
                 return False
             if status in (401, 403, 0):  # the relay's connection is on its way back
                 p.reports[f"retried after {status}"] += 1
+                now = time.monotonic()
+                if status == 403 and now - (self.refused_since or now) > 10 and self.relay:
+                    # the node is connected yet "not registered": finding 2 in the docs.
+                    # A real node does not recover from this; the bench reconnects it.
+                    p.reports["relay reconnected after 10 s of 403"] += 1
+                    self.refused_since = None
+                    self.spawn(self.relay.close())
+                elif status == 403 and self.refused_since is None:
+                    self.refused_since = now
                 await asyncio.sleep(0.5)
                 continue
             p.reports[f"gave up {status}"] += 1
             self.findings.append(f"event report answered {status}: {out}")
             return False
         self.phases[phase].reports["gave up"] += 1
-        self.findings.append(f"event report not accepted in 180 s ({phase})")
+        if f"event report not accepted in 180 s ({phase})" not in self.findings:
+            self.findings.append(f"event report not accepted in 180 s ({phase})")
         return False
 
     async def churn(self) -> None:
