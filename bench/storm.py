@@ -621,7 +621,7 @@ def bench_storm(args: argparse.Namespace, tmp: Path, db: str) -> None:
     print(f"  peak CPU of the survivors (0.5 s samples, 1.0 = a core): {figures['peak_cpu']}")
     print(
         f"  attempts after the kill {figures['attempts']}, refused (503 or 1013) "
-        f"{figures['refused_1013']}, failed otherwise {figures['failed']} {figures['errors']}"
+        f"{figures['refused']}, failed otherwise {figures['failed']} {figures['errors']}"
     )
     line = ", ".join(f"{t:.0f}s {n}" for t, n in figures["samples"][1::4])
     print(f"  moved over time: {line}")
