@@ -96,7 +96,7 @@ def main() -> None:
         cloud, url = sig.start_cloud(stack, env, Path(tmp) / "cloud.log", "websockets-sansio")
         key = Ed25519PrivateKey.generate()
         _, ids = sig.owners_and_devices(url, env, args.cameras, key)
-        head = ["", "online", "series", "KiB", "idle %", "raw ms", "ms/scrape", "p50 ms", "p99 ms"]
+        head = ["", "online", "series", "KiB", "idle %", "raw ms", "net ms", "p50 ms", "p99 ms"]
         print(
             f"{head[0]:<14}"
             + "".join(f"{h:>9}" if i > 1 else f"{h:>8}" for i, h in enumerate(head) if i)
