@@ -1146,7 +1146,15 @@ class Soak:
             victim.process.wait()
             replacement = Instance(f"i{next(self.names)}", self.env, self.tmp / "cloud-new.log")
             replacement.log = self.tmp / f"cloud-{replacement.name}.log"
-            await asyncio.to_thread(replacement.start)
+            for attempt in range(1, 4):  # as a supervisor would: start it again
+                try:
+                    await asyncio.to_thread(replacement.start)
+                    break
+                except RuntimeError as exc:  # finding 3: startup fails on a slow database
+                    p.notes.append(f"replacement failed to start (try {attempt})")
+                    if attempt == 3:
+                        raise
+                    self.findings.append(f"replacement instance exited at startup: {exc}"[:400])
             self.instances[0] = replacement
             p.notes.append(
                 f"killed pid {victim.pid}, replacement ready after "
