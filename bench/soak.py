@@ -370,6 +370,13 @@ class ClientConn:
                     fut.set_result(message)
                 else:  # an answer after the bench stopped waiting (a database pause)
                     b.other["session.created after the request timed out"] += 1
+                    done: asyncio.Future[dict[str, Any]] = (
+                        asyncio.get_running_loop().create_future()
+                    )
+                    done.set_result(message)
+                    b.sessions_live[str(sid)] = Session(
+                        str(sid), device, self.user, self.signin, self, t, done
+                    )  # the camera side of it (its session.end) is checked as any other
                     end = {"type": "session.end", "session_id": sid, "reason": "user_hangup"}
                     b.spawn(self.ws.send(json.dumps(end)))
                 verdict = worst(verdict, g.access(self.user, device, t))
