@@ -22,6 +22,7 @@ import logging
 from types import TracebackType
 from typing import Any
 
+import pymongo
 from beanie import Document, init_beanie
 from pymongo import AsyncMongoClient
 
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 SERVER_SELECTION_TIMEOUT_MS = 3000  # no server answers its heartbeat: fail after this
 CONNECT_TIMEOUT_MS = 3000  # a new connection (and the monitor's heartbeat)
 SOCKET_TIMEOUT_MS = 5000  # one reply: a paused server fails the operation after this
+STARTUP_TIMEOUT_S = 60.0  # the indexes at startup: a loaded database may take longer than 5 s
 
 DOCUMENTS: list[type[Document]] = [
     User,
@@ -79,9 +81,10 @@ class Database:
             retryWrites=False,
             appname="visionconnect-cloud",
         )
-        await init_beanie(
-            database=self.client[self._settings.database_name], document_models=DOCUMENTS
-        )
+        with pymongo.timeout(STARTUP_TIMEOUT_S):  # replaces the socket timeout for these
+            await init_beanie(
+                database=self.client[self._settings.database_name], document_models=DOCUMENTS
+            )
         return self
 
     def _start_embedded(self) -> str:
