@@ -467,6 +467,27 @@ def memory_trend(r: Round) -> tuple[float, float, float, float] | None:
     return during[0][1], during[-1][1], max(mb for _, mb in during), slope
 
 
+def start_stack(stack: ExitStack, tmp: Path) -> Stack:
+    """SecantusDB, redis-server and the cloud on loopback, stopped when ``stack`` closes."""
+    mongodb_url, db = stack.enter_context(secantus_process(tmp / "db"))
+    redis_url = stack.enter_context(redis_server())
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "PUBLIC_URL": url,
+        "MONGODB_URL": mongodb_url,
+        "MONGODB_DATABASE": DATABASE,
+        "JWT_SECRET": secrets.token_urlsafe(48),
+        "DATA_DIR": str(tmp),
+        "RELAY_SECRET": RELAY_SECRET,
+        "REDIS_URL": redis_url,
+    }
+    cloud = start_cloud(env, tmp / "cloud.log", port, "--host", "127.0.0.1")
+    stack.callback(stop, cloud)
+    return Stack(url, mongodb_url, cloud, db, tmp)
+
+
 def thread_ticks(pid: int) -> dict[int, int]:
     """utime + stime of each thread of a process, by thread id."""
     found: dict[int, int] = {}
@@ -749,22 +770,8 @@ async def main() -> None:
     rounds: list[Round] = []
     with tempfile.TemporaryDirectory(prefix="vc-analysis-") as name, ExitStack() as stack:
         tmp = Path(name)
-        mongodb_url, db = stack.enter_context(secantus_process(tmp / "db"))
-        redis_url = stack.enter_context(redis_server())
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {
-            **os.environ,
-            "PUBLIC_URL": url,
-            "MONGODB_URL": mongodb_url,
-            "MONGODB_DATABASE": DATABASE,
-            "JWT_SECRET": secrets.token_urlsafe(48),
-            "DATA_DIR": str(tmp),
-            "RELAY_SECRET": RELAY_SECRET,
-            "REDIS_URL": redis_url,
-        }
-        cloud = start_cloud(env, tmp / "cloud.log", port, "--host", "127.0.0.1")
-        stack.callback(stop, cloud)
+        everything = start_stack(stack, tmp)
+        url = everything.url
         owner = await Owner.register(url)
         ready = asyncio.Event()
         listener = asyncio.create_task(owner.listen(ready))
@@ -774,7 +781,6 @@ async def main() -> None:
             await asyncio.gather(*(onboard(owner, tmp, n, gate) for n in range(max(args.cameras))))
         )
         print(f"  {len(agents)} cameras onboarded", flush=True)
-        everything = Stack(url, mongodb_url, cloud, db, tmp)
         try:
             for n in args.cameras:
                 rounds.append(await run_round(everything, owner, agents[:n], args))

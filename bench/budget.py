@@ -29,7 +29,6 @@ import argparse
 import ast
 import asyncio
 import datetime
-import os
 import re
 import secrets
 import statistics
@@ -46,9 +45,7 @@ sys.path.insert(0, str(ROOT))
 import peer.codecs  # noqa: E402, F401  (the viewers take the cameras' H.264)
 from bench.analysis import (  # noqa: E402
     CLOCK_TICKS,
-    DATABASE,
     PASSWORD,
-    RELAY_SECRET,
     Agent,
     Episode,
     Owner,
@@ -59,12 +56,12 @@ from bench.analysis import (  # noqa: E402
     source_start,
     start_agent,
     start_relay,
+    start_stack,
     stop_group,
     wait_relay_online,
 )
 from device_sim.viewer import Viewer, Watch  # noqa: E402
 from peer.network import use_host_addresses  # noqa: E402
-from tests.servers import free_port, redis_server, secantus_process, start_cloud, stop  # noqa: E402
 
 TARGET_LAG_P99_MS = 10.0
 CAMERA_FPS = 15.0
@@ -142,22 +139,8 @@ async def run(args: argparse.Namespace) -> list[Phase]:
     phases = [Phase("quiet"), Phase("detecting")]
     with tempfile.TemporaryDirectory(prefix="vc-budget-") as name, ExitStack() as stack:
         tmp = Path(name)
-        mongodb_url, _ = stack.enter_context(secantus_process(tmp / "db"))
-        redis_url = stack.enter_context(redis_server())
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {
-            **os.environ,
-            "PUBLIC_URL": url,
-            "MONGODB_URL": mongodb_url,
-            "MONGODB_DATABASE": DATABASE,
-            "JWT_SECRET": secrets.token_urlsafe(48),
-            "DATA_DIR": str(tmp),
-            "RELAY_SECRET": RELAY_SECRET,
-            "REDIS_URL": redis_url,
-        }
-        cloud = start_cloud(env, tmp / "cloud.log", port, "--host", "127.0.0.1")
-        stack.callback(stop, cloud)
+        cloud = start_stack(stack, tmp)
+        url, mongodb_url = cloud.url, cloud.mongodb_url
         email = f"bench.{secrets.token_hex(4)}@example.com"
         owner = await Owner.register(url, email)
         gate = asyncio.Semaphore(4)

@@ -116,8 +116,8 @@ async def remove_device(request: Request, device: Device) -> None:
     await device.delete()
     await context(request).signaling.enforce(change)
     # its events, clips, recordings, snapshots and uploads, its notification preferences
-    threads = await EventThread.find(EventThread.device_id == device.id).to_list()
-    await EventSnapshot.find({"event_id": {"$in": [t.id for t in threads]}}).delete()
+    threads = await EventThread.get_pymongo_collection().distinct("_id", {"device_id": device.id})
+    await EventSnapshot.find({"event_id": {"$in": threads}}).delete()
     await EventThread.find(EventThread.device_id == device.id).delete()
     await delete_device_media(media_store(request), device.id)
     await notifier(request).device_removed(device.id)

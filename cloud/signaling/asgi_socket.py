@@ -52,7 +52,7 @@ async def serve(signaling: Signaling, socket: WebSocket, role: Role) -> None:
     try:
         text = await asyncio.wait_for(socket.receive_text(), HELLO_TIMEOUT_S)
         with outage_unavailable():  # the database away: 1013, try again later
-            principal, grant = await signaling.authenticate(role, text)
+            principal, grant = await signaling.hellos.authenticate(role, text)
     except (TimeoutError, CloudError, ProtocolError, WebSocketDisconnect) as exc:
         log.info("%s connection refused: %s", role, getattr(exc, "message", type(exc).__name__))
         if socket.application_state == WebSocketState.CONNECTED:

@@ -324,7 +324,7 @@ class DirectSocket(asyncio.Protocol):
             if text is None:
                 raise ProtocolError(ErrorCode.UNAUTHENTICATED, "the first message must be hello")
             with outage_unavailable():  # the database away: 1013, try again later
-                principal, grant = await signaling.authenticate(self._role, text)
+                principal, grant = await signaling.hellos.authenticate(self._role, text)
         except (CloudError, ProtocolError) as exc:
             log.info("%s connection refused: %s", self._role, exc.message)
             self.close_now(*refusal(exc))

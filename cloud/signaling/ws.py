@@ -400,10 +400,6 @@ class Signaling:
     # it, hand it each frame, detach it. cloud.signaling.asgi_socket runs it over a Starlette
     # WebSocket; cloud.signaling.direct_socket runs it straight from the transport.
 
-    async def authenticate(self, role: Role, hello_text: str) -> tuple[str, str | None]:
-        """See :meth:`cloud.auth.hello.HelloAuth.authenticate`."""
-        return await self.hellos.authenticate(role, hello_text)
-
     def attach(self, socket: Socket, role: Role, principal: str) -> str:
         """Give an authenticated socket its connection id; :meth:`detach` must follow."""
         conn = self.hub.new_connection_id()
