@@ -64,6 +64,22 @@ class _Transport:
 
 def problems() -> list[str]:
     """What is missing or changed, as ``"<internal> (<who uses it>)"``; empty when all is well."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # aiortc's constructors take the current loop: lend them one
+        loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(_in_a_loop())
+        finally:
+            loop.close()
+    return _problems()
+
+
+async def _in_a_loop() -> list[str]:
+    return _problems()
+
+
+def _problems() -> list[str]:
     found: list[str] = []
     transport: Any = _Transport()
     receiver = RTCRtpReceiver("video", transport)

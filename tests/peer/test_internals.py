@@ -1,12 +1,16 @@
 """The aiortc and aioice internals the code uses are all there, and a missing one is named
 at start (peer/internals.py), never found mid-session."""
 
+import subprocess
+import sys
+
 import aioice.ice
 import pytest
 from aiortc import RTCRtpReceiver, RTCRtpSender
 
 from peer import internals
 from peer.network import use_host_addresses
+from tests.servers import ROOT
 
 
 def test_the_pinned_aiortc_and_aioice_have_every_internal_the_code_uses() -> None:
@@ -55,3 +59,13 @@ def test_the_relay_node_refuses_to_start_on_a_changed_aiortc(
     monkeypatch.delattr(RTCRtpReceiver, "_send_rtcp_pli")
     with pytest.raises(RuntimeError, match="_send_rtcp_pli"):
         RelayNode(None)  # type: ignore[arg-type]  # refused before the settings are read
+
+
+def test_the_check_runs_where_no_event_loop_is_current() -> None:
+    """aiortc's constructors ask for the current loop; the check lends them one (in the full
+    suite an earlier test had left none, and every check failed on that, not on aiortc)."""
+    code = (
+        "import asyncio; asyncio.set_event_loop(None); from peer import internals; "
+        "assert internals.problems() == [], internals.problems()"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
