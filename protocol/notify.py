@@ -12,7 +12,33 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from protocol.events import Event, EventKind, EventState
 
 ClockTime = Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
-HttpUrl = Annotated[str, Field(min_length=8, max_length=2048, pattern=r"^https?://[^\s]+$")]
+# An http(s) URL as cloud.notify.addresses.split() takes it: a host name in ASCII (IDNs in
+# punycode, as browsers give them), an IPv4 address or a bracketed IPv6 one, an optional
+# port 0-65535, no user name. The schema says all the server checks, so a URL the schema
+# accepts is never refused as malformed.
+_H16 = "[0-9A-Fa-f]{1,4}"
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_IPV4 = rf"(?:{_OCTET}\.){{3}}{_OCTET}"
+_IPV6 = "|".join(
+    [
+        rf"(?:{_H16}:){{7}}{_H16}",
+        rf"(?:{_H16}:){{1,7}}:",
+        *(rf"(?:{_H16}:){{1,{7 - n}}}(?::{_H16}){{1,{n}}}" for n in range(1, 7)),
+        rf":(?:(?::{_H16}){{1,7}}|:)",
+        rf"(?:{_H16}:){{6}}{_IPV4}",
+        rf"::(?:[Ff]{{4}}:)?{_IPV4}",
+    ]
+)
+_HOST = rf"(?:[A-Za-z0-9._~%!$&'()*+,;=-]+|\[(?:{_IPV6})\])"
+_PORT = "(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5]?[0-9]{1,4}))?"
+HttpUrl = Annotated[
+    str,
+    Field(
+        min_length=8,
+        max_length=2048,
+        pattern=rf"^https?://{_HOST}{_PORT}(?:[/?#]\S*)?$",
+    ),
+]
 Kinds = Annotated[list[EventKind], Field(min_length=1, max_length=32)]
 
 

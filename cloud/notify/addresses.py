@@ -46,7 +46,10 @@ def allowed(address: IpAddress, settings: Settings) -> bool:
 
 
 def split(url: str) -> tuple[str, str, int]:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # a bracketed host that is no IPv6 address, NFKC tricks
+        raise RefusedAddress(f"the URL is malformed: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise RefusedAddress("the URL must be http:// or https:// with a host")
     if parts.username or parts.password:
