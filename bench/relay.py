@@ -96,7 +96,7 @@ from device_sim.stream import EncodedTrack  # noqa: E402
 from device_sim.viewer_peer import ViewerPeer  # noqa: E402
 from peer import codecs  # noqa: E402
 from peer.network import use_host_addresses  # noqa: E402
-from relay.media import Fanout, FanoutTrack, forward_keyframe_requests  # noqa: E402
+from relay.media import Fanout, FanoutTrack, serve_viewer  # noqa: E402
 from tests.rtsp import rtsp_camera  # noqa: E402
 
 WIDTH, HEIGHT, FPS = 640, 480, 15  # VP8
@@ -367,7 +367,7 @@ async def relay_main(conn: Connection, setup: tuple[str, str, str | None]) -> No
                 fanout_track = fanout.subscribe()
                 tracks.append(fanout_track)
                 sender = pc.addTransceiver(fanout_track, direction="sendonly").sender
-                forward_keyframe_requests(sender, fanout_track)
+                serve_viewer(sender, fanout_track)
                 codecs.prefer_exactly(pc, [camera_codec.capability()])
             else:
                 assert media_relay is not None

@@ -18,7 +18,8 @@ import aioice
 import aioice.ice
 import aiortc.codecs
 import aiortc.rtcrtpsender
-from aiortc import RTCIceTransport, RTCRtpReceiver, RTCRtpSender
+from aiortc import RTCDtlsTransport, RTCIceTransport, RTCRtpReceiver, RTCRtpSender
+from aiortc.codecs.h264 import H264Encoder
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtcrtpreceiver import NackGenerator
 
@@ -38,9 +39,21 @@ RECEIVER_METHODS = {
 }
 SENDER_SLOTS = {
     "_RTCRtpSender__encoder": "device_sim/camera_peer.py",  # None until aiortc fills it
-    "_RTCRtpSender__rtp_started": "relay/sender.py",
-    "_RTCRtpSender__rtp_exited": "relay/sender.py",
-    "_RTCRtpSender__rtp_task": "relay/sender.py",
+    **{
+        f"_RTCRtpSender__{name}": "relay/sender.py"
+        for name in (
+            "rtp_started",
+            "rtp_exited",
+            "rtp_task",
+            "mid",
+            "rtp_header_extensions_map",
+            "rtx_payload_type",
+            "ntp_timestamp",
+            "rtp_timestamp",
+            "octet_count",
+            "packet_count",
+        )
+    },
 }
 SENDER_METHODS = {
     "_send_keyframe": "peer/codecs.py",
@@ -112,6 +125,17 @@ def _problems() -> list[str]:
     for event in ("_RTCRtpSender__rtp_started", "_RTCRtpSender__rtp_exited"):
         if not isinstance(vars(sender).get(event), asyncio.Event):
             found.append(f"RTCRtpSender.{event} as an asyncio.Event (relay/sender.py)")
+    # relay/sender.py sends each packet itself: SRTP from the DTLS transport, then aioice.
+    if not callable(getattr(RTCDtlsTransport, "_send_rtp", None)):
+        found.append("RTCDtlsTransport._send_rtp (relay/sender.py)")
+    dtls_source = inspect.getsource(RTCDtlsTransport)  # _tx_srtp is set in start()
+    for name in ("_tx_srtp", "_state", "__tx_bytes", "__tx_packets"):
+        if f"self.{name} =" not in dtls_source:
+            found.append(f"RTCDtlsTransport.{name} (relay/sender.py)")
+    if not callable(getattr(aioice.ice.StunProtocol, "send_data", None)):
+        found.append("aioice.ice.StunProtocol.send_data (relay/sender.py)")
+    if not callable(vars(H264Encoder).get("pack")):  # its own, not the base class's
+        found.append("H264Encoder.pack (relay/sender.py)")
     if type(getattr(aiortc.rtcrtpsender, "RTP_HISTORY_SIZE", None)) is not int:
         found.append("aiortc.rtcrtpsender.RTP_HISTORY_SIZE as an int (peer/retransmission.py)")
     table = getattr(aiortc.codecs, "CODECS", None)

@@ -31,7 +31,7 @@ raises if aiortc changes it) and keyframes that must come from the camera.
 Keyframes: a viewer track starts at a keyframe; until then it sends nothing. The fan-out
 keeps the upstream's current GOP (:mod:`peer.gop`), and a viewer whose sender starts (its
 connection is up), falls more than :data:`VIEWER_QUEUE_FRAMES` behind, or asks for a
-keyframe (PLI/FIR, through :func:`forward_keyframe_requests`) starts over from it, paced,
+keyframe (PLI/FIR, through :func:`serve_viewer`) starts over from it, paced,
 without disturbing the camera or the other viewers. Only when no GOP is cached (the upstream
 just started) does it ask the camera for a keyframe with an RTCP PLI through the upstream
 receiver (``RTCRtpReceiver._send_rtcp_pli``, private; the media SSRC comes from the public
@@ -437,7 +437,7 @@ class Fanout:
         return task
 
 
-def forward_keyframe_requests(sender: RTCRtpSender, track: FanoutTrack) -> None:
+def serve_viewer(sender: RTCRtpSender, track: FanoutTrack) -> None:
     """Make a viewer's PLI/FIR for ``sender`` (which sends ``track``) restart ``track``, and
     give ``sender`` the relay's cheaper send loop (:mod:`relay.sender`: each H.264 frame
     packetized once for every viewer, the RTP header built once per frame). Call it right

@@ -51,7 +51,7 @@ from relay import metrics
 from relay.analysis import Analysis
 from relay.detector import Detector
 from relay.loop_lag import LoopLag
-from relay.media import Fanout, forward_keyframe_requests
+from relay.media import Fanout, serve_viewer
 from relay.settings import RelaySettings
 from relay.uploads import UploadAnalysis
 
@@ -392,7 +392,7 @@ class RelayNode:
         try:
             track = upstream.fanout.subscribe()
             sender = pc.addTransceiver(track, direction="sendonly").sender
-            forward_keyframe_requests(sender, track)
+            serve_viewer(sender, track)
             # Before the offer is set: aiortc picks an answer's codecs from the preferences
             # of the transceiver the offer's video section lands on, there and then.
             codecs.prefer_exactly(pc, [codec.capability()])

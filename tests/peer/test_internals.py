@@ -1,6 +1,7 @@
 """The aiortc and aioice internals the code uses are all there, and a missing one is named
 at start (peer/internals.py), never found mid-session."""
 
+import importlib
 import subprocess
 import sys
 
@@ -40,6 +41,23 @@ def test_a_renamed_private_slot_is_named(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_a_sender_method_gone_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(RTCRtpSender, "_send_keyframe")
     assert any("_send_keyframe" in p for p in internals.problems())
+
+
+@pytest.mark.parametrize(
+    ("owner", "name"),
+    [
+        ("aiortc.RTCDtlsTransport", "_send_rtp"),
+        ("aioice.ice.StunProtocol", "send_data"),
+        ("aiortc.codecs.h264.H264Encoder", "pack"),
+    ],
+)
+def test_a_hook_of_the_relays_send_loop_gone_is_named(
+    monkeypatch: pytest.MonkeyPatch, owner: str, name: str
+) -> None:
+    """relay/sender.py checks these when it installs; process start names them too."""
+    module, _, cls = owner.rpartition(".")
+    monkeypatch.delattr(getattr(importlib.import_module(module), cls), name)
+    assert any(name in p and "relay/sender.py" in p for p in internals.problems())
 
 
 def test_host_addresses_fail_loudly_without_aioices_function(

@@ -25,7 +25,7 @@ from device_sim.viewer_peer import ViewerPeer
 from peer import codecs
 from peer.codecs import H264, NAL_IDR, NAL_PPS, NAL_SPS, is_vp8_keyframe, nal_units
 from peer.network import use_host_addresses
-from relay.media import KEYFRAME_RETRY_S, Fanout, FanoutTrack, forward_keyframe_requests
+from relay.media import KEYFRAME_RETRY_S, Fanout, FanoutTrack, serve_viewer
 from tests.peer.test_lossy_link import LossyLink
 from tests.peer.test_lossy_link import _through as through
 
@@ -96,7 +96,7 @@ async def serve(
         codecs.prefer(pc, (codec,))
     await pc.setRemoteDescription(RTCSessionDescription(sdp=await viewer.offer(), type="offer"))
     await pc.setLocalDescription(await pc.createAnswer())
-    forward_keyframe_requests(sender, track)
+    serve_viewer(sender, track)
     await viewer.accept(pc.localDescription.sdp)
     await viewer.add_candidate(None)
     return track, sender

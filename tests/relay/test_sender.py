@@ -13,7 +13,7 @@ from av import Packet
 from peer import codecs
 from peer.codecs import H264, VP8
 from relay import sender as sender_loop
-from relay.media import VIDEO_TIME_BASE, Fanout, FanoutTrack, forward_keyframe_requests
+from relay.media import VIDEO_TIME_BASE, Fanout, FanoutTrack, serve_viewer
 from tests.peer.test_lossy_link import LossyLink
 from tests.peer.test_lossy_link import _through as through
 from tests.relay.test_media import (
@@ -117,7 +117,7 @@ async def test_a_packet_lost_on_the_way_to_a_viewer_is_sent_again_and_the_pictur
         pc = closing.add(RTCPeerConnection(RTCConfiguration(iceServers=[])))
         track: FanoutTrack = fanout.subscribe()
         sender = pc.addTransceiver(track, direction="sendonly").sender
-        forward_keyframe_requests(sender, track)
+        serve_viewer(sender, track)
         codecs.prefer(pc, (H264,))
         offer, link.viewer = through(await peer.offer(), link.port("camera"))
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
