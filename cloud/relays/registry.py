@@ -51,11 +51,20 @@ async def register(relay_id: str, connection_id: str) -> None:
 
 
 async def report(relay_id: str, connection_id: str, load: RelayLoad) -> None:
+    """A heartbeat (``relay.load``) of the relay's registered connection.
+
+    It also marks the relay online again: the connection it comes through is open, whatever
+    an instance concluded from a presence lease that ran out while the holding instance was
+    too busy to renew it (:func:`expired`; docs/benchmarks.md, soak finding 2). Only the
+    registered connection counts: a relay that reconnected since is registered under its
+    new connection, and the old one's late reports change nothing.
+    """
     await RelayNode.get_pymongo_collection().update_one(
         {"relay_id": relay_id, "connection_id": connection_id},
         {
             "$set": {
                 "last_seen": datetime.now(UTC),
+                "online": True,
                 "load": load.load,
                 "sessions": load.sessions,
                 "capacity": load.capacity,
@@ -71,7 +80,10 @@ async def unregister(relay_id: str, connection_id: str) -> None:
 
 
 async def expired(relay_id: str) -> None:
-    """The relay's presence expired with its instance: it is offline, whatever connection."""
+    """The relay's presence expired with its instance: it is offline, whatever connection.
+
+    A relay still connected (its instance was only slow to renew the lease) is back online
+    at its next ``relay.load`` (:func:`report`)."""
     await RelayNode.get_pymongo_collection().update_one(
         {"relay_id": relay_id}, {"$set": {"online": False}}
     )
