@@ -10,8 +10,11 @@ Two implementations with one behaviour, checked by one contract suite:
 ``cloud.signaling.redis_bus.RedisBus`` (any number of instances on one Redis).
 
 Delivery is at most once: a message goes only to the instances subscribed when it is
-published, and is lost if a subscriber's connection is down at that moment. Messages on one
-channel reach its handler in publish order; a slow handler delays only its own channel.
+published, and is lost if a subscriber's connection is down at that moment. Such a loss is
+never silent: once the subscriber connection is back and holds every channel again, the bus
+calls its gap listener (:meth:`Bus.on_gap`), and the instance tells the connections that may
+have missed something (cloud.signaling.ws, issue 16). Messages on one channel reach its
+handler in publish order; a slow handler delays only its own channel.
 
 BusUnavailable is the one error of the bus: the backing service did not answer in time, or
 the bus is not running (not started, or closed).
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 
 Message = dict[str, Any]  # JSON-serialisable
 Handler = Callable[[Message], Awaitable[None]]
+GapListener = Callable[[float], Awaitable[None]]  # the time.monotonic() the subscription was lost
 
 HANDLER_TIMEOUT_S = 10.0  # a handler stuck longer is cancelled so its channel moves on
 MAX_PENDING = 10_000  # per channel; beyond this a subscriber is hopelessly behind: drop
@@ -67,6 +71,15 @@ class Bus(Protocol):
         """Stop delivering ``channel`` here, dropping queued messages; never raises.
 
         Safe to call from the channel's own handler (the current call runs to its end).
+        """
+
+    def on_gap(self, listener: GapListener) -> None:
+        """Make ``listener`` this instance's one listener of subscription gaps.
+
+        Called with the ``time.monotonic()`` at which the subscription was lost, each time it
+        comes back: every channel held then is held again (a message published from now on
+        is delivered), and what was published to them since that moment may never arrive.
+        A bus that cannot lose its subscription (:class:`MemoryBus`) never calls it.
         """
 
     async def set_presence(self, device_id: str, holder: str, ttl_s: float) -> None:
@@ -214,6 +227,7 @@ class MemoryBus:
         self._once: dict[str, float] = {}  # key -> expires at
         self._next_sweep = 0.0
         self._running = False
+        self.gap_listener: GapListener | None = None  # never called: nothing here is lost
 
     async def start(self) -> None:
         self._running = True
@@ -235,6 +249,9 @@ class MemoryBus:
 
     async def unsubscribe(self, channel: str) -> None:
         await self._deliveries.remove(channel)
+
+    def on_gap(self, listener: GapListener) -> None:
+        self.gap_listener = listener
 
     async def set_presence(self, device_id: str, holder: str, ttl_s: float) -> None:
         self._check_running()

@@ -22,6 +22,7 @@ CLOSE_POLICY = 1008
 CLOSE_REPLACED = 4409
 CLOSE_REMOVED = 4404
 CLOSE_TRY_AGAIN = 1013
+CLOSE_RESYNC = 4503  # the bus lost messages for the connection: reconnect, re-read state
 
 
 def device_channel(device_id: str) -> str:

@@ -36,6 +36,7 @@ from cloud.signaling.deliveries import (
     CLOSE_POLICY,
     CLOSE_REMOVED,
     CLOSE_REPLACED,
+    CLOSE_RESYNC,
     Close,
     Delivery,
     MotionReport,
@@ -96,6 +97,8 @@ from protocol.messages import (
     Status,
     StatusError,
 )
+
+RESYNC_SPREAD_MS = 3000
 
 
 @dataclass
@@ -194,6 +197,27 @@ class Hub:
         out += self._end_camera_sides(conn, "device_offline")
         out.append(Close(conn, CLOSE_REPLACED, why))
         self.connections.pop(conn, None)
+        return out
+
+    def resync(self, conns: list[str]) -> list[Delivery]:
+        """The bus may have lost messages for ``conns`` (a gap in this instance's subscription,
+        a Redis restart): each user connection among them is told to go away and closed with
+        ``CLOSE_RESYNC``, so the app reconnects and reads presence and events afresh (the
+        event stream resumes from its ``Last-Event-ID``) instead of missing them silently.
+
+        Its sessions end with it (their answer or candidates may be lost too). Cameras and
+        relay nodes stay: what they miss are session messages, whose viewers time out and
+        ask again; reconnecting every camera on a Redis restart would be a reconnect storm.
+        Reconnections are spread over ``RESYNC_SPREAD_MS`` by the ``go_away``.
+        """
+        out: list[Delivery] = []
+        for conn in conns:
+            info = self.connections.get(conn)
+            if info is None or info.role != "user":
+                continue
+            after_ms = secrets.randbelow(RESYNC_SPREAD_MS)
+            out.append(Send(conn, GoAway(reconnect_after_ms=after_ms, reason="resync")))
+            out.append(Close(conn, CLOSE_RESYNC, "messages may have been missed: reconnect"))
         return out
 
     def drain(self) -> list[Delivery]:

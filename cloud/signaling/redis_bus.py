@@ -18,8 +18,10 @@ Each instance holds one subscriber connection, read by one task: when it breaks,
 reconnects with backoff (capped at ``BACKOFF_CAP_S``) and subscribes every held channel
 again, without help from the caller.
 What was published in between is lost (pub/sub is at most once); publishers saw it as a
-count of 0 or as BusUnavailable. A Redis restarted without persistence loses presence and
-one-time keys as well.
+count of 0 or as BusUnavailable. So that the loss is not silent, the task then sends a PING
+behind the SUBSCRIBE: Redis answers in order, so its reply says every channel is held again,
+and the gap listener (``Bus.on_gap``) is called with the moment the connection was lost.
+A Redis restarted without persistence loses presence and one-time keys as well.
 
 Scripts read the Redis clock, so instances never disagree about expiry. They compute key
 names, which Redis Cluster forbids: this targets one Redis primary.
@@ -42,7 +44,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cloud.signaling.bus import CLOSE_TIMEOUT_S, BusUnavailable, Deliveries, Handler, Message
+from cloud.signaling.bus import (
+    CLOSE_TIMEOUT_S,
+    BusUnavailable,
+    Deliveries,
+    GapListener,
+    Handler,
+    Message,
+)
 from cloud.signaling.redis_publisher import NIL, Publisher, PublishFailed
 
 log = logging.getLogger(__name__)
@@ -123,6 +132,9 @@ class RedisBus:
         self._connected = asyncio.Event()
         self._pending: dict[tuple[str, str], asyncio.Future[None]] = {}  # (kind, channel)
         self._running = False
+        self._gap_listener: GapListener | None = None
+        self._lost_at: float | None = None  # while a gap is not yet closed (see _read)
+        self._gap_tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Start the subscriber task; wait up to ``CALL_TIMEOUT_S`` for its first connection."""
@@ -142,6 +154,10 @@ class RedisBus:
             self._reader.cancel()
             await asyncio.wait({self._reader}, timeout=CLOSE_TIMEOUT_S)
             self._reader = None
+        for task in list(self._gap_tasks):
+            task.cancel()
+        if self._gap_tasks:
+            await asyncio.wait(self._gap_tasks, timeout=CLOSE_TIMEOUT_S)
         for waiter in self._pending.values():
             if not waiter.done():
                 waiter.set_result(None)  # its caller sees the bus closed
@@ -208,6 +224,9 @@ class RedisBus:
         finally:
             if self._pending.get(("unsubscribe", name)) is waiter:
                 del self._pending[("unsubscribe", name)]
+
+    def on_gap(self, listener: GapListener) -> None:
+        self._gap_listener = listener
 
     async def set_presence(self, device_id: str, holder: str, ttl_s: float) -> None:
         # On the pipelined connection: one per camera connect and per refresh, ~5x cheaper
@@ -299,9 +318,14 @@ class RedisBus:
         return True
 
     async def _read(self) -> None:
-        """Own the subscriber connection: read it, and replace it whenever it breaks."""
+        """Own the subscriber connection: read it, and replace it whenever it breaks.
+
+        A gap runs from the moment a connection breaks (``_lost_at``) until a new one holds
+        every channel again, which the reply to a PING sent behind the SUBSCRIBE says
+        (:meth:`_gap_closed`); a connection that breaks before that extends the same gap.
+        """
         delay = BACKOFF_START_S
-        lost_at: float | None = None
+        up_once = False  # failures before the first connection lose nothing: no gap
         while True:
             # A bare connection, not a PubSub, so that reconnecting and resubscribing happen
             # here and nowhere else. (redis-py leaves make_connection and connect untyped.)
@@ -313,24 +337,25 @@ class RedisBus:
                 channels = [self._channel(c) for c in self._deliveries.channels()]
                 if channels:
                     await conn.send_command("SUBSCRIBE", *channels, check_health=False)
-                self._connected.set()
-                if lost_at is not None:
-                    down_s = time.monotonic() - lost_at
+                if self._lost_at is not None:
+                    await conn.send_command("PING", check_health=False)
                     log.info(
-                        "%s: subscriber back after %.1f s; resubscribed %d channels",
+                        "%s: subscriber back after %.1f s; resubscribing %d channels",
                         self._id,
-                        down_s,
+                        time.monotonic() - self._lost_at,
                         len(channels),
                     )
-                lost_at, delay = None, BACKOFF_START_S
+                self._connected.set()
+                up_once, delay = True, BACKOFF_START_S
                 while True:
                     self._on_reply(await conn.read_response(timeout=math.inf))
             except _NETWORK_ERRORS as exc:
-                if lost_at is None:
-                    lost_at = time.monotonic()
+                if self._lost_at is None and up_once:
+                    self._lost_at = time.monotonic()
                     log.warning("%s: subscriber connection down (%s); reconnecting", self._id, exc)
             except Exception:  # the reader must outlive any surprise, or the instance goes deaf
-                lost_at = lost_at or time.monotonic()
+                if up_once:
+                    self._lost_at = self._lost_at or time.monotonic()
                 log.exception("%s: subscriber connection failed; reconnecting", self._id)
             finally:
                 self._conn = None
@@ -338,6 +363,29 @@ class RedisBus:
                 await conn.disconnect(nowait=True)
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_CAP_S)
+
+    def _gap_closed(self) -> None:
+        """Every channel is held again after a gap: tell the listener, in a task of its own."""
+        lost_at, self._lost_at = self._lost_at, None
+        if lost_at is None:
+            return  # a PING of nobody's gap (there is no other sender of PING here)
+        log.info(
+            "%s: every channel held again, %.1f s after the loss",
+            self._id,
+            time.monotonic() - lost_at,
+        )
+        listener = self._gap_listener
+        if listener is None or not self._running:
+            return
+        task = asyncio.create_task(self._tell(listener, lost_at), name=f"{self._id} gap")
+        self._gap_tasks.add(task)
+        task.add_done_callback(self._gap_tasks.discard)
+
+    async def _tell(self, listener: GapListener, lost_at: float) -> None:
+        try:
+            await listener(lost_at)
+        except Exception:
+            log.exception("%s: the gap listener failed", self._id)
 
     def _on_reply(self, reply: Any) -> None:
         match reply:
@@ -356,5 +404,7 @@ class RedisBus:
                 waiter = self._pending.pop((kind, name), None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
+            case ["pong", _] | "PONG":  # subscribed, or not (no channel held)
+                self._gap_closed()
             case _:
                 log.debug("%s: ignored %r on the subscriber connection", self._id, reply)

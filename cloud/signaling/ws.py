@@ -130,6 +130,7 @@ class Signaling:
         self.signins = SignIns(lambda grant: self.hub.revocations.any((grant,)))
         self.hellos = HelloAuth(access_tokens, self.signins, self.assertions, settings.relay_secret)
         self.sockets: dict[str, Socket] = {}
+        self._attached_at: dict[str, float] = {}  # conn -> time.monotonic(), for _bus_gap
         self.presence = CameraPresence(self.hub.cameras, bus, self._push_presence)
         self._access_read_at = _now()
         self._tasks: list[asyncio.Task[None]] = []
@@ -147,6 +148,7 @@ class Signaling:
     # lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.bus.on_gap(self._bus_gap)
         await self.bus.subscribe(BROADCAST, self._handler(BROADCAST))
         self._tasks = [
             asyncio.create_task(self._every(TICK_S, self._tick), name="hub-tick"),
@@ -279,6 +281,24 @@ class Signaling:
 
         return handle
 
+    async def _bus_gap(self, lost_at: float) -> None:
+        """The bus lost this instance's subscription at ``lost_at`` and holds it again now.
+
+        Whatever other instances published for the connections here meanwhile (presence,
+        event pushes, session messages) is lost: the user connections that were here then are
+        closed so that their apps reconnect and read the state afresh (:meth:`Hub.resync`).
+        Connections attached since held their channels only from the resubscription on.
+        """
+        conns = [c for c, at in self._attached_at.items() if at < lost_at]
+        async with self._lock:
+            deliveries = self.hub.resync(conns)
+        log.warning(
+            "bus subscription was lost for %.1f s: closing %d user connections to resync",
+            time.monotonic() - lost_at,
+            sum(isinstance(d, Close) for d in deliveries),
+        )
+        await self.execute(deliveries)
+
     async def _publish(self, publish: Publish) -> None:
         try:
             receivers = await self.bus.publish(publish.channel, envelopes.encode(publish.envelope))
@@ -404,6 +424,7 @@ class Signaling:
         """Give an authenticated socket its connection id; :meth:`detach` must follow."""
         conn = self.hub.new_connection_id()
         self.sockets[conn] = socket
+        self._attached_at[conn] = time.monotonic()
         metrics.CONNECTIONS.labels(role).inc()
         set_principal(role, principal)  # this connection's task: its log lines name it
         log.info("%s %s connected as %s", role, principal, conn)
@@ -441,6 +462,7 @@ class Signaling:
         async with self._lock:
             deliveries = self.hub.disconnect(conn)
         await self.execute(deliveries)
+        self._attached_at.pop(conn, None)
         if self.sockets.pop(conn, None) is not None:
             metrics.CONNECTIONS.labels(role).dec()
         log.info("%s %s disconnected (%s)", role, principal, conn)

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websockets
 
+from cloud.signaling.deliveries import CLOSE_RESYNC
 from tests.conftest import share
 from tests.e2e.cluster import (
     PRESENCE_TTL_S,
@@ -19,6 +21,7 @@ from tests.e2e.cluster import (
     start_redis,
     viewer_on,
 )
+from tests.peers import Peer
 from tests.servers import stop
 
 
@@ -132,3 +135,55 @@ async def test_the_hub_recovers_by_itself_when_redis_restarts(
     sid = created["session_id"]
     await view2.send({"type": "session.offer", "session_id": sid, "sdp": "v=0 again"})
     assert (await cam.expect("session.offer"))["sdp"] == "v=0 again"
+
+
+async def told_of_offline(view: Peer, within_s: float) -> str:
+    """How ``view`` learns that the camera went offline: the push ("delivered"), or a close
+    with CLOSE_RESYNC after a ``go_away`` ("closed"); TimeoutError when neither comes."""
+    try:
+        async with asyncio.timeout(within_s):
+            while True:
+                message = await view.recv(timeout=within_s)
+                if message["type"] == "device.presence" and message["online"] is False:
+                    return "delivered"
+                if message["type"] == "go_away":
+                    assert message["reason"] == "resync"
+    except websockets.ConnectionClosed as exc:
+        assert exc.rcvd is not None, exc
+        assert exc.rcvd.code == CLOSE_RESYNC, exc
+        return "closed"
+
+
+@pytest.mark.timeout(120)
+async def test_a_push_published_while_redis_restarts_is_delivered_or_its_client_is_told(
+    cluster: Cluster, http: httpx.AsyncClient
+) -> None:
+    """Issue 16, soak finding 1: pub/sub loses what is published while a subscriber is away;
+    the clients of every instance that lost its subscription are closed (CLOSE_RESYNC) so
+    that the app reconnects and reads the state again, never left to miss it silently."""
+    owner = await account(http, "owner")
+    device = await device_of(http, owner)
+    views = [await viewer_on(cluster.a, owner), await viewer_on(cluster.b, owner)]
+    cam = await camera_on(cluster.a, device)
+    for view in views:
+        assert (await view.expect("device.presence"))["online"] is True
+    stop(cluster.redis)
+    await cam.socket.close()
+    # The database says offline once instance A carried out the camera's leaving, whose
+    # push it published while Redis was down.
+    deadline = time.monotonic() + 20
+    while True:
+        listed = await http.get("/api/v1/devices", headers=owner.headers)
+        if listed.json()["devices"][0]["online"] is False:
+            break
+        assert time.monotonic() < deadline, "the camera's leaving was not recorded"
+        await asyncio.sleep(0.2)
+    cluster.redis = await asyncio.to_thread(start_redis, cluster.redis_port)
+    outcomes = [await told_of_offline(view, within_s=20) for view in views]
+    assert set(outcomes) <= {"delivered", "closed"}
+    # Reconnected, the app reads the state it may have missed.
+    again = await viewer_on(cluster.b, owner)
+    listed = await http.get("/api/v1/devices", headers=owner.headers)
+    assert listed.json()["devices"][0]["online"] is False
+    await again.send({"type": "ping", "id": "p"})
+    assert (await again.expect("pong"))["id"] == "p"
