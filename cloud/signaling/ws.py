@@ -36,7 +36,7 @@ from cloud.auth.signins import SignIns
 from cloud.auth.tokens import AccessTokens, UserPrincipal
 from cloud.devices.access import Action, audience, authorize, binding
 from cloud.devices.models import AccessChange
-from cloud.errors import CloudError, Unavailable
+from cloud.errors import CloudError, Unavailable, outage_unavailable
 from cloud.ice import ice_servers
 from cloud.logs import set_principal
 from cloud.relays import registry
@@ -485,7 +485,15 @@ class Signaling:
             await self.execute(deliveries)
             return
         if isinstance(message, SessionRequest):
-            deliveries = await self._request(conn, role, principal, message)
+            try:
+                with outage_unavailable():
+                    deliveries = await self._request(conn, role, principal, message)
+            except Unavailable as exc:
+                # The database is away (issue 16): answer, so the app can say "try again",
+                # rather than let the request go unanswered until the app's own timeout.
+                log.warning("session.request %s not served: %s", message.id, exc.message)
+                error = StatusError(code=exc.code, message=exc.message)
+                deliveries = [Send(conn, Status(id=message.id, ok=False, error=error))]
         elif isinstance(message, RelayLoad) and role == "relay":
             await registry.report(principal, conn, message)
             return

@@ -184,3 +184,46 @@ async def test_a_motion_episode_during_a_database_pause_is_stored_and_pushed_onc
     assert "not delivered" in relay_log
     assert "event refused" not in relay_log
     print(f"recovered {recovered:.1f} s after the pause; {len(answers)} requests during it; {mine}")
+
+
+async def request_answer(peer: Peer, request_id: str, device_id: str) -> dict[str, Any]:
+    """The cloud's answer to a session.request (30 s: longer than any database timeout)."""
+    await peer.send({"type": "session.request", "id": request_id, "device_id": device_id})
+    while True:
+        message = await peer.recv(timeout=30)
+        if message.get("id") == request_id:
+            return message
+
+
+@pytest.mark.timeout(120)
+async def test_a_session_request_during_a_database_pause_is_answered_service_unavailable(
+    tmp_path: Path,
+) -> None:
+    """Issue 16: the request reads the database (may this viewer see the camera?). While the
+    database is away the viewer is told so, `status` with `service_unavailable`, instead of
+    waiting for an answer that never comes; once it is back the same request is served."""
+    env = {"JWT_SECRET": secrets.token_urlsafe(48), "DATA_DIR": str(tmp_path)}
+    with secantus_process(tmp_path / "db") as (mongodb_url, db), redis_server() as redis_url:
+        env |= {"MONGODB_URL": mongodb_url, "REDIS_URL": redis_url}
+        env["MONGODB_DATABASE"] = "request_" + secrets.token_hex(4)
+        with cloud_process(env, tmp_path / "cloud.log") as url:
+            owner = await Owner.register(url)
+            token = owner.headers["Authorization"].removeprefix("Bearer ")
+            viewer = await connect(url.replace("http", "ws", 1), "/ws/v1/client", token)
+            assert (await viewer.recv())["type"] == "welcome"
+            unknown = "6b" + secrets.token_hex(11)  # no such device: the database says so
+            before = await request_answer(viewer, "before", unknown)
+            assert before["error"]["code"] == "device_not_found", before
+            db.send_signal(signal.SIGSTOP)
+            try:
+                during = await request_answer(viewer, "during", unknown)
+            finally:
+                db.send_signal(signal.SIGCONT)
+            assert during["type"] == "status", during
+            assert during["ok"] is False
+            assert during["error"]["code"] == "service_unavailable", during
+            after = await request_answer(viewer, "after", unknown)
+            assert after["error"]["code"] == "device_not_found", after
+            await viewer.socket.close()
+    cloud_log = (tmp_path / "cloud.log").read_text()
+    assert "Traceback" not in cloud_log
