@@ -229,21 +229,36 @@ async def run(args: argparse.Namespace, urls: list[str], pids: dict[str, int]) -
 def outbox_figures(mongodb_url: str, database: str) -> dict[str, Any]:
     with MongoClient(mongodb_url, tz_aware=True) as client:
         docs = list(
-            client[database]["notify_deliveries"].find(
-                {}, {"channel": 1, "status": 1, "created_at": 1, "delivered_at": 1, "attempts": 1}
+            client[database]["notify_outbox"].find(
+                {},
+                {
+                    "channel": 1,
+                    "created_at": 1,
+                    "deliveries.status": 1,
+                    "deliveries.delivered_at": 1,
+                    "deliveries.attempts": 1,
+                },
             )
         )
     latency: dict[str, list[float]] = {"push": [], "webhook": []}
     statuses: Counter[str] = Counter()
-    retried = 0
+    retried = made = 0
     for doc in docs:
-        statuses[doc["status"]] += 1
-        retried += len(doc.get("attempts", [])) > 1
-        if doc.get("delivered_at"):
-            latency[doc["channel"]].append(
-                (doc["delivered_at"] - doc["created_at"]).total_seconds()
-            )
-    return {"made": len(docs), "statuses": dict(statuses), "retried": retried, **latency}
+        for delivery in doc["deliveries"]:
+            made += 1
+            statuses[delivery["status"]] += 1
+            retried += len(delivery.get("attempts", [])) > 1
+            if delivery.get("delivered_at"):
+                latency[doc["channel"]].append(
+                    (delivery["delivered_at"] - doc["created_at"]).total_seconds()
+                )
+    return {
+        "made": made,
+        "notifications": len(docs),
+        "statuses": dict(statuses),
+        "retried": retried,
+        **latency,
+    }
 
 
 def main() -> None:
@@ -302,7 +317,8 @@ def main() -> None:
     print(
         f"reports posted {result['reports']} in {result['posting_s']:.1f} s "
         f"(failed: {result['report_failures'] or 'none'}); deliveries expected "
-        f"{result['expected']}, made {figures['made']} {figures['statuses']}, "
+        f"{result['expected']}, made {figures['made']} {figures['statuses']} in "
+        f"{figures['notifications']} notifications, "
         f"retried {figures['retried']}"
     )
     received = len(result["received_push"]) + len(result["received_hook"])

@@ -1,14 +1,17 @@
 """Notification documents: what users subscribe (push subscriptions, webhooks, preferences)
-and the durable outbox of deliveries (cloud.notify.outbox)."""
+and the durable outbox (cloud.notify.outbox): one :class:`Notification` per event state and
+channel, its deliveries inside."""
 
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from beanie import Document, Indexed, PydanticObjectId
+from pydantic import BaseModel, Field
 from pymongo import ASCENDING, IndexModel
 
 Channel = Literal["push", "webhook"]
 DeliveryStatus = Literal["pending", "failed", "delivered", "dead"]
+NotificationStatus = Literal["open", "settled"]
 CLAIMABLE: tuple[DeliveryStatus, ...] = ("pending", "failed")
 KEPT_S = 7 * 86_400  # delivered and dead deliveries are tidied after a week (TTL)
 EPOCH_LEASE = datetime(1970, 1, 1, tzinfo=UTC)
@@ -72,44 +75,71 @@ class NotifyCooldown(Document):
         ]
 
 
-class Delivery(Document):
-    """One message to one target, sent at least once.
+class Delivery(BaseModel):
+    """One target's delivery of a :class:`Notification`: a push subscription or a webhook,
+    and how sending to it went. ``id`` is its own (a webhook's ``webhook-id`` is
+    ``msg_<id>``, the same on every try)."""
 
-    ``key`` makes enqueueing idempotent (a relay's repeated report adds nothing); ``group``
-    orders a target's messages about one event thread (``seq``): a later one waits while
-    an earlier one is not settled, so an ``end`` never overtakes its ``new``. An instance
-    owns a delivery while ``lease_until`` is in the future (cloud.notify.outbox).
+    id: PydanticObjectId = Field(default_factory=PydanticObjectId)
+    target_id: PydanticObjectId  # PushSubscription or Webhook
+    user_id: PydanticObjectId
+    body: int = 0  # the index of its payload in Notification.bodies
+    status: DeliveryStatus = "pending"
+    next_attempt_at: datetime | None = None  # while pending or failed
+    attempts: list[dict[str, Any]] = []  # protocol.notify.Attempt
+    last_error: str | None = None
+    delivered_at: datetime | None = None
+
+    @classmethod
+    def to(cls, target: PushSubscription | Webhook, body: int = 0) -> "Delivery":
+        assert target.id is not None
+        return cls(target_id=target.id, user_id=target.user_id, body=body)
+
+
+class Notification(Document):
+    """One message of one channel about one event state (or one test), to every target it
+    goes to, each with its own state inside (:class:`Delivery`): the outbox's unit, so a
+    report costs the store one insert and one update per channel, not one per target.
+
+    ``key`` makes enqueueing idempotent (a relay's repeated report adds nothing). An
+    instance owns the whole notification while ``lease_until`` is in the future
+    (cloud.notify.outbox). ``status`` is ``open`` while any delivery is pending or failed,
+    ``next_attempt_at`` then the earliest of theirs; ``seq`` orders one event's
+    notifications of a channel: a target's later one waits while its earlier one is
+    unsettled, so an ``end`` never overtakes its ``new``.
     """
 
     key: Annotated[str, Indexed(unique=True)]
     channel: Channel
-    target_id: PydanticObjectId  # PushSubscription or Webhook
-    user_id: PydanticObjectId
     device_id: PydanticObjectId | None = None
     event_id: PydanticObjectId | None = None
     type: str  # event.new, event.update, event.end, test
-    group: str
     seq: int
-    payload: str  # the exact bytes sent (JSON text): the same on every try
-    status: DeliveryStatus = "pending"
+    bodies: list[str]  # the exact bytes sent (JSON text), the same on every try
+    users: list[PydanticObjectId]  # the users of its deliveries (account removal)
+    deliveries: list[Delivery]
+    status: NotificationStatus = "open"
     created_at: datetime
     next_attempt_at: datetime
     lease_until: datetime = EPOCH_LEASE
     lease_owner: str | None = None
-    attempts: list[dict[str, Any]] = []  # protocol.notify.Attempt
-    last_error: str | None = None
-    delivered_at: datetime | None = None
     expires_at: datetime
 
     class Settings:
-        name = "notify_deliveries"
+        name = "notify_outbox"
         indexes = [
             IndexModel([("status", ASCENDING), ("next_attempt_at", ASCENDING)]),
-            IndexModel([("group", ASCENDING), ("seq", ASCENDING)]),
-            IndexModel([("target_id", ASCENDING), ("created_at", ASCENDING)]),
             IndexModel([("event_id", ASCENDING)]),
+            IndexModel([("users", ASCENDING)]),
+            IndexModel(
+                [("deliveries.target_id", ASCENDING), ("created_at", ASCENDING)],
+                partialFilterExpression={"channel": "webhook"},
+            ),
             IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0),
         ]
+
+    def body(self, delivery: Delivery) -> str:
+        return self.bodies[delivery.body]
 
 
 DOCUMENTS: list[type[Document]] = [
@@ -117,5 +147,5 @@ DOCUMENTS: list[type[Document]] = [
     Webhook,
     NotifyPreference,
     NotifyCooldown,
-    Delivery,
+    Notification,
 ]

@@ -10,7 +10,9 @@ before it is sent, so a revoked share or a removed camera stops what is still qu
   ``NOTIFY_COOLDOWN_S``; then an ``end`` push to the very subscriptions that got the ``new``
   (whatever the preferences say by then), same ``tag`` (the thread), so it replaces it.
 
-Idempotency: one delivery per (event, state, target); a repeated report adds nothing.
+Each state change gives at most one notification per channel (cloud.notify.models), its
+deliveries inside. Idempotency: one notification per (channel, event, state); a repeated
+report adds nothing.
 """
 
 import asyncio
@@ -19,6 +21,7 @@ import hmac
 import logging
 import time
 from datetime import timedelta
+from typing import Any
 
 from beanie import PydanticObjectId
 from pymongo.errors import DuplicateKeyError
@@ -29,20 +32,22 @@ from cloud.auth.models import User
 from cloud.auth.tokens import UserPrincipal
 from cloud.context import user
 from cloud.devices.access import Action, audience, authorize, parse_id
-from cloud.devices.models import Device, Share
+from cloud.devices.models import Device
 from cloud.errors import NotFound
 from cloud.events.models import EventSnapshot, EventThread
 from cloud.http import Endpoint
 from cloud.media.tokens import ContentTokens
 from cloud.notify import preferences
 from cloud.notify.models import (
+    CLAIMABLE,
     Delivery,
+    Notification,
     NotifyCooldown,
     NotifyPreference,
     PushSubscription,
     Webhook,
 )
-from cloud.notify.outbox import Outbox, Outcome, now
+from cloud.notify.outbox import Outbox, now
 from cloud.notify.push import PushSender, load_vapid, payload_json
 from cloud.notify.webhooks import WebhookSender, webhooks_of
 from cloud.settings import Settings
@@ -83,7 +88,7 @@ class Notifier:
         self.outbox = Outbox(settings, {"push": self.push, "webhook": self.webhooks})
         self.outbox.allowed = self.may_see
         self.push.outbox = self.webhooks.outbox = self.outbox
-        self._access: dict[tuple[PydanticObjectId, PydanticObjectId], tuple[float, bool]] = {}
+        self._access: dict[PydanticObjectId, tuple[float, set[PydanticObjectId]]] = {}
 
     def configure(self, settings: Settings) -> None:
         """Tests: change the settings the worker and senders read."""
@@ -100,28 +105,18 @@ class Notifier:
 
     # access at send time --------------------------------------------------------------------
 
-    async def may_see(self, delivery: Delivery) -> Outcome | None:
-        """None when the delivery's user may still see its camera, else why not."""
-        if delivery.device_id is None:
+    async def may_see(self, notification: Notification) -> set[PydanticObjectId] | None:
+        """Who may still see the notification's camera (None: it has none, e.g. a test)."""
+        if notification.device_id is None:
             return None
-        key = (delivery.user_id, delivery.device_id)
         at = time.monotonic()
-        cached = self._access.get(key)
+        cached = self._access.get(notification.device_id)
         if cached is None or at - cached[0] > ACCESS_CACHE_S:
             if len(self._access) > 10_000:
                 self._access.clear()
-            device = await Device.get(delivery.device_id)
-            ok = device is not None and (
-                device.owner_id == delivery.user_id
-                or await Share.find_one(
-                    Share.device_id == delivery.device_id, Share.user_id == delivery.user_id
-                )
-                is not None
-            )
-            cached = self._access[key] = (at, ok)
-        if cached[1]:
-            return None
-        return Outcome(False, error="no longer allowed to see the camera", retry=False)
+            users = set(await audience(notification.device_id))
+            cached = self._access[notification.device_id] = (at, users)
+        return cached[1]
 
     # enqueueing -----------------------------------------------------------------------------
 
@@ -129,42 +124,35 @@ class Notifier:
         self, device: Device, event: Event, users: list[PydanticObjectId] | None = None
     ) -> int:
         """Queue what this state change of a thread gives (to ``users``, the camera's
-        audience read just now, else read here); answers how many were added."""
+        audience read just now, else read here); answers how many deliveries were added."""
         assert device.id is not None
         users = await audience(device.id) if users is None else users
         if not users:
             return 0
-        deliveries = await self._webhook_deliveries(users, device, event)
+        notifications = [await self._webhooks(users, device, event)]
         if self.vapid is not None and event.state == "new":
-            deliveries += await self._new_pushes(users, device, event)
+            notifications.append(await self._new_pushes(users, device, event))
         elif self.vapid is not None and event.state == "end":
-            deliveries += await self._end_pushes(device, event)
-        return await self.outbox.enqueue(deliveries)
+            notifications.append(await self._end_pushes(device, event))
+        return await self.outbox.enqueue([n for n in notifications if n is not None])
 
-    async def _webhook_deliveries(
+    async def _webhooks(
         self, users: list[PydanticObjectId], device: Device, event: Event
-    ) -> list[Delivery]:
+    ) -> Notification | None:
         hooks = [h for h in await webhooks_of(users) if h.kinds is None or event.kind in h.kinds]
         if not hooks:
-            return []
+            return None
         body = WebhookBody(type=f"event.{event.state}", timestamp=now(), data=event)
-        text = body.model_dump_json()
-        seq = time.time_ns()
-        return [
-            self.outbox.new(
-                key=f"webhook:{hook.id}:{event.id}:{event.state}",
-                channel="webhook",
-                target_id=hook.id,
-                user_id=hook.user_id,
-                device_id=device.id,
-                event_id=PydanticObjectId(event.id),
-                type=body.type,
-                group=f"webhook:{hook.id}:{event.id}",
-                seq=seq,
-                payload=text,
-            )
-            for hook in hooks
-        ]
+        return self.outbox.new(
+            key=f"webhook:{event.id}:{event.state}",
+            channel="webhook",
+            type=body.type,
+            bodies=[body.model_dump_json()],
+            deliveries=[Delivery.to(hook) for hook in hooks],
+            device_id=device.id,
+            event_id=PydanticObjectId(event.id),
+            seq=time.time_ns(),
+        )
 
     async def _cooled(self, user_id: PydanticObjectId, device: Device, event_id: str) -> bool:
         """Take the user's cooldown of this camera for this event; False while another
@@ -189,11 +177,11 @@ class Notifier:
 
     async def _new_pushes(
         self, users: list[PydanticObjectId], device: Device, event: Event
-    ) -> list[Delivery]:
+    ) -> Notification | None:
         assert device.id is not None
         subs = await PushSubscription.find({"user_id": {"$in": users}}).to_list()
         if not subs:
-            return []
+            return None
         prefs = await preferences.preferences_of(users, device.id)
         at = now()
         chosen: set[PydanticObjectId] = set()
@@ -202,18 +190,18 @@ class Notifier:
                 user_id, device, event.id
             ):
                 chosen.add(user_id)
-        return [self._push(s, device, event) for s in subs if s.user_id in chosen]
+        return self._pushes([s for s in subs if s.user_id in chosen], device, event)
 
-    async def _end_pushes(self, device: Device, event: Event) -> list[Delivery]:
-        cursor = Delivery.get_pymongo_collection().find(
-            {"event_id": PydanticObjectId(event.id), "channel": "push", "type": "event.new"},
-            {"target_id": 1},
+    async def _end_pushes(self, device: Device, event: Event) -> Notification | None:
+        """To the very subscriptions the thread's ``new`` push went to (still there)."""
+        new = await Notification.get_pymongo_collection().find_one(
+            {"key": f"push:{event.id}:new"}, {"deliveries.target_id": 1}
         )
-        targets = [doc["target_id"] async for doc in cursor]
-        if not targets:
-            return []
+        if new is None:
+            return None
+        targets = [d["target_id"] for d in new["deliveries"]]
         subs = await PushSubscription.find({"_id": {"$in": targets}}).to_list()
-        return [self._push(s, device, event) for s in subs]
+        return self._pushes(subs, device, event)
 
     def image_url(self, event: Event, user_id: PydanticObjectId) -> str | None:
         if event.snapshot_url is None:
@@ -221,76 +209,95 @@ class Notifier:
         token = self.image_tokens.issue(PydanticObjectId(event.id), user_id)
         return self.settings.public_url + IMAGE_PATH.format(event.id) + "?token=" + token
 
-    def _push(self, sub: PushSubscription, device: Device, event: Event) -> Delivery:
-        payload = PushPayload(
-            title=title(event.kind, device.name),
-            body=body_text(event),
-            tag=event.thread_id,
-            image=self.image_url(event, sub.user_id),
-            renotify=event.state == "new",
-            event_id=event.id,
-            device_id=str(device.id),
-            kind=event.kind,
-            state=event.state,
-            url=f"/#/devices/{device.id}",
-        )
+    def _pushes(
+        self, subs: list[PushSubscription], device: Device, event: Event
+    ) -> Notification | None:
+        """One push notification of ``event`` to ``subs``: one body per user (the picture's
+        URL is the user's own)."""
+        if not subs:
+            return None
+        bodies: list[str] = []
+        index: dict[PydanticObjectId, int] = {}
+        for user_id in dict.fromkeys(s.user_id for s in subs):
+            index[user_id] = len(bodies)
+            payload = PushPayload(
+                title=title(event.kind, device.name),
+                body=body_text(event),
+                tag=event.thread_id,
+                image=self.image_url(event, user_id),
+                renotify=event.state == "new",
+                event_id=event.id,
+                device_id=str(device.id),
+                kind=event.kind,
+                state=event.state,
+                url=f"/#/devices/{device.id}",
+            )
+            bodies.append(payload_json(payload))
         return self.outbox.new(
-            key=f"push:{sub.id}:{event.id}:{event.state}",
+            key=f"push:{event.id}:{event.state}",
             channel="push",
-            target_id=sub.id,
-            user_id=sub.user_id,
+            type=f"event.{event.state}",
+            bodies=bodies,
+            deliveries=[Delivery.to(s, index[s.user_id]) for s in subs],
             device_id=device.id,
             event_id=PydanticObjectId(event.id),
-            type=f"event.{event.state}",
-            group=f"push:{sub.id}:{event.id}",
             seq=time.time_ns(),
-            payload=payload_json(payload),
         )
 
     async def test(self, user_id: PydanticObjectId) -> int:
         subs = await PushSubscription.find(PushSubscription.user_id == user_id).to_list()
         stamp = time.time_ns()
-        deliveries = []
-        for sub in subs:
-            payload = PushPayload(
-                title="VisionConnect",
-                body="Test notification: notifications reach this device",
-                tag=f"test-{stamp}",
-                image=None,
-                renotify=True,
-                event_id=None,
-                device_id=None,
-                kind=None,
-                state="test",
-                url="/#/notifications",
-            )
-            deliveries.append(
-                self.outbox.new(
-                    key=f"push:{sub.id}:test:{stamp}",
-                    channel="push",
-                    target_id=sub.id,
-                    user_id=user_id,
-                    type="test",
-                    group=f"push:{sub.id}:test:{stamp}",
-                    seq=stamp,
-                    payload=payload_json(payload),
-                )
-            )
-        return await self.outbox.enqueue(deliveries)
+        payload = PushPayload(
+            title="VisionConnect",
+            body="Test notification: notifications reach this device",
+            tag=f"test-{stamp}",
+            image=None,
+            renotify=True,
+            event_id=None,
+            device_id=None,
+            kind=None,
+            state="test",
+            url="/#/notifications",
+        )
+        notification = self.outbox.new(
+            key=f"push:test:{user_id}:{stamp}",
+            channel="push",
+            type="test",
+            bodies=[payload_json(payload)],
+            deliveries=[Delivery.to(s) for s in subs],
+            seq=stamp,
+        )
+        return await self.outbox.enqueue([notification])
 
     async def user_removed(self, user_id: PydanticObjectId) -> None:
         """The account is gone: its subscriptions, webhooks, preferences, and what was
-        still to be sent to it (dropped, not sent: nobody may receive it now)."""
-        await Delivery.find(Delivery.user_id == user_id).delete()
+        sent or still to be sent to it (dropped, not sent: nobody may receive it now)."""
+        collection = Notification.get_pymongo_collection()
+        await collection.delete_many({"users": [user_id]})  # it alone
+        async for shared in collection.find({"users": user_id}):
+            # others' too: its deliveries are dead and what was only theirs is blanked
+            theirs = [i for i, d in enumerate(shared["deliveries"]) if d["user_id"] == user_id]
+            others = {d["body"] for d in shared["deliveries"] if d["user_id"] != user_id}
+            fields: dict[str, Any] = {}
+            for i in theirs:
+                delivery = shared["deliveries"][i]
+                if delivery["status"] in CLAIMABLE:
+                    fields |= {
+                        f"deliveries.{i}.status": "dead",
+                        f"deliveries.{i}.next_attempt_at": None,
+                        f"deliveries.{i}.last_error": "the account was removed",
+                    }
+                if delivery["body"] not in others:
+                    fields[f"bodies.{delivery['body']}"] = ""
+            await collection.update_one(
+                {"_id": shared["_id"]}, {"$set": fields, "$pull": {"users": user_id}}
+            )
         for model in (PushSubscription, Webhook, NotifyPreference, NotifyCooldown):
             await model.get_pymongo_collection().delete_many({"user_id": user_id})
 
     async def device_removed(self, device_id: PydanticObjectId) -> None:
         await preferences.forget_device(device_id)
-        await Delivery.get_pymongo_collection().update_many(
-            {"device_id": device_id, "status": {"$in": ["pending", "failed"]}},
-            {"$set": {"status": "dead", "last_error": "the camera was removed"}},
-        )
+        await self.outbox.kill({"device_id": device_id}, "the camera was removed")
 
 
 def notifier(request: Request) -> Notifier:

@@ -1,24 +1,34 @@
-"""The durable outbox: every push and webhook is a :class:`Delivery` in MongoDB before it is
-sent, so a cloud restart loses none, and each is sent at least once.
+"""The durable outbox: every push and webhook is stored in MongoDB before it is sent, so a
+cloud restart loses none, and each is sent at least once.
 
-Each cloud instance runs one :class:`Outbox` worker. It claims due deliveries by leasing them
-(a conditional update per document: status claimable, due, lease expired), so two instances
-never send the same one at once and a crashed instance's lease simply runs out
-(``LEASE_S``). It sends them, records each try on the delivery (time, status code or error,
-next try) and retries a failure after the next step of ``NOTIFY_RETRY_SCHEDULE_S`` (the
-last step repeats) until ``NOTIFY_RETRY_FOR_S`` after its creation, when it is ``dead``.
-Enqueueing wakes the worker of its instance at once (an asyncio.Event); the others poll
-every ``POLL_S``.
+The unit is a :class:`Notification`: one message of one channel about one event state (or
+one test push), to all its targets, each target's state inside it (a :class:`Delivery`).
+An event report thus costs the store one insert and one update per channel. When each
+delivery was a document of its own it cost one insert and one update per target (11 of
+each per report in bench/notify.py), and SecantusDB, our test store, saturated between 110
+and 275 deliveries a second (docs/benchmarks.md, "Notifications from the outbox").
 
-Order: deliveries of one ``group`` (one target, one event thread) go in ``seq`` order: one
-that is claimed while an earlier one of its group is unsettled is put back until then.
+Each cloud instance runs one :class:`Outbox` worker. Notifications enqueued on an instance
+are stored leased to it and sent from its memory at once. Anything else due (a retry,
+another instance's leftovers) is claimed from the database every ``POLL_S`` or when a
+retry falls due: leased by a conditional update (open, due, lease expired), so two
+instances never send the same one at once, and a crashed instance's lease simply runs out
+(``LEASE_S``). A round sends every due delivery of the notification at once, then records
+every try in one update (time, status code or error, next try); a failed delivery is tried
+again after the next step of ``NOTIFY_RETRY_SCHEDULE_S`` (the last step repeats) until
+``NOTIFY_RETRY_FOR_S`` after the notification was made, when it is ``dead``.
+
+Order: one event's notifications of a channel go in ``seq`` order per target. A round holds
+back a delivery whose target's earlier delivery is unsettled, and looks again when that one
+falls due. On one instance an event's notifications of a channel share one task (a
+chain), so an ``end`` enqueued while its ``new`` is being sent waits for it in memory.
 """
 
 import asyncio
 import itertools
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,19 +37,21 @@ from bson import ObjectId
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from cloud import metrics
-from cloud.notify.models import CLAIMABLE, EPOCH_LEASE, Channel, Delivery
+from cloud.notify.models import CLAIMABLE, EPOCH_LEASE, Channel, Delivery, Notification
 from cloud.settings import Settings
 
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0
-LEASE_S = 60.0  # longer than any send's timeout (SEND_TIMEOUT_S)
+LEASE_S = 60.0  # longer than a round can take (SEND_TIMEOUT_S, then the record)
 SEND_TIMEOUT_S = 10.0
-BATCH = 100
-CONCURRENCY = 64
-ORDER_WAIT_S = 0.3  # a delivery waiting for an earlier one of its group looks again after
-FIRST = ("event.new", "test")  # types that open their group
-FLUSH_S = 0.05  # successes are recorded together, this long after the first of a batch
+BATCH = 50  # notifications claimed at once
+CONCURRENCY = 64  # notifications in hand at once (sent, or waiting in their chain)
+SENDS = 256  # deliveries being sent at once, over all notifications
+ORDER_WAIT_S = 0.3  # a delivery waiting for an earlier one of its target looks again after
+RECORD_FOR_S = 20.0  # a round's record is retried this long while the database is away
+FIRST = ("event.new", "test")  # types that nothing precedes
+NOT_ALLOWED = "no longer allowed to see the camera"
 
 
 @dataclass(frozen=True)
@@ -50,11 +62,12 @@ class Outcome:
     retry: bool = True  # a failure: try again later (False: dead now)
 
 
-Sender = Callable[[Delivery], Awaitable[Outcome]]
-Check = Callable[[Delivery], Awaitable[Outcome | None]]
+Sender = Callable[[Notification, Delivery], Awaitable[Outcome]]
+# the users who may still receive a notification (None: anyone)
+Audience = Callable[[Notification], Awaitable[Collection[ObjectId] | None]]
 
 
-async def _anyone(delivery: Delivery) -> Outcome | None:
+async def _anyone(notification: Notification) -> Collection[ObjectId] | None:
     return None
 
 
@@ -68,49 +81,86 @@ def next_delay(settings: Settings, failures: int) -> float:
     return schedule[min(failures, len(schedule)) - 1]
 
 
+def chain_of(notification: Notification) -> str:
+    """The notifications that go in order share this name: an event's, per channel."""
+    if notification.event_id is None:
+        return notification.key
+    return f"{notification.channel}:{notification.event_id}"
+
+
 class Outbox:
     def __init__(self, settings: Settings, senders: dict[Channel, Sender]) -> None:
         self.settings = settings
         self._senders = senders
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._chains: dict[str, list[Notification]] = {}  # name -> waiting, in its task
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._held = 0  # notifications dispatched and not yet done with
+        self._sends = asyncio.Semaphore(SENDS)
         self._owner = secrets.token_hex(4)
         self._claims = itertools.count()
-        self.allowed: Check = _anyone  # None: send; an Outcome: settle with it unsent
-        self._direct: list[Delivery] = []  # enqueued here, leased to this instance, unsent
+        self.allowed: Audience = _anyone
+        self._direct: list[Notification] = []  # enqueued here, leased to this instance
         self._look = True  # claim from the database now (else at the next poll)
         self._stopping = False
-        self._delivered: list[tuple[Delivery, Outcome]] = []  # recorded in batches
-        self._flushing: asyncio.Task[None] | None = None
 
     # enqueueing ---------------------------------------------------------------------------
 
-    def new(self, **fields: Any) -> Delivery:
-        """A delivery due now (not stored yet): pass it to :meth:`enqueue`."""
+    def new(
+        self,
+        *,
+        key: str,
+        channel: Channel,
+        type: str,
+        bodies: list[str],
+        deliveries: list[Delivery],
+        device_id: ObjectId | None = None,
+        event_id: ObjectId | None = None,
+        seq: int = 0,
+    ) -> Notification:
+        """A notification due now (not stored yet): pass it to :meth:`enqueue`."""
         at = now()
         keep = timedelta(seconds=self.settings.notify_retry_for_s + 7 * 86_400)
-        return Delivery(created_at=at, next_attempt_at=at, expires_at=at + keep, **fields)
+        for delivery in deliveries:
+            delivery.next_attempt_at = at
+        users = list(dict.fromkeys(d.user_id for d in deliveries))
+        return Notification(
+            key=key,
+            channel=channel,
+            device_id=device_id,
+            event_id=event_id,
+            type=type,
+            seq=seq,
+            bodies=bodies,
+            users=users,
+            deliveries=deliveries,
+            created_at=at,
+            next_attempt_at=at,
+            expires_at=at + keep,
+        )
 
-    async def enqueue(self, deliveries: list[Delivery]) -> int:
-        """Store ``deliveries``; those whose ``key`` is already stored are skipped. Answers
-        how many were added. With the worker running they are stored leased to this
-        instance and sent from memory at once (no claim round trip); a crash before they
-        are settled leaves them to whoever claims them when the lease runs out."""
-        if not deliveries:
+    async def enqueue(self, notifications: list[Notification]) -> int:
+        """Store ``notifications``; those whose ``key`` is already stored are skipped, and
+        so are those without a delivery. Answers how many deliveries were added. With the
+        worker running they are stored leased to this instance and sent from memory at
+        once (no claim round trip); a crash before they are settled leaves them to whoever
+        claims them when the lease runs out."""
+        notifications = [n for n in notifications if n.deliveries]
+        if not notifications:
             return 0
         direct = self._task is not None
         at = now()
         documents = []
-        for delivery in deliveries:
-            document = delivery.model_dump(by_alias=True, exclude={"id", "revision_id"})
+        for notification in notifications:
+            document = notification.model_dump(by_alias=True, exclude={"id", "revision_id"})
             if direct:
                 document["lease_owner"] = f"{self._owner}:direct"
                 document["lease_until"] = at + timedelta(seconds=LEASE_S)
             documents.append(document)
         refused: set[int] = set()
         try:
-            await Delivery.get_pymongo_collection().insert_many(documents, ordered=False)
+            await Notification.get_pymongo_collection().insert_many(documents, ordered=False)
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
             if any(e.get("code") != 11000 for e in errors):
@@ -118,12 +168,12 @@ class Outbox:
             refused = {e["index"] for e in errors}
         added = [d for i, d in enumerate(documents) if i not in refused and "_id" in d]
         if direct:
-            self._direct.extend(Delivery.model_validate({**d, "id": d["_id"]}) for d in added)
+            self._direct.extend(Notification.model_validate({**d, "id": d["_id"]}) for d in added)
         else:
             self._look = True
         if added:
             self._wake.set()
-        return len(added)
+        return sum(len(d["deliveries"]) for d in added)
 
     def wake(self) -> None:
         self._wake.set()
@@ -153,17 +203,14 @@ class Outbox:
                 self._task.cancel()
                 await asyncio.wait({self._task}, timeout=5)
             self._task = None
-        for task in list(self._inflight):
+        for task in list(self._tasks):
             task.cancel()
-        if self._inflight:  # (pymongo may swallow a cancellation: do not wait forever)
-            await asyncio.wait(set(self._inflight), timeout=5)
-        if self._flushing is not None:
-            self._flushing.cancel()
-        await self.flush()
+        if self._tasks:  # (pymongo may swallow a cancellation: do not wait forever)
+            await asyncio.wait(set(self._tasks), timeout=5)
         self._direct = []
         try:  # what this instance held goes back now, not when its lease runs out
-            await Delivery.get_pymongo_collection().update_many(
-                {"lease_owner": {"$regex": f"^{self._owner}:"}},
+            await Notification.get_pymongo_collection().update_many(
+                {"status": "open", "lease_owner": {"$regex": f"^{self._owner}:"}},
                 {"$set": {"lease_until": EPOCH_LEASE, "lease_owner": None}},
             )
         except PyMongoError:
@@ -176,19 +223,16 @@ class Outbox:
             progressed = False
             self._wake.clear()
             try:
-                room = CONCURRENCY - len(self._inflight)
+                room = CONCURRENCY - self._held
                 if room > 0 and self._direct:
                     batch, self._direct = self._direct[:room], self._direct[room:]
-                    # one whose lease would run out during its send is left to the claims
-                    # (a backlog): sent from here too, it could go twice at once
-                    safe = now() + timedelta(seconds=SEND_TIMEOUT_S + 5)
-                    await self._dispatch([d for d in batch if d.lease_until > safe])
+                    self._dispatch(batch)
                     progressed = True
-                room = min(CONCURRENCY - len(self._inflight), BATCH)
+                room = min(CONCURRENCY - self._held, BATCH)
                 if room > 0 and (self._look or loop.time() - last_claim >= POLL_S):
                     self._look, last_claim = False, loop.time()
                     claimed = await self.claim(room)
-                    await self._dispatch(claimed)
+                    self._dispatch(claimed)
                     if len(claimed) == room:  # a full batch: more may be due
                         self._look = True
                     progressed = progressed or bool(claimed)
@@ -196,35 +240,54 @@ class Outbox:
                 log.warning("outbox: the database failed; trying again", exc_info=True)
             except Exception:
                 log.exception("outbox: claiming failed")
-            if (progressed or self._look) and len(self._inflight) < CONCURRENCY:
+            if (progressed or self._look) and self._held < CONCURRENCY:
                 await asyncio.sleep(0)
                 continue
-            waiters: set[asyncio.Future[Any]] = set(self._inflight)
             wake = asyncio.ensure_future(self._wake.wait())
-            waiters.add(wake)
             timeout = max(0.01, POLL_S - (loop.time() - last_claim))
             try:
-                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({wake}, timeout=timeout)
             finally:
                 wake.cancel()
 
-    async def _dispatch(self, docs: list[Delivery]) -> None:
-        if not docs:
-            return
-        for channel in {d.channel for d in docs}:
-            prefetch = getattr(self._senders[channel], "prefetch", None)
-            if prefetch is not None:
-                await prefetch([d.target_id for d in docs if d.channel == channel])
-        for group in await self._in_order(docs):
-            task = asyncio.create_task(self._send_group(group))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+    def _dispatch(self, notifications: list[Notification]) -> None:
+        for notification in notifications:
+            name = chain_of(notification)
+            waiting = self._chains.get(name)
+            if waiting is not None:
+                if all(n.id != notification.id for n in waiting):
+                    waiting.append(notification)
+                    self._held += 1
+                continue
+            self._chains[name] = [notification]
+            self._held += 1
+            task = asyncio.create_task(self._chain(name))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-    async def claim(self, limit: int) -> list[Delivery]:
-        """Lease up to ``limit`` due deliveries to this instance."""
-        collection = Delivery.get_pymongo_collection()
+    async def _chain(self, name: str) -> None:
+        """Rounds of one chain's notifications, in ``seq`` order, one at a time."""
+        waiting = self._chains[name]
+        try:
+            while waiting:
+                waiting.sort(key=lambda n: n.seq)
+                notification = waiting.pop(0)
+                try:
+                    await self._round(notification)
+                except Exception:  # its lease runs out and it is claimed again then
+                    log.exception("outbox: notification %s failed unexpectedly", notification.id)
+                finally:
+                    self._held -= 1
+                    self._wake.set()
+        finally:
+            self._held -= len(waiting)
+            del self._chains[name]
+
+    async def claim(self, limit: int) -> list[Notification]:
+        """Lease up to ``limit`` due notifications to this instance."""
+        collection = Notification.get_pymongo_collection()
         at = now()
-        due = {"status": {"$in": list(CLAIMABLE)}, "next_attempt_at": {"$lte": at}}
+        due = {"status": "open", "next_attempt_at": {"$lte": at}}
         cursor = (
             collection.find({**due, "lease_until": {"$lte": at}}, {"_id": 1})
             .sort("next_attempt_at", 1)
@@ -239,152 +302,227 @@ class Outbox:
             {"$set": {"lease_until": at + timedelta(seconds=LEASE_S), "lease_owner": token}},
         )
         found = collection.find({"_id": {"$in": ids}, "lease_owner": token})
-        won = [Delivery.model_validate({**doc, "id": doc["_id"]}) async for doc in found]
+        won = [Notification.model_validate({**doc, "id": doc["_id"]}) async for doc in found]
         if len(won) < len(ids):  # another instance took some: look again at once
             self._look = True
         return won
 
-    async def _in_order(self, docs: list[Delivery]) -> list[list[Delivery]]:
-        """``docs`` by group in seq order, without those an unsettled earlier delivery of
-        their group (not claimed here) must precede: those are put back."""
-        groups: dict[str, list[Delivery]] = {}
-        for doc in sorted(docs, key=lambda d: d.seq):
-            groups.setdefault(doc.group, []).append(doc)
-        blockers: dict[str, tuple[int, datetime]] = {}
-        # a group's first delivery (a thread's new, a test) has nothing before it
-        behind = [name for name, members in groups.items() if members[-1].type not in FIRST]
-        if not behind:
-            return list(groups.values())
-        cursor = Delivery.get_pymongo_collection().find(
-            {
-                "group": {"$in": behind},
-                "status": {"$in": list(CLAIMABLE)},
-                "_id": {"$nin": [d.id for d in docs]},
-            },
-            {"group": 1, "seq": 1, "next_attempt_at": 1},
-        )
-        async for other in cursor:
-            held = blockers.get(other["group"])
-            if held is None or other["seq"] < held[0]:
-                blockers[other["group"]] = (other["seq"], other["next_attempt_at"])
-        ready: list[list[Delivery]] = []
-        for name, members in groups.items():
-            blocker = blockers.get(name)
-            if blocker is None:
-                ready.append(members)
-                continue
-            first = [d for d in members if d.seq < blocker[0]]
-            if first:
-                ready.append(first)
-            later = [d for d in members if d.seq >= blocker[0]]
-            await self._put_back(later, blocker[1])
-        return ready
+    # a round --------------------------------------------------------------------------------
 
-    async def _put_back(self, docs: list[Delivery], after: datetime) -> None:
-        if not docs:
-            return
-        when = max(now() + timedelta(seconds=ORDER_WAIT_S), after)
-        self._wake_at(when)
-        await Delivery.get_pymongo_collection().update_many(
-            {"_id": {"$in": [d.id for d in docs]}, "lease_owner": docs[0].lease_owner},
-            {"$set": {"next_attempt_at": when, "lease_until": EPOCH_LEASE, "lease_owner": None}},
-        )
-
-    async def _send_group(self, docs: list[Delivery]) -> None:
-        for index, doc in enumerate(docs):
-            try:
-                outcome = await self._send(doc)
-                settled = await self.record(doc, outcome)
-            except Exception:
-                log.exception("outbox: delivery %s failed unexpectedly", doc.id)
-                settled = False
-            if not settled:  # the rest of its group waits for it
-                await self._put_back(docs[index + 1 :], now())
-                return
-
-    async def _send(self, doc: Delivery) -> Outcome:
-        refused = await self.allowed(doc)
-        if refused is not None:
-            return refused
-        sender = self._senders[doc.channel]
-        try:
-            return await asyncio.wait_for(sender(doc), timeout=SEND_TIMEOUT_S + 5)
-        except TimeoutError:
-            return Outcome(False, error="timed out")
-
-    async def record(self, doc: Delivery, outcome: Outcome) -> bool:
-        """Store the try's outcome; True when the delivery is settled (delivered or dead).
-        Successes are written in batches (within ``FLUSH_S``)."""
-        metrics.NOTIFY_DELIVERIES.labels(doc.channel, outcome_label(outcome)).inc()
-        if outcome.delivered:
-            self._delivered.append((doc, outcome))
-            if self._flushing is None or self._flushing.done():
-                self._flushing = asyncio.create_task(self._flush_later())
-            return True
+    async def _round(self, notification: Notification) -> None:
+        """Send the notification's due deliveries, then record how each went."""
         at = now()
+        # one whose lease would run out during its round is left to the claims (a backlog):
+        # sent from here too, it could go twice at once
+        if notification.lease_until <= at + timedelta(seconds=SEND_TIMEOUT_S + 10):
+            return
+        due = [
+            i
+            for i, d in enumerate(notification.deliveries)
+            if d.status in CLAIMABLE and d.next_attempt_at is not None and d.next_attempt_at <= at
+        ]
+        held = await self._blocked(notification, due) if due else {}
+        send = [i for i in due if i not in held]
+        outcomes: dict[int, Outcome] = {}
+        if send:
+            users = await self.allowed(notification)
+            if users is not None:
+                refused = Outcome(False, error=NOT_ALLOWED, retry=False)
+                for i in send:
+                    if notification.deliveries[i].user_id not in users:
+                        outcomes[i] = refused
+                send = [i for i in send if i not in outcomes]
+        if send:
+            sender = self._senders[notification.channel]
+            prefetch = getattr(sender, "prefetch", None)
+            if prefetch is not None:
+                await prefetch([notification.deliveries[i].target_id for i in send])
+            results = await asyncio.gather(*(self._send(notification, i) for i in send))
+            outcomes.update(zip(send, results, strict=True))
+        await self.record(notification, outcomes, held)
+
+    async def _blocked(self, notification: Notification, due: list[int]) -> dict[int, datetime]:
+        """The due deliveries whose target has an unsettled earlier delivery of this event
+        (its ``new`` being retried, or held by another instance), and when to look again."""
+        if notification.type in FIRST or notification.event_id is None:
+            return {}
+        cursor = Notification.get_pymongo_collection().find(
+            {
+                "event_id": notification.event_id,
+                "channel": notification.channel,
+                "status": "open",
+                "seq": {"$lt": notification.seq},
+            },
+            {"deliveries.target_id": 1, "deliveries.status": 1, "deliveries.next_attempt_at": 1},
+        )
+        waiting: dict[ObjectId, datetime] = {}
+        async for other in cursor:
+            for earlier in other["deliveries"]:
+                if earlier["status"] in CLAIMABLE:
+                    when = earlier["next_attempt_at"] or EPOCH_LEASE
+                    waiting[earlier["target_id"]] = max(
+                        when, waiting.get(earlier["target_id"], when)
+                    )
+        if not waiting:
+            return {}
+        soon = now() + timedelta(seconds=ORDER_WAIT_S)
+        return {
+            i: max(soon, waiting[notification.deliveries[i].target_id])
+            for i in due
+            if notification.deliveries[i].target_id in waiting
+        }
+
+    async def _send(self, notification: Notification, index: int) -> Outcome:
+        delivery = notification.deliveries[index]
+        async with self._sends:
+            try:
+                sender = self._senders[notification.channel]
+                return await asyncio.wait_for(
+                    sender(notification, delivery), timeout=SEND_TIMEOUT_S + 5
+                )
+            except TimeoutError:
+                return Outcome(False, error="timed out")
+            except Exception as exc:
+                log.exception("outbox: delivery %s failed unexpectedly", delivery.id)
+                return Outcome(False, error=f"internal error: {type(exc).__name__}")
+
+    async def record(
+        self,
+        notification: Notification,
+        outcomes: dict[int, Outcome],
+        held: dict[int, datetime] | None = None,
+    ) -> None:
+        """Store the round's tries (``outcomes`` by delivery index) and the deliveries held
+        back until a time, in one update; the notification is ``settled`` once none of its
+        deliveries is pending or failed. Also updates ``notification`` in memory."""
+        at = now()
+        sets: dict[str, Any] = {}
+        pushes: dict[str, Any] = {}
+        for i, outcome in outcomes.items():
+            metrics.NOTIFY_DELIVERIES.labels(notification.channel, outcome_label(outcome)).inc()
+            delivery = notification.deliveries[i]
+            attempt = self._settle(notification, delivery, outcome, at)
+            delivery.attempts.append(attempt)
+            path = f"deliveries.{i}."
+            sets |= {
+                path + "status": delivery.status,
+                path + "next_attempt_at": delivery.next_attempt_at,
+                path + "last_error": delivery.last_error,
+                path + "delivered_at": delivery.delivered_at,
+            }
+            pushes[path + "attempts"] = attempt
+        for i, when in (held or {}).items():
+            notification.deliveries[i].next_attempt_at = when
+            sets[f"deliveries.{i}.next_attempt_at"] = when
+        unsettled = [
+            d.next_attempt_at or at for d in notification.deliveries if d.status in CLAIMABLE
+        ]
+        if unsettled:
+            notification.next_attempt_at = min(unsettled)
+            sets |= {"status": "open", "next_attempt_at": notification.next_attempt_at}
+            self._wake_at(notification.next_attempt_at)
+        else:
+            notification.status = "settled"
+            sets["status"] = "settled"
+        sets |= {"lease_until": EPOCH_LEASE, "lease_owner": None}
+        update: dict[str, Any] = {"$set": sets}
+        if pushes:
+            update["$push"] = pushes
+        written = await self._write(notification, update)
+        delivered = [i for i, o in outcomes.items() if o.delivered]
+        if not written and delivered:
+            # the lease ran out meanwhile (someone may send these again): at least say
+            # which were delivered, so that nobody sends them a third time
+            await self._write(
+                notification,
+                {"$set": {f"deliveries.{i}.status": "delivered" for i in delivered}},
+                leased=False,
+            )
+            log.warning("outbox: notification %s outlived its lease", notification.id)
+
+    def _settle(
+        self, notification: Notification, delivery: Delivery, outcome: Outcome, at: datetime
+    ) -> dict[str, Any]:
+        """Apply one try's outcome to ``delivery``; answers the attempt to record."""
         attempt: dict[str, Any] = {
             "at": at,
             "status_code": outcome.status_code,
             "error": outcome.error,
             "next_attempt_at": None,
         }
-        fields: dict[str, Any] = {"lease_until": EPOCH_LEASE, "lease_owner": None}
-        failures = len(doc.attempts) + 1
+        if outcome.delivered:
+            delivery.status, delivery.delivered_at = "delivered", at
+            delivery.next_attempt_at = delivery.last_error = None
+            return attempt
+        failures = len(delivery.attempts) + 1
         retry_at = at + timedelta(seconds=next_delay(self.settings, failures))
-        give_up = doc.created_at + timedelta(seconds=self.settings.notify_retry_for_s)
-        error = outcome.error or f"HTTP {outcome.status_code}"
+        give_up = notification.created_at + timedelta(seconds=self.settings.notify_retry_for_s)
+        delivery.last_error = outcome.error or f"HTTP {outcome.status_code}"
         if outcome.retry and retry_at <= give_up:
-            self._wake_at(retry_at)
+            delivery.status, delivery.next_attempt_at = "failed", retry_at
             attempt["next_attempt_at"] = retry_at
-            fields |= {"status": "failed", "next_attempt_at": retry_at, "last_error": error}
         else:
-            fields |= {"status": "dead", "last_error": error}
-        await Delivery.get_pymongo_collection().update_one(
-            {"_id": doc.id, "lease_owner": doc.lease_owner},
-            {"$set": fields, "$push": {"attempts": attempt}},
-        )
+            delivery.status, delivery.next_attempt_at = "dead", None
         log.info(
-            "delivery %s (%s %s): %s, %s", doc.id, doc.channel, doc.type, fields["status"], error
+            "delivery %s (%s %s): %s, %s",
+            delivery.id,
+            notification.channel,
+            notification.type,
+            delivery.status,
+            delivery.last_error,
         )
-        return bool(fields["status"] == "dead")
+        return attempt
 
-    async def _flush_later(self) -> None:
-        await asyncio.sleep(FLUSH_S)
-        await self.flush()
+    async def _write(
+        self, notification: Notification, update: dict[str, Any], leased: bool = True
+    ) -> bool:
+        """One update of the notification, tried again while the database is away (for up
+        to ``RECORD_FOR_S``); False when this instance no longer holds its lease."""
+        query: dict[str, Any] = {"_id": notification.id}
+        if leased:
+            query["lease_owner"] = notification.lease_owner
+        collection = Notification.get_pymongo_collection()
+        deadline = asyncio.get_running_loop().time() + RECORD_FOR_S
+        pause = 0.2
+        while True:
+            try:
+                result = await collection.update_one(query, update)
+                return result.matched_count == 1
+            except PyMongoError:
+                if asyncio.get_running_loop().time() + pause > deadline:
+                    raise
+                log.warning("outbox: recording %s failed; trying again", notification.id)
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 2.0)
 
-    async def flush(self) -> None:
-        """Write the successes recorded since the last flush: one update per status code."""
-        while self._delivered:
-            done, self._delivered = self._delivered, []
-            at = now()
-            by_code: dict[int | None, list[Any]] = {}
-            for doc, outcome in done:
-                by_code.setdefault(outcome.status_code, []).append(doc.id)
-            for code, ids in by_code.items():
-                attempt = {"at": at, "status_code": code, "error": None, "next_attempt_at": None}
-                try:
-                    await Delivery.get_pymongo_collection().update_many(
-                        {"_id": {"$in": ids}, "status": {"$in": list(CLAIMABLE)}},
-                        {
-                            "$set": {
-                                "status": "delivered",
-                                "delivered_at": at,
-                                "last_error": None,
-                                "lease_until": EPOCH_LEASE,
-                                "lease_owner": None,
-                            },
-                            "$push": {"attempts": attempt},
-                        },
-                    )
-                except PyMongoError:  # not recorded: they are sent again (at least once)
-                    log.warning("outbox: %d deliveries sent but not recorded", len(ids))
+    # deliveries that will never be sent -----------------------------------------------------
+
+    async def kill(
+        self, query: dict[str, Any], reason: str, target_id: ObjectId | None = None
+    ) -> None:
+        """Every unsent delivery of the open notifications ``query`` matches (to
+        ``target_id``, or all of them) is dead; their notifications settle at their next
+        round."""
+        only: dict[str, Any] = {"d.status": {"$in": list(CLAIMABLE)}}
+        if target_id is not None:
+            only["d.target_id"] = target_id
+        await Notification.get_pymongo_collection().update_many(
+            {**query, "status": "open"},
+            {
+                "$set": {
+                    "deliveries.$[d].last_error": reason,
+                    "deliveries.$[d].next_attempt_at": None,
+                    # last: SecantusDB applies the paths in turn, each matching the array
+                    # filter against the document as the paths before it left it
+                    "deliveries.$[d].status": "dead",
+                }
+            },
+            array_filters=[only],
+        )
 
     async def kill_target(self, target_id: ObjectId, reason: str) -> None:
         """Every unsent delivery to ``target_id`` is dead (its target is gone or disabled)."""
-        await Delivery.get_pymongo_collection().update_many(
-            {"target_id": target_id, "status": {"$in": list(CLAIMABLE)}},
-            {"$set": {"status": "dead", "last_error": reason}},
-        )
+        await self.kill({"deliveries.target_id": target_id}, reason, target_id)
 
 
 def outcome_label(outcome: Outcome) -> str:

@@ -30,7 +30,7 @@ from cloud.devices.access import parse_id
 from cloud.errors import Conflict, Invalid, NotFound, Unavailable
 from cloud.http import Endpoint, parse_body, reply
 from cloud.notify.addresses import CheckedResolver, RefusedAddress, check, checking, describe
-from cloud.notify.models import Delivery, PushSubscription
+from cloud.notify.models import Delivery, Notification, PushSubscription
 from cloud.notify.outbox import SEND_TIMEOUT_S, Outbox, Outcome, now
 from cloud.settings import Settings, SettingsError
 from protocol.notify import (
@@ -100,7 +100,7 @@ def subject(settings: Settings) -> str:
 
 
 class PushSender:
-    """Encrypts and posts one delivery to its subscription's push service."""
+    """Encrypts and posts a notification's delivery to its subscription's push service."""
 
     def __init__(self, settings: Settings, vapid: Any) -> None:
         self.settings = settings
@@ -111,7 +111,7 @@ class PushSender:
         self._batch: dict[Any, PushSubscription] = {}  # read for the deliveries in hand
 
     async def prefetch(self, ids: list[Any]) -> None:
-        """Read the subscriptions of a batch of deliveries in one query."""
+        """Read the subscriptions of a round's deliveries in one query."""
         if len(self._batch) > 10_000:
             self._batch.clear()
         found = await PushSubscription.find({"_id": {"$in": list(set(ids))}}).to_list()
@@ -143,7 +143,7 @@ class PushSender:
         self._claims[origin] = (expires, signed)
         return signed
 
-    async def __call__(self, delivery: Delivery) -> Outcome:
+    async def __call__(self, notification: Notification, delivery: Delivery) -> Outcome:
         if self.vapid is None:
             return Outcome(False, error="Web Push is not configured", retry=False)
         sub = self._batch.pop(delivery.target_id, None) or await PushSubscription.get(
@@ -154,7 +154,7 @@ class PushSender:
         info = {"endpoint": sub.endpoint, "keys": {"p256dh": sub.p256dh, "auth": sub.auth}}
         try:
             answer = await WebPusher(info, aiohttp_session=self.session()).send_async(
-                delivery.payload,
+                notification.body(delivery),
                 self.authorization(sub.endpoint),
                 ttl=self.settings.notify_push_ttl_s,
                 timeout=aiohttp.ClientTimeout(total=SEND_TIMEOUT_S),

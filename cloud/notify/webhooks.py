@@ -16,6 +16,7 @@ import logging
 import secrets
 import time
 from datetime import timedelta
+from typing import Any
 
 import httpx
 from beanie import PydanticObjectId
@@ -27,7 +28,7 @@ from cloud.devices.access import parse_id
 from cloud.errors import Conflict, Invalid, NotFound
 from cloud.http import Endpoint, parse_body, reply
 from cloud.notify.addresses import RefusedAddress, check, describe
-from cloud.notify.models import Delivery, Webhook
+from cloud.notify.models import Delivery, Notification, Webhook
 from cloud.notify.outbox import SEND_TIMEOUT_S, Outbox, Outcome, next_delay, now
 from cloud.settings import Settings
 from protocol.notify import (
@@ -86,7 +87,8 @@ def webhook_out(doc: Webhook) -> WebhookOut:
 
 
 class WebhookSender:
-    """Sends a delivery to its webhook with httpx, to the address checked for it."""
+    """Sends a notification's delivery to its webhook with httpx, to the address checked
+    for it."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -94,29 +96,37 @@ class WebhookSender:
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(SEND_TIMEOUT_S), follow_redirects=False, trust_env=False
         )
+        self._batch: dict[Any, Webhook] = {}  # read for the deliveries in hand
 
     async def close(self) -> None:
         await self._client.aclose()
 
-    async def __call__(self, delivery: Delivery) -> Outcome:
-        hook = await Webhook.get(delivery.target_id)
+    async def prefetch(self, ids: list[Any]) -> None:
+        """Read the webhooks of a round's deliveries in one query."""
+        if len(self._batch) > 10_000:
+            self._batch.clear()
+        found = await Webhook.find({"_id": {"$in": list(set(ids))}}).to_list()
+        self._batch.update({h.id: h for h in found})
+
+    async def __call__(self, notification: Notification, delivery: Delivery) -> Outcome:
+        hook = self._batch.pop(delivery.target_id, None) or await Webhook.get(delivery.target_id)
         if hook is None:
             return Outcome(False, error="the webhook was deleted", retry=False)
         if not hook.enabled:
             return Outcome(
                 False, error=f"the webhook is disabled: {hook.disabled_reason}", retry=False
             )
-        outcome = await self._post(hook, delivery)
-        await self._note(hook, delivery, outcome)
+        outcome = await self._post(hook, delivery.id, notification.body(delivery))
+        await self._note(hook, notification, delivery, outcome)
         return outcome
 
-    async def _post(self, hook: Webhook, delivery: Delivery) -> Outcome:
+    async def _post(self, hook: Webhook, delivery_id: Any, body: str) -> Outcome:
         try:
             target = await check(hook.url, self.settings)
         except RefusedAddress as exc:
             return Outcome(False, error=str(exc))
         url, extensions = hook.url, {}
-        sent = headers(hook.secret, message_id(delivery.id), delivery.payload)
+        sent = headers(hook.secret, message_id(delivery_id), body)
         if target.address is not None:  # connect to the address checked, not a new lookup
             parts = httpx.URL(hook.url)
             url = str(parts.copy_with(host=target.address))
@@ -124,7 +134,7 @@ class WebhookSender:
             extensions = {"sni_hostname": target.host}
         try:
             answer = await self._client.post(
-                url, content=delivery.payload.encode(), headers=sent, extensions=extensions
+                url, content=body.encode(), headers=sent, extensions=extensions
             )
         except httpx.HTTPError as exc:
             return Outcome(False, error=describe(exc) or type(exc).__name__)
@@ -132,7 +142,9 @@ class WebhookSender:
             return Outcome(True, status_code=answer.status_code)
         return Outcome(False, status_code=answer.status_code, error=f"HTTP {answer.status_code}")
 
-    async def _note(self, hook: Webhook, delivery: Delivery, outcome: Outcome) -> None:
+    async def _note(
+        self, hook: Webhook, notification: Notification, delivery: Delivery, outcome: Outcome
+    ) -> None:
         """Track the endpoint's health: disable it after failing for NOTIFY_RETRY_FOR_S, or
         when a delivery gives up having failed every try since it was made."""
         collection = Webhook.get_pymongo_collection()
@@ -148,7 +160,7 @@ class WebhookSender:
             return
         window = timedelta(seconds=self.settings.notify_retry_for_s)
         retry_at = at + timedelta(seconds=next_delay(self.settings, len(delivery.attempts) + 1))
-        gives_up = retry_at > delivery.created_at + window
+        gives_up = retry_at > notification.created_at + window
         first_try = delivery.attempts[0]["at"] if delivery.attempts else at
         if at - hook.failing_since < window and not (gives_up and hook.failing_since <= first_try):
             return
@@ -210,31 +222,31 @@ async def delete_webhook(request: Request) -> Response:
     return reply(None, 204)
 
 
-def delivery_out(doc: Delivery) -> DeliveryOut:
-    settled = doc.status in ("delivered", "dead")
+def delivery_out(notification: Notification, delivery: Delivery) -> DeliveryOut:
+    settled = delivery.status in ("delivered", "dead")
     return DeliveryOut(
-        id=message_id(doc.id),
-        type=doc.type,
-        event_id=str(doc.event_id) if doc.event_id else None,
-        status=doc.status,
-        created_at=doc.created_at,
-        attempts=[Attempt.model_validate(a) for a in doc.attempts],
-        next_attempt_at=None if settled else doc.next_attempt_at,
-        last_error=doc.last_error,
+        id=message_id(delivery.id),
+        type=notification.type,
+        event_id=str(notification.event_id) if notification.event_id else None,
+        status=delivery.status,
+        created_at=notification.created_at,
+        attempts=[Attempt.model_validate(a) for a in delivery.attempts],
+        next_attempt_at=None if settled else delivery.next_attempt_at,
+        last_error=delivery.last_error,
     )
 
 
 async def list_deliveries(request: Request) -> Response:
     hook = await _own_webhook(request)
+    # (channel: the index on deliveries.target_id holds webhook notifications only)
     docs = (
-        await Delivery.find(Delivery.target_id == hook.id)
+        await Notification.find({"channel": "webhook", "deliveries.target_id": hook.id})
         .sort("-created_at", "-_id")
         .limit(MAX_LISTED)
         .to_list()
     )
-    return reply(
-        DeliveryList(webhook=webhook_out(hook), deliveries=[delivery_out(d) for d in docs])
-    )
+    rows = [delivery_out(n, d) for n in docs for d in n.deliveries if d.target_id == hook.id]
+    return reply(DeliveryList(webhook=webhook_out(hook), deliveries=rows))
 
 
 def outbox(request: Request) -> Outbox:

@@ -198,9 +198,11 @@ async def test_a_relay_nodes_event_thread_pushes_new_then_end_and_signs_webhooks
 
 
 def deliveries(cloud: Cloud) -> list[dict[str, Any]]:
+    """Every delivery in the outbox, with its notification's type."""
     with MongoClient(cloud.env["MONGODB_URL"]) as client:
         db = client[cloud.env["MONGODB_DATABASE"]]
-        return list(db["notify_deliveries"].find({}, {"payload": 0}))
+        found = db["notify_outbox"].find({}, {"type": 1, "deliveries": 1})
+        return [{**d, "type": n["type"]} for n in found for d in n["deliveries"]]
 
 
 @pytest.mark.timeout(180)

@@ -9,7 +9,7 @@ import httpx
 from beanie import PydanticObjectId
 from starlette.applications import Starlette
 
-from cloud.notify.models import Delivery, NotifyPreference, PushSubscription
+from cloud.notify.models import Notification, NotifyPreference, PushSubscription
 from cloud.notify.notifier import Notifier
 from tests.cloud.notify.conftest import jpeg, notify_settings, post_event, subscribe
 from tests.cloud.notify.receivers import PushService, unb64url
@@ -152,10 +152,13 @@ async def test_a_push_service_answering_410_deletes_the_subscription(
     listed = (await client.get("/api/v1/push/subscriptions", headers=owner.headers)).json()
     assert created["id"] not in [s["id"] for s in listed["subscriptions"]]
     assert await PushSubscription.get(created["id"]) is None
-    dead = await Delivery.find_one({"key": {"$regex": f"^push:{created['id']}:"}})
-    assert dead is not None
+    [push] = await Notification.find(
+        {"deliveries.target_id": PydanticObjectId(created["id"])}
+    ).to_list()
+    [dead] = [d for d in push.deliveries if d.target_id == PydanticObjectId(created["id"])]
     assert dead.status == "dead"
     assert dead.attempts[0]["status_code"] == 410
+    assert push.status == "settled"
 
 
 async def test_preferences_kinds_and_quiet_hours_and_the_cooldown(

@@ -12,7 +12,7 @@ from beanie import PydanticObjectId
 from cryptography.hazmat.primitives.asymmetric import ec
 from starlette.applications import Starlette
 
-from cloud.notify.models import Delivery
+from cloud.notify.models import Notification
 from cloud.notify.notifier import Notifier
 from cloud.notify.preferences import in_quiet_hours
 from cloud.notify.push import application_server_key, load_vapid
@@ -51,10 +51,14 @@ async def test_a_share_revoked_while_its_push_waits_stops_the_push(
         await app.state.notifier.outbox.stop()
     assert [m.payload["tag"] for m in push_service.of(mine)] == ["rv-1"]
     assert push_service.of(theirs) == []
-    doc = await Delivery.find_one(Delivery.target_id == PydanticObjectId(created["id"]))
+    theirs = PydanticObjectId(created["id"])
+    doc = await Notification.find_one({"deliveries.target_id": theirs})
     assert doc is not None
-    assert doc.status == "dead"
-    assert doc.last_error == "no longer allowed to see the camera"
+    [refused] = [d for d in doc.deliveries if d.target_id == theirs]
+    assert refused.status == "dead"
+    assert refused.last_error == "no longer allowed to see the camera"
+    assert [a["error"] for a in refused.attempts] == [refused.last_error]
+    assert doc.status == "settled"
 
 
 def test_quiet_hours_in_the_users_zone_and_past_midnight() -> None:

@@ -10,7 +10,7 @@ from beanie import PydanticObjectId
 from standardwebhooks import Webhook as Verifier
 from starlette.applications import Starlette
 
-from cloud.notify.models import Delivery
+from cloud.notify.models import Notification
 from cloud.notify.notifier import Notifier
 from tests.cloud.notify.conftest import notify_settings, post_event
 from tests.cloud.notify.receivers import WebhookReceiver
@@ -194,4 +194,5 @@ async def test_a_deleted_webhook_gets_nothing_more(
     await post_event(client, device, "gone-1", "new")
     await asyncio.sleep(0.5)
     assert webhook_receiver.of("gone") == []
-    assert await Delivery.find({"target_id": PydanticObjectId(hook["id"])}).count() == 0
+    gone = {"deliveries.target_id": PydanticObjectId(hook["id"])}
+    assert await Notification.find(gone).count() == 0
