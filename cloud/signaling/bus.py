@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 Message = dict[str, Any]  # JSON-serialisable
 Handler = Callable[[Message], Awaitable[None]]
-GapListener = Callable[[float], Awaitable[None]]  # the time.monotonic() the subscription was lost
+GapListener = Callable[[float, bool], Awaitable[None]]  # (lost at, held again), see on_gap
 
 HANDLER_TIMEOUT_S = 10.0  # a handler stuck longer is cancelled so its channel moves on
 MAX_PENDING = 10_000  # per channel; beyond this a subscriber is hopelessly behind: drop
@@ -76,10 +76,11 @@ class Bus(Protocol):
     def on_gap(self, listener: GapListener) -> None:
         """Make ``listener`` this instance's one listener of subscription gaps.
 
-        Called with the ``time.monotonic()`` at which the subscription was lost, each time it
-        comes back: every channel held then is held again (a message published from now on
-        is delivered), and what was published to them since that moment may never arrive.
-        A bus that cannot lose its subscription (:class:`MemoryBus`) never calls it.
+        Called as ``listener(lost_at, False)`` when the subscription is lost (``lost_at``: its
+        ``time.monotonic()``), and as ``listener(lost_at, True)`` once every channel is held
+        again (a message published from then on is delivered). What was published to them
+        in between may never arrive. A bus that cannot lose its subscription
+        (:class:`MemoryBus`) never calls it.
         """
 
     async def set_presence(self, device_id: str, holder: str, ttl_s: float) -> None:

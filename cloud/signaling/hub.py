@@ -200,8 +200,8 @@ class Hub:
         return out
 
     def resync(self, conns: list[str]) -> list[Delivery]:
-        """The bus may have lost messages for ``conns`` (a gap in this instance's subscription,
-        a Redis restart): each user connection among them is told to go away and closed with
+        """The bus may lose messages for ``conns`` (a gap in this instance's subscription, a
+        Redis restart): each user connection among them is told to go away and closed with
         ``CLOSE_RESYNC``, so the app reconnects and reads presence and events afresh (the
         event stream resumes from its ``Last-Event-ID``) instead of missing them silently.
 

@@ -18,9 +18,9 @@ Each instance holds one subscriber connection, read by one task: when it breaks,
 reconnects with backoff (capped at ``BACKOFF_CAP_S``) and subscribes every held channel
 again, without help from the caller.
 What was published in between is lost (pub/sub is at most once); publishers saw it as a
-count of 0 or as BusUnavailable. So that the loss is not silent, the task then sends a PING
-behind the SUBSCRIBE: Redis answers in order, so its reply says every channel is held again,
-and the gap listener (``Bus.on_gap``) is called with the moment the connection was lost.
+count of 0 or as BusUnavailable. So that the loss is not silent, the gap listener
+(``Bus.on_gap``) hears of it when the connection breaks, and again once a new one holds
+every channel: the task sends a PING behind the SUBSCRIBE, and Redis answers in order.
 A Redis restarted without persistence loses presence and one-time keys as well.
 
 Scripts read the Redis clock, so instances never disagree about expiry. They compute key
@@ -351,12 +351,12 @@ class RedisBus:
                     self._on_reply(await conn.read_response(timeout=math.inf))
             except _NETWORK_ERRORS as exc:
                 if self._lost_at is None and up_once:
-                    self._lost_at = time.monotonic()
                     log.warning("%s: subscriber connection down (%s); reconnecting", self._id, exc)
+                    self._gap_began()
             except Exception:  # the reader must outlive any surprise, or the instance goes deaf
-                if up_once:
-                    self._lost_at = self._lost_at or time.monotonic()
                 log.exception("%s: subscriber connection failed; reconnecting", self._id)
+                if self._lost_at is None and up_once:
+                    self._gap_began()
             finally:
                 self._conn = None
                 self._connected.clear()
@@ -364,8 +364,12 @@ class RedisBus:
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_CAP_S)
 
+    def _gap_began(self) -> None:
+        self._lost_at = time.monotonic()
+        self._tell(self._lost_at, held=False)
+
     def _gap_closed(self) -> None:
-        """Every channel is held again after a gap: tell the listener, in a task of its own."""
+        """Every channel is held again after a gap: tell the listener."""
         lost_at, self._lost_at = self._lost_at, None
         if lost_at is None:
             return  # a PING of nobody's gap (there is no other sender of PING here)
@@ -374,18 +378,23 @@ class RedisBus:
             self._id,
             time.monotonic() - lost_at,
         )
+        self._tell(lost_at, held=True)
+
+    def _tell(self, lost_at: float, *, held: bool) -> None:
+        """Call the gap listener in a task of its own: the reader never waits for it."""
         listener = self._gap_listener
         if listener is None or not self._running:
             return
-        task = asyncio.create_task(self._tell(listener, lost_at), name=f"{self._id} gap")
+
+        async def tell() -> None:
+            try:
+                await listener(lost_at, held)
+            except Exception:
+                log.exception("%s: the gap listener failed", self._id)
+
+        task = asyncio.create_task(tell(), name=f"{self._id} gap")
         self._gap_tasks.add(task)
         task.add_done_callback(self._gap_tasks.discard)
-
-    async def _tell(self, listener: GapListener, lost_at: float) -> None:
-        try:
-            await listener(lost_at)
-        except Exception:
-            log.exception("%s: the gap listener failed", self._id)
 
     def _on_reply(self, reply: Any) -> None:
         match reply:

@@ -281,20 +281,23 @@ class Signaling:
 
         return handle
 
-    async def _bus_gap(self, lost_at: float) -> None:
-        """The bus lost this instance's subscription at ``lost_at`` and holds it again now.
+    async def _bus_gap(self, lost_at: float, held: bool) -> None:
+        """The bus lost this instance's subscription at ``lost_at`` (``held``: and holds it
+        again now).
 
-        Whatever other instances published for the connections here meanwhile (presence,
-        event pushes, session messages) is lost: the user connections that were here then are
-        closed so that their apps reconnect and read the state afresh (:meth:`Hub.resync`).
+        Whatever other instances publish for the connections here meanwhile (presence, event
+        pushes, session messages) is lost, so the user connections that were here then are
+        closed (:meth:`Hub.resync`), at once so that their apps know (and reconnect, and read
+        the state afresh, once the bus is back: a hello is refused with 1013 until then), and
+        again when the subscription is back, for any that the first round missed.
         Connections attached since held their channels only from the resubscription on.
         """
         conns = [c for c, at in self._attached_at.items() if at < lost_at]
         async with self._lock:
             deliveries = self.hub.resync(conns)
         log.warning(
-            "bus subscription was lost for %.1f s: closing %d user connections to resync",
-            time.monotonic() - lost_at,
+            "bus subscription %s: closing %d user connections to resync",
+            f"back after {time.monotonic() - lost_at:.1f} s" if held else "lost",
             sum(isinstance(d, Close) for d in deliveries),
         )
         await self.execute(deliveries)

@@ -329,32 +329,34 @@ async def test_a_bus_started_while_redis_is_down_connects_when_redis_comes_up() 
             assert await receive(inbox) == {"n": 1}
 
 
-async def test_a_redis_restart_is_reported_once_every_channel_is_held_again() -> None:
+async def test_a_redis_restart_is_reported_when_lost_and_once_every_channel_is_held_again() -> None:
     """What was published in the gap is lost (at most once), but never silently: the gap
-    listener hears of it, with the moment the subscription was lost, and from then on a
-    publish reaches the channel."""
+    listener hears of the loss at once, and again, with the same moment, when the channels
+    are held again: from then on a publish reaches them."""
     port, name = free_port(), "t" + secrets.token_hex(4)
     inbox: Inbox = asyncio.Queue()
-    gaps: asyncio.Queue[tuple[float, int]] = asyncio.Queue()
+    gaps: asyncio.Queue[tuple[float, bool, int]] = asyncio.Queue()
     with ExitStack() as first_server:
         url = first_server.enter_context(redis_server(port))
         async with AsyncExitStack() as stack:
             subscriber, publisher = await started(stack, url, name), await started(stack, url, name)
 
-            async def on_gap(lost_at: float) -> None:
-                # Held again when told: a publish now reaches the subscriber.
-                await gaps.put((lost_at, await publisher.publish("device:cam-g", {"n": 1})))
+            async def on_gap(lost_at: float, held: bool) -> None:
+                # Held again when told so: a publish now reaches the subscriber.
+                receivers = await publisher.publish("device:cam-g", {"n": 1}) if held else -1
+                await gaps.put((lost_at, held, receivers))
 
             subscriber.on_gap(on_gap)
             await subscriber.subscribe("device:cam-g", inbox.put)
             before = time.monotonic()
             first_server.close()
+            lost_at, held, _ = await asyncio.wait_for(gaps.get(), 15)
+            assert before <= lost_at <= time.monotonic()
+            assert held is False
             with pytest.raises(BusUnavailable):
                 await publisher.publish("device:cam-g", {"n": 0})  # lost in the gap
             with redis_server(port):
-                lost_at, receivers = await asyncio.wait_for(gaps.get(), 15)
-                assert before <= lost_at <= time.monotonic()
-                assert receivers == 1
+                assert await asyncio.wait_for(gaps.get(), 15) == (lost_at, True, 1)
                 assert await receive(inbox) == {"n": 1}
                 assert gaps.empty()
 
@@ -363,7 +365,7 @@ async def test_a_bus_that_never_had_its_subscription_reports_no_gap() -> None:
     port = free_port()
     gaps: list[float] = []
 
-    async def on_gap(lost_at: float) -> None:
+    async def on_gap(lost_at: float, held: bool) -> None:
         gaps.append(lost_at)
 
     async with AsyncExitStack() as stack:
