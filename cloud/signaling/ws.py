@@ -234,7 +234,9 @@ class Signaling:
             for c in self.hub.connections.values()
             if c.role == "relay"
         ]
-        for device_id, conn in cameras + relays:
+        # Relays first: a relay whose lease runs out in a long round is taken for dead by
+        # every instance (its relayed sessions and event threads end; soak finding 2).
+        for device_id, conn in relays + cameras:
             await self.bus.set_presence(device_id, conn, self.presence_ttl_s)
         await self.presence.repair(cameras)
 
