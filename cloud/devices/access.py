@@ -12,6 +12,7 @@ of is already on record for every instance to enforce (docs/protocol.md, "Revoca
 """
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -119,3 +120,20 @@ async def audience(device_id: PydanticObjectId) -> list[PydanticObjectId]:
     return [
         PydanticObjectId(i) for i in [device["owner_id"], *[s["user_id"] async for s in shares]]
     ]
+
+
+async def audiences(
+    owners: Mapping[PydanticObjectId, PydanticObjectId],
+) -> dict[PydanticObjectId, list[PydanticObjectId]]:
+    """:func:`audience` of many devices, given each one's owner: their shares in one read.
+
+    For the caller that has just read the devices itself (cloud.signaling.presence).
+    """
+    viewers: dict[PydanticObjectId, list[PydanticObjectId]] = {d: [] for d in owners}
+    if owners:
+        shares = Share.get_pymongo_collection().find(
+            {"device_id": {"$in": list(owners)}}, projection={"device_id": 1, "user_id": 1}
+        )
+        async for s in shares:
+            viewers[PydanticObjectId(s["device_id"])].append(PydanticObjectId(s["user_id"]))
+    return {d: [owner, *viewers[d]] for d, owner in owners.items()}

@@ -43,7 +43,9 @@ class Device(Document):
 
 
 class Share(Document):
-    device_id: PydanticObjectId
+    # Indexed: every camera's presence change reads its shares (SecantusDB scanned 300
+    # shares in 2.5 ms of its CPU per read, 0.18 ms with the index).
+    device_id: Annotated[PydanticObjectId, Indexed()]
     user_id: Annotated[PydanticObjectId, Indexed()]
     role: Literal["viewer"] = "viewer"
     created_at: datetime

@@ -34,7 +34,7 @@ from cloud.analysis.threads import end_threads_of
 from cloud.auth.hello import HelloAuth
 from cloud.auth.signins import SignIns
 from cloud.auth.tokens import AccessTokens, UserPrincipal
-from cloud.devices.access import Action, audience, authorize, binding
+from cloud.devices.access import Action, authorize, binding
 from cloud.devices.models import AccessChange
 from cloud.errors import CloudError, Unavailable, outage_unavailable
 from cloud.ice import ice_servers
@@ -392,10 +392,13 @@ class Signaling:
         finally:  # the database's view does not wait for the bus
             await self.presence.offline(change.device_id, change.conn)
 
-    async def _push_presence(self, device_id: str, online: bool, seen: datetime) -> None:
-        """Push presence to the device's owner and viewers, and nobody else."""
+    async def _push_presence(
+        self, device_id: str, online: bool, seen: datetime, users: list[PydanticObjectId]
+    ) -> None:
+        """Push presence to the device's owner and viewers (``users``, read by
+        cloud.signaling.presence with its write), and nobody else."""
         message = DevicePresence(device_id=device_id, online=online, last_seen=seen)
-        await self.push(await audience(PydanticObjectId(device_id)), message)
+        await self.push(users, message)
 
     async def push(self, users: list[PydanticObjectId], message: Message | EventPush) -> None:
         for user in users:
