@@ -272,7 +272,7 @@ def swarm_process(
     async def run() -> None:
         swarm = Swarm(Ed25519PrivateKey.from_private_bytes(key), first, spread)
         cameras = [Camera(d) for d in ids]
-        start = time.monotonic()
+        start, cpu = time.monotonic(), time.process_time()
         for n, camera in enumerate(cameras):  # closed loop: wait while in_flight are opening
             while swarm.tally.attempts - swarm.tally.welcomes - _ended(swarm) >= in_flight:  # noqa: ASYNC110
                 await asyncio.sleep(0.002)
@@ -281,7 +281,8 @@ def swarm_process(
                 await asyncio.sleep(0)
         while len(swarm.online) < len(cameras) and time.monotonic() - start < 600:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
-        pipe.send({"online": len(swarm.online), "start": start, "end": time.monotonic()})
+        end, cpu = time.monotonic(), time.process_time() - cpu
+        pipe.send({"online": len(swarm.online), "start": start, "end": end, "cpu": cpu})
         while True:
             command = await asyncio.to_thread(pipe.recv)
             if command == "stop":
@@ -421,10 +422,7 @@ def bench_rate(args: argparse.Namespace, tmp: Path, db: str) -> None:
         warm = Swarms(stack)
         warm.start(cloud.url + "/ws/v1/device", [], ids[: args.warm], raw(key), 1, 20)
         time.sleep(1.0)
-        others = {
-            f"{argv[0].rsplit('/', 1)[-1]} {pid}": pid
-            for pid, argv in servers.children(os.getpid())
-        }
+        others = {f"{_name(argv)} {pid}": pid for pid, argv in servers.children(os.getpid())}
         others = {k: v for k, v in others.items() if v != cloud.pid}
         others_before = {k: cpu_s(v) for k, v in others.items()}
         if profile is not None:
@@ -458,8 +456,12 @@ def bench_rate(args: argparse.Namespace, tmp: Path, db: str) -> None:
             f"({used / span:.0%} of a core); attempts {tally['attempts']}, refused (503 or 1013) "
             f"{tally['refused']}, failed {tally['failed']} {dict(tally['errors'])}"
         )
-        busy = machine_end - machine
-        print(f"  machine busy {busy:.1f} CPU-s in {span:.1f} s (2 cores: {2 * span:.0f})")
+        busy, clients = machine_end - machine, sum(r["cpu"] for r in results)
+        print(
+            f"  machine busy {busy:.1f} CPU-s in {span:.1f} s (2 cores: {2 * span:.0f}); "
+            f"the client processes {clients:.1f} CPU-s ({1000 * clients / max(1, online):.2f} "
+            "ms per connect)"
+        )
         print(
             "  CPU-s of others: "
             + ", ".join(f"{k} {cpu_s(v) - others_before[k]:.1f}" for k, v in others.items())
@@ -475,6 +477,12 @@ def bench_rate(args: argparse.Namespace, tmp: Path, db: str) -> None:
         stats = pstats.Stats(str(profile))
         stats.sort_stats("tottime").print_stats(30)
         stats.sort_stats("cumulative").print_stats(60)
+
+
+def _name(argv: list[str]) -> str:
+    """A process's program: a script's name rather than its interpreter's (SecantusDB)."""
+    script = len(argv) > 1 and "python" in argv[0] and not argv[1].startswith("-")
+    return (argv[1] if script else argv[0]).rsplit("/", 1)[-1]
 
 
 def main() -> None:
