@@ -103,10 +103,12 @@ class Notification(Document):
 
     ``key`` makes enqueueing idempotent (a relay's repeated report adds nothing). An
     instance owns the whole notification while ``lease_until`` is in the future
-    (cloud.notify.outbox). ``status`` is ``open`` while any delivery is pending or failed,
-    ``next_attempt_at`` then the earliest of theirs; ``seq`` orders one event's
-    notifications of a channel: a target's later one waits while its earlier one is
-    unsettled, so an ``end`` never overtakes its ``new``.
+    (cloud.notify.outbox). ``status`` is ``open`` while any delivery is pending or failed;
+    ``next_attempt_at`` is then when an instance should look at it next: the earliest next
+    try of its deliveries, or the end of its lease while one holds it (so a claim asks
+    for open and due only). ``seq`` orders one event's notifications of a channel: a
+    target's later one waits while its earlier one is unsettled, so an ``end`` never
+    overtakes its ``new``.
     """
 
     key: Annotated[str, Indexed(unique=True)]
@@ -127,8 +129,12 @@ class Notification(Document):
 
     class Settings:
         name = "notify_outbox"
+        # Every query of the outbox's hot path is shaped to one of these exactly, with no
+        # other field: SecantusDB (the test store) scans the whole collection for a filter
+        # with a field beyond an index's, even beside _id (hence _id + lease_owner).
         indexes = [
             IndexModel([("status", ASCENDING), ("next_attempt_at", ASCENDING)]),
+            IndexModel([("_id", ASCENDING), ("lease_owner", ASCENDING)]),
             IndexModel([("event_id", ASCENDING)]),
             IndexModel([("users", ASCENDING)]),
             IndexModel(

@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
+from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from cloud import metrics
@@ -154,9 +155,11 @@ class Outbox:
         documents = []
         for notification in notifications:
             document = notification.model_dump(by_alias=True, exclude={"id", "revision_id"})
-            if direct:
+            if direct:  # (not due while leased: see Notification.next_attempt_at)
                 document["lease_owner"] = f"{self._owner}:direct"
-                document["lease_until"] = at + timedelta(seconds=LEASE_S)
+                document["lease_until"] = document["next_attempt_at"] = at + timedelta(
+                    seconds=LEASE_S
+                )
             documents.append(document)
         refused: set[int] = set()
         try:
@@ -211,7 +214,13 @@ class Outbox:
         try:  # what this instance held goes back now, not when its lease runs out
             await Notification.get_pymongo_collection().update_many(
                 {"status": "open", "lease_owner": {"$regex": f"^{self._owner}:"}},
-                {"$set": {"lease_until": EPOCH_LEASE, "lease_owner": None}},
+                {
+                    "$set": {
+                        "lease_until": EPOCH_LEASE,
+                        "lease_owner": None,
+                        "next_attempt_at": now(),
+                    }
+                },
             )
         except PyMongoError:
             log.warning("outbox: could not release its leases; they run out in %d s", LEASE_S)
@@ -284,27 +293,24 @@ class Outbox:
             del self._chains[name]
 
     async def claim(self, limit: int) -> list[Notification]:
-        """Lease up to ``limit`` due notifications to this instance."""
+        """Lease up to ``limit`` due notifications to this instance, one conditional
+        update each (open, due: a leased one is due when its lease runs out), the earliest
+        first."""
         collection = Notification.get_pymongo_collection()
-        at = now()
-        due = {"status": "open", "next_attempt_at": {"$lte": at}}
-        cursor = (
-            collection.find({**due, "lease_until": {"$lte": at}}, {"_id": 1})
-            .sort("next_attempt_at", 1)
-            .limit(limit)
-        )
-        ids = [doc["_id"] async for doc in cursor]
-        if not ids:
-            return []
         token = f"{self._owner}:{next(self._claims)}"
-        await collection.update_many(
-            {"_id": {"$in": ids}, **due, "lease_until": {"$lte": at}},
-            {"$set": {"lease_until": at + timedelta(seconds=LEASE_S), "lease_owner": token}},
-        )
-        found = collection.find({"_id": {"$in": ids}, "lease_owner": token})
-        won = [Notification.model_validate({**doc, "id": doc["_id"]}) async for doc in found]
-        if len(won) < len(ids):  # another instance took some: look again at once
-            self._look = True
+        won: list[Notification] = []
+        while len(won) < limit:
+            at = now()
+            lease = at + timedelta(seconds=LEASE_S)
+            doc = await collection.find_one_and_update(
+                {"status": "open", "next_attempt_at": {"$lte": at}},
+                {"$set": {"lease_until": lease, "lease_owner": token, "next_attempt_at": lease}},
+                sort=[("next_attempt_at", 1)],
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is None:
+                break
+            won.append(Notification.model_validate({**doc, "id": doc["_id"]}))
         return won
 
     # a round --------------------------------------------------------------------------------
@@ -347,16 +353,22 @@ class Outbox:
         if notification.type in FIRST or notification.event_id is None:
             return {}
         cursor = Notification.get_pymongo_collection().find(
+            {"event_id": notification.event_id},  # a few: the rest is filtered here
             {
-                "event_id": notification.event_id,
-                "channel": notification.channel,
-                "status": "open",
-                "seq": {"$lt": notification.seq},
+                "channel": 1,
+                "status": 1,
+                "seq": 1,
+                "deliveries.target_id": 1,
+                "deliveries.status": 1,
+                "deliveries.next_attempt_at": 1,
             },
-            {"deliveries.target_id": 1, "deliveries.status": 1, "deliveries.next_attempt_at": 1},
         )
         waiting: dict[ObjectId, datetime] = {}
         async for other in cursor:
+            if (other["channel"], other["status"]) != (notification.channel, "open"):
+                continue
+            if other["seq"] >= notification.seq:
+                continue
             for earlier in other["deliveries"]:
                 if earlier["status"] in CLAIMABLE:
                     when = earlier["next_attempt_at"] or EPOCH_LEASE

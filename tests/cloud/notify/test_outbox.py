@@ -111,9 +111,10 @@ async def test_enqueueing_is_idempotent_and_a_crashed_instances_lease_runs_out(
     assert key in [d.key for d in claimed]
     other = outbox(settings, Recorder())
     assert key not in [d.key for d in await other.claim(10)]  # leased: not claimable
+    ran_out = now() - timedelta(seconds=1)  # the lease ran out (LEASE_S later)
     await Notification.get_pymongo_collection().update_one(
-        {"key": key}, {"$set": {"lease_until": now() - timedelta(seconds=1)}}
-    )  # the lease ran out (LEASE_S later)
+        {"key": key}, {"$set": {"lease_until": ran_out, "next_attempt_at": ran_out}}
+    )
     box.start()
     try:
         [doc] = await wait_settled([key])
