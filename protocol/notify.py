@@ -4,7 +4,7 @@ subscriptions and preferences, webhooks and their deliveries. Requests forbid un
 import base64
 import binascii
 from datetime import datetime
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -29,16 +29,18 @@ _IPV6 = "|".join(
         rf"::(?:[Ff]{{4}}:)?{_IPV4}",
     ]
 )
-_HOST = rf"(?:[A-Za-z0-9._~%!$&'()*+,;=-]+|\[(?:{_IPV6})\])"
+_NAME = "[A-Za-z0-9._~%!$&'()*+,;=-]+"
 _PORT = "(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5]?[0-9]{1,4}))?"
-HttpUrl = Annotated[
-    str,
-    Field(
-        min_length=8,
-        max_length=2048,
-        pattern=rf"^https?://{_HOST}{_PORT}(?:[/?#]\S*)?$",
-    ),
-]
+
+
+def _url(host: str) -> Any:
+    return Field(min_length=8, max_length=2048, pattern=rf"^https?://{host}{_PORT}(?:[/?#]\S*)?$")
+
+
+HttpUrl = Annotated[str, _url(rf"(?:{_NAME}|\[(?:{_IPV6})\])")]
+# A push service's URL: no IPv6 literal (a VAPID claim's audience cannot carry one: RFC
+# 8292 implementations check it as scheme://host[:port] with no colon in the host).
+PushEndpoint = Annotated[str, _url(_NAME)]
 Kinds = Annotated[list[EventKind], Field(min_length=1, max_length=32)]
 
 
@@ -77,7 +79,7 @@ class SubscriptionKeys(_Request):
 class PushSubscriptionIn(_Request):
     """The browser's ``PushSubscription.toJSON()``."""
 
-    endpoint: HttpUrl
+    endpoint: PushEndpoint
     keys: SubscriptionKeys
     expirationTime: float | None = Field(
         default=None,

@@ -8,12 +8,19 @@ import re
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from py_vapid import Vapid02
 from pydantic import TypeAdapter, ValidationError
 
 from cloud.notify.addresses import RefusedAddress, split
-from protocol.notify import HttpUrl
+from cloud.notify.push import PushSender
+from cloud.settings import Settings
+from protocol.notify import HttpUrl, PushEndpoint
 
 URL = TypeAdapter(HttpUrl)
+ENDPOINT = TypeAdapter(PushEndpoint)
+_KEY = Vapid02()
+_KEY.generate_keys()
+SENDER = PushSender(Settings(), _KEY)
 PATTERN = re.compile(URL.json_schema()["pattern"])
 
 
@@ -65,3 +72,20 @@ def test_a_malformed_url_is_refused_by_schema_and_server(url: str) -> None:
 def test_a_wellformed_url_is_taken(url: str) -> None:
     assert URL.validate_python(url) == url
     split(url)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.from_regex(re.compile(ENDPOINT.json_schema()["pattern"]), fullmatch=True))
+def test_every_push_endpoint_the_schema_accepts_gets_a_vapid_signature(url: str) -> None:
+    try:
+        ENDPOINT.validate_python(url)
+    except ValidationError:
+        return  # shorter than min_length
+    split(url)
+    assert SENDER.authorization(url)["Authorization"].startswith("vapid t=")
+
+
+def test_an_ipv6_literal_is_a_webhook_url_but_no_push_endpoint() -> None:
+    URL.validate_python("https://[2001:db8::1]/hook")
+    with pytest.raises(ValidationError):
+        ENDPOINT.validate_python("https://[2001:db8::1]/push")
