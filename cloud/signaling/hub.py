@@ -139,10 +139,12 @@ class Hub:
         # Only viewers are addressed by connection; a camera is addressed by its device.
         out: list[Delivery] = [] if role == "device" else [Subscribe(conn_channel(conn))]
         if role == "user":
-            conns = self.users.setdefault(principal, set())
-            conns.add(conn)
-            if len(conns) == 1:
-                out.append(Subscribe(user_channel(principal)))
+            # Every connection of the user asks for the channel (held already: a no-op), and
+            # is welcomed only once it is held: when the subscription a first connection made
+            # fails (the bus is down), the bus drops the channel, and a second connection
+            # that relied on it would never hear a push.
+            self.users.setdefault(principal, set()).add(conn)
+            out.append(Subscribe(user_channel(principal)))
         if role == "relay":
             out.append(PresenceChanged(f"relay:{principal}", conn, True))
         if role == "device":

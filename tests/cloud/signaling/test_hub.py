@@ -366,6 +366,14 @@ def test_channels_are_held_exactly_while_someone_local_needs_them() -> None:
     assert {ch for ch, holders in c.subs.items() if holders} == set()
 
 
+def test_every_user_connection_waits_for_its_users_channel_not_only_the_first() -> None:
+    hub = Hub(instance="A", ice_servers=lambda principal: ICE)
+    for conn in ("v1", "v2"):
+        assert Subscribe("user.u1") in hub.connect(conn, "user", "u1")
+    assert Subscribe("user.u1", on=False) not in hub.disconnect("v1")
+    assert Subscribe("user.u1", on=False) in hub.disconnect("v2")
+
+
 def test_pushes_reach_every_connection_of_the_addressed_user_only() -> None:
     c = Cluster("A", "B")
     c.connect("A", "phone", "user", "u1")
