@@ -3,6 +3,7 @@ durable outbox, at a steady rate of event reports.
 
     flock /tmp/vc-heavy.lock scripts/hermetic .venv/bin/python bench/notify.py
         [--rate 50] [--seconds 30] [--users 20] [--subs-per-user 10] [--instances 1]
+        [--as-relay-node]
 
 Real processes: SecantusDB, the cloud (``python -m cloud``; with ``--instances 2``, two of
 them on one redis-server, both running outbox workers on the one queue) and, in this
@@ -15,12 +16,16 @@ reports a second for ``--seconds`` (``POST /relays/events``), round-robin over t
 each thread a ``new`` report, then its ``end`` report 1 s later (so half the reports are
 each). Every report of a camera fans out to its owner's subscriptions (a ``new`` and an
 ``end`` push per thread; ``NOTIFY_COOLDOWN_S=0`` so no ``new`` is held back) and webhook:
-with the defaults, 11 deliveries per report, 550 a second.
+with the defaults, 11 deliveries per report, 550 a second, in 2 outbox notifications.
+With ``--as-relay-node`` each report carries an ``Idempotency-Key`` and each ``new`` a
+480x270 JPEG (12 KB), as relay/ sends them, so the receipt and the snapshot are written
+too and the pushes carry an image URL.
 
 Figures:
 - enqueue to delivery (the target, p95 <= 1 s): ``delivered_at - created_at`` of every
-  delivery, as the outbox records them (created when the report is handled, delivered when
-  the receiver's 2xx comes back; millisecond clock of one machine);
+  delivery, as the outbox records them (created when the report is handled; delivered
+  when its notification's round is recorded, after every delivery of that round has its
+  answer; millisecond clock of one machine);
 - report to receipt: from just before this process posts the report to the receiver's
   handler getting the decrypted push (or the webhook): what a user would see, including the
   report's own handling;
@@ -74,6 +79,22 @@ def summary(name: str, values: list[float]) -> str:
         f"{name:<34} n={len(ms):>6}  p50 {pct(ms, 0.5):7.1f}  p95 {pct(ms, 0.95):7.1f}  "
         f"p99 {pct(ms, 0.99):7.1f}  max {max(ms):7.1f}  mean {statistics.fmean(ms):7.1f} ms"
     )
+
+
+def snapshot_b64() -> str:
+    """A JPEG as a relay node attaches to a ``new`` (480 wide, quality 70: relay/events.py)."""
+    import base64
+
+    import cv2
+    import numpy as np
+
+    picture = np.tile(np.linspace(40, 200, 480, dtype=np.uint8), (270, 1))
+    picture = cv2.cvtColor(picture, cv2.COLOR_GRAY2BGR)
+    cv2.rectangle(picture, (180, 60), (260, 250), (0, 140, 255), -1)
+    noise = np.random.default_rng(1).integers(0, 24, picture.shape, dtype=np.uint8)
+    ok, encoded = cv2.imencode(".jpg", cv2.add(picture, noise), [cv2.IMWRITE_JPEG_QUALITY, 70])
+    assert ok
+    return base64.b64encode(encoded.tobytes()).decode()
 
 
 async def user_with_camera(http: httpx.AsyncClient, n: int) -> tuple[dict[str, str], str]:
@@ -145,6 +166,8 @@ async def run(args: argparse.Namespace, urls: list[str], pids: dict[str, int]) -
     failures: Counter[str] = Counter()
     tasks: set[asyncio.Task[None]] = set()
 
+    snapshot = snapshot_b64() if args.as_relay_node else None
+
     async def report(i: int, device_id: str, thread: str, state: str, started: str) -> str:
         body = {
             "device_id": device_id,
@@ -154,9 +177,15 @@ async def run(args: argparse.Namespace, urls: list[str], pids: dict[str, int]) -
             "score": 0.8,
             "started_at": started,
             **({"ended_at": datetime.now(UTC).isoformat()} if state == "end" else {}),
+            **({"snapshot_jpeg": snapshot} if snapshot and state == "new" else {}),
         }
+        headers = dict(RELAY)
+        if args.as_relay_node:
+            headers["Idempotency-Key"] = f"{thread}-{state}-{secrets.token_hex(6)}"
         at = time.time()
-        r = await clients[i % len(clients)].post("/api/v1/relays/events", json=body, headers=RELAY)
+        r = await clients[i % len(clients)].post(
+            "/api/v1/relays/events", json=body, headers=headers
+        )
         if r.status_code != 200:
             failures[f"HTTP {r.status_code}"] += 1
             return ""
@@ -268,6 +297,11 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--subs-per-user", type=int, default=10)
     parser.add_argument("--instances", type=int, default=1, choices=(1, 2))
+    parser.add_argument(
+        "--as-relay-node",
+        action="store_true",
+        help="report as relay/ does: an Idempotency-Key on every report, a snapshot on new",
+    )
     args = parser.parse_args()
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-notify-{secrets.token_hex(3)}"
     tmp.mkdir(parents=True)
@@ -313,6 +347,11 @@ def main() -> None:
         f"({args.subs_per_user} push subscriptions + 1 webhook) = "
         f"{args.users * args.subs_per_user} subscriptions, {args.users} webhooks; "
         f"{args.instances} cloud instance(s)"
+        + (
+            "; reports as a relay node (Idempotency-Key, snapshot on new)"
+            if args.as_relay_node
+            else ""
+        )
     )
     print(
         f"reports posted {result['reports']} in {result['posting_s']:.1f} s "
