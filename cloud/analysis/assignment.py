@@ -215,10 +215,12 @@ async def cameras_of(
     if recorded:
         running = {"kind": "recording", "state": "recording", "until": {"$gt": now}}
         found = await Media.find({**running, "device_id": {"$in": recorded}}).sort("+_id").to_list()
+        relay_of = {device.id: device.analysis_relay for device in devices}
         for media in found:
             assert media.until is not None
             order = RecordingOrder(id=str(media.id), until=media.until)
             orders.setdefault(media.device_id, []).append(order)
+        await _stamp_recorders(found, relay_of)
     for device in devices:
         if device.analysis_relay in out and device.id is not None and wanted(device, now):
             out[device.analysis_relay].append(
@@ -231,6 +233,22 @@ async def cameras_of(
                 )
             )
     return out
+
+
+async def _stamp_recorders(
+    recordings: list[Media], relay_of: dict[PydanticObjectId | None, str | None]
+) -> None:
+    """Each recording is the node's it is ordered to: its last upload, sent when the
+    recording ends, may arrive after the camera's assignment ended with it."""
+    by_relay: dict[str, list[PydanticObjectId]] = {}
+    for media in recordings:
+        relay_id = relay_of.get(media.device_id)
+        if relay_id is not None and media.analysis_relay != relay_id and media.id is not None:
+            by_relay.setdefault(relay_id, []).append(media.id)
+    for relay_id, ids in by_relay.items():
+        await Media.get_pymongo_collection().update_many(
+            {"_id": {"$in": ids}, "state": "recording"}, {"$set": {"analysis_relay": relay_id}}
+        )
 
 
 async def assigned_to(relay_id: str, device_id: str) -> Device | None:

@@ -31,7 +31,7 @@ class Media(Document):
     duration_s: float | None = None
     thread_id: str | None = None  # clips: the event thread (unique per device)
     until: datetime | None = None  # recordings: when the recording asked for ends
-    analysis_relay: str | None = None  # uploads: the relay node analysing it
+    analysis_relay: str | None = None  # uploads: the node analysing it; recordings: recording
     filename: str | None = None  # uploads
     error: str | None = None  # failed: why
     # Uploads only: the relay's analysis of the file (not served yet: stays "pending").

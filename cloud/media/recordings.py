@@ -78,7 +78,8 @@ async def upload_recording(request: Request) -> Response:
     if doc.state != "recording":
         raise Conflict("this recording was already finished", ErrorCode.CLIP_FINISHED)
     device = await Device.get(doc.device_id)
-    if device is None or device.analysis_relay != request.state.principal:
+    relay_id = request.state.principal
+    if device is None or relay_id not in (device.analysis_relay, doc.analysis_relay):
         raise Forbidden("this relay node does not record this camera")
     store = media_store(request)
     stored = await store_clip(request, content_type, f"recording-{media_id}", doc.device_id)

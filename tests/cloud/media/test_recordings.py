@@ -2,7 +2,9 @@
 the camera is told (relay.assign) and uploads; nobody else may."""
 
 import httpx
+from beanie import PydanticObjectId
 
+from cloud.devices.models import Device
 from tests.cloud.media.conftest import MP4_HEAD, RELAY, video
 from tests.conftest import RELAY_SECRET, ActivateDevice, MakeAccount, share
 from tests.peers import Peer, camera, connect
@@ -84,4 +86,42 @@ async def test_the_owner_records_a_camera_and_only_its_assigned_node_uploads_the
         f"/api/v1/devices/{device.id}/media", params={"kind": "recording"}, headers=owner.headers
     )
     assert [m["id"] for m in listed.json()["media"]] == [recording["id"]]
+    await cam.socket.close()
+
+
+async def test_the_final_upload_after_the_assignment_ended_is_taken_from_the_recording_node(
+    ws_base: str,
+    client: httpx.AsyncClient,
+    make_account: MakeAccount,
+    activate_device: ActivateDevice,
+    relay: Peer,
+) -> None:
+    """A disarmed camera is released from its node when the recording ends; the node's last
+    upload, sent at that moment, still lands (it was refused 403 and the recording lost)."""
+    owner = await make_account("owner")
+    device = await activate_device(owner)
+    await client.patch(f"/api/v1/devices/{device.id}", json={"armed": False}, headers=owner.headers)
+    await relay.send({"type": "relay.load", "load": 0, "sessions": 0, "capacity": 1000})
+    cam = await camera(ws_base, device)
+    asked = await client.post(
+        f"/api/v1/devices/{device.id}/recordings", json={"duration_s": 1}, headers=owner.headers
+    )
+    assert asked.status_code == 201, asked.text
+    recording = asked.json()
+    await order_for(relay, device.id)
+    while True:  # the recording is over: the node is told to let the camera go
+        message = await relay.expect("relay.assign", timeout=8)
+        if all(entry["device_id"] != device.id for entry in message["cameras"]):
+            break
+    assert (await Device.get(PydanticObjectId(device.id))).analysis_relay is None  # type: ignore[union-attr]
+    put = f"/api/v1/relays/recordings/{recording['id']}"
+    other = {"Authorization": f"Bearer relay-other:{RELAY_SECRET}", "Content-Type": "video/mp4"}
+    assert (await client.put(put, content=video(2000), headers=other)).status_code == 403
+    r = await client.put(
+        put,
+        content=video(2000),
+        params={"final": "true", "duration_s": "1.0"},
+        headers={**RELAY, "Content-Type": "video/mp4"},
+    )
+    assert (r.status_code, r.json()["state"]) == (200, "ready"), r.text
     await cam.socket.close()
