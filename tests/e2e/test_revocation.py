@@ -49,6 +49,16 @@ async def routing_back(instance: Instance, who: Peer, device: ActivatedDevice) -
             await asyncio.sleep(0.5)
 
 
+async def reconnect(instance: Instance, who: Account) -> Peer:
+    """A client connection once the instance's bus is back (refused with 1013 until then)."""
+    deadline = time.monotonic() + 20
+    while True:
+        with contextlib.suppress(websockets.ConnectionClosed, AssertionError):
+            return await viewer_on(instance, who)
+        assert time.monotonic() < deadline, f"no client connection to {instance.name}"
+        await asyncio.sleep(0.5)
+
+
 def about(messages: list[dict[str, object]], device_id: str, sessions: set[str]) -> list[object]:
     return [
         m for m in messages if m.get("device_id") == device_id or m.get("session_id") in sessions
@@ -65,43 +75,43 @@ async def test_a_share_revoked_and_a_camera_removed_while_redis_is_down_end_acce
     porch_cam, garage_cam = await camera_on(cluster.b, porch), await camera_on(cluster.a, garage)
     friend_a, friend_b = await viewer_on(cluster.a, friend), await viewer_on(cluster.b, friend)
     owner_a, owner_b = await viewer_on(cluster.a, owner), await viewer_on(cluster.b, owner)
-    revoked = {
-        await negotiate(porch_cam, friend_a, porch.id),  # across instances
-        await negotiate(porch_cam, friend_b, porch.id),  # on one instance
-    }
+    across = await negotiate(porch_cam, friend_a, porch.id)  # across instances
+    revoked = {across, await negotiate(porch_cam, friend_b, porch.id)}  # and on one
     garage_sid = await negotiate(garage_cam, owner_b, garage.id)
     for peer in (friend_a, friend_b, owner_a, owner_b, porch_cam, garage_cam):
         await peer.quiet(0.3)
 
     stop(cluster.redis)
-    # Revoked on instance A: B holds the camera and one of the friend's connections.
+    # An instance that loses the bus closes its user connections (go_away resync, 4503):
+    # they may miss pushes. Cameras stay, and so do their sessions whose viewer was on the
+    # other instance (the end cannot cross the bus): only the revocation can end those.
+    for peer in (friend_a, friend_b, owner_a, owner_b):
+        assert await peer.closed_with(timeout=GRACE_S) == 4503
+
+    # Revoked on instance A: B holds the camera.
     r = await http.delete(f"/api/v1/devices/{porch.id}/shares/{friend.id}", headers=owner.headers)
     acknowledged = time.monotonic()
     assert r.status_code == 204, r.text
-    ended = {}
-    for peer in (friend_a, friend_b):
-        end = await peer.expect("session.end", timeout=GRACE_S)
-        assert end["reason"] == "access_revoked"
-        ended[end["session_id"]] = peer
-    assert set(ended) == revoked
-    camera_ends = {(await porch_cam.expect("session.end", timeout=GRACE_S))["session_id"]}
-    camera_ends.add((await porch_cam.expect("session.end", timeout=GRACE_S))["session_id"])
-    assert camera_ends == revoked
+    camera_ends = {}
+    while set(camera_ends) != revoked:
+        end = await porch_cam.expect("session.end", timeout=GRACE_S)
+        camera_ends[end["session_id"]] = end["reason"]
+    # The one across instances lived on until the revocation ended it.
+    assert camera_ends[across] == "access_revoked", camera_ends
     assert time.monotonic() - acknowledged < GRACE_S
-    friend_seen = {id(p): len(p.seen) for p in (friend_a, friend_b)}
 
     # Removed through instance B: the camera is held by A.
     async with httpx.AsyncClient(base_url=cluster.b.http, timeout=10) as http_b:
         r = await http_b.delete(f"/api/v1/devices/{garage.id}", headers=owner.headers)
     acknowledged = time.monotonic()
     assert r.status_code == 204, r.text
-    end = await owner_b.expect("session.end", timeout=GRACE_S)
-    assert (end["session_id"], end["reason"]) == (garage_sid, "device_removed")
     assert await garage_cam.closed_with(timeout=GRACE_S) == 4404
     assert time.monotonic() - acknowledged < GRACE_S
+    assert garage_sid
 
     # Redis back: nothing about the porch reaches the friend any more, whoever speaks.
     cluster.redis = await asyncio.to_thread(start_redis, cluster.redis_port)
+    owner_a = await reconnect(cluster.a, owner)
     await routing_back(cluster.a, owner_a, porch)
     for sid in revoked:
         ice = {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host", "sdpMid": "0"}
@@ -110,12 +120,12 @@ async def test_a_share_revoked_and_a_camera_removed_while_redis_is_down_end_acce
         )
         status = await porch_cam.expect("status")
         assert status["error"]["code"] == "unknown_session"
+    friend_a, friend_b = await reconnect(cluster.a, friend), await reconnect(cluster.b, friend)
     await friend_a.send({"type": "session.request", "id": "again", "device_id": porch.id})
     assert (await friend_a.expect("status"))["error"]["code"] == "device_not_found"
     await friend_b.quiet(1.0)
     for peer in (friend_a, friend_b):
-        late = peer.seen[friend_seen[id(peer)] :]
-        assert about(late, porch.id, revoked) == [], late
+        assert about(peer.seen, porch.id, revoked) == [], peer.seen
     listed = await http.get("/api/v1/devices", headers=friend.headers)
     assert listed.json()["devices"] == []
     # The removed camera cannot come back with its old key.
