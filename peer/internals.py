@@ -37,23 +37,22 @@ RECEIVER_METHODS = {
     "_send_rtcp_nack": "peer/repair.py",
     "_send_rtcp_pli": "peer/repair.py, relay/media.py (keyframe requests to cameras)",
 }
+# What relay/sender.py's send loop reads and writes of RTCRtpSender (it checks them itself
+# when it installs, from this list).
+SEND_LOOP_SLOTS = (
+    "rtp_started",
+    "rtp_exited",
+    "mid",
+    "rtp_header_extensions_map",
+    "rtx_payload_type",
+    "ntp_timestamp",
+    "rtp_timestamp",
+    "octet_count",
+    "packet_count",
+)
 SENDER_SLOTS = {
     "_RTCRtpSender__encoder": "device_sim/camera_peer.py",  # None until aiortc fills it
-    **{
-        f"_RTCRtpSender__{name}": "relay/sender.py"
-        for name in (
-            "rtp_started",
-            "rtp_exited",
-            "rtp_task",
-            "mid",
-            "rtp_header_extensions_map",
-            "rtx_payload_type",
-            "ntp_timestamp",
-            "rtp_timestamp",
-            "octet_count",
-            "packet_count",
-        )
-    },
+    **{f"_RTCRtpSender__{name}": "relay/sender.py" for name in (*SEND_LOOP_SLOTS, "rtp_task")},
 }
 SENDER_METHODS = {
     "_send_keyframe": "peer/codecs.py",

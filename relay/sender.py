@@ -64,23 +64,13 @@ from av import Packet
 
 from peer import retransmission
 from peer.codecs import H264
+from peer.internals import SEND_LOOP_SLOTS  # set by RTCRtpSender.__init__ (aiortc 1.16.0)
 
 logger = logging.getLogger(__name__)
 
 SHARED_FRAMES = 64  # frames whose H.264 packets are kept for the viewers still to send them
 
 _SENDER = "_RTCRtpSender__"
-_SENDER_PRIVATE = (  # set by RTCRtpSender.__init__ (aiortc 1.16.0)
-    "rtp_started",
-    "rtp_exited",
-    "mid",
-    "rtp_header_extensions_map",
-    "rtx_payload_type",
-    "ntp_timestamp",
-    "rtp_timestamp",
-    "octet_count",
-    "packet_count",
-)
 _SENDER_METHODS = ("_run_rtp", "_retransmit")
 _DTLS = "_RTCDtlsTransport__"
 _DTLS_PRIVATE = ("_tx_srtp", "_state", _DTLS + "tx_bytes", _DTLS + "tx_packets")
@@ -93,7 +83,7 @@ def check(sender: RTCRtpSender) -> None:
     """Raise :class:`RuntimeError` unless ``sender`` (not yet sending) has every aiortc
     internal :func:`install` uses."""
     missing = [name for name in _SENDER_METHODS if not callable(getattr(sender, name, None))]
-    missing += [_SENDER + name for name in _SENDER_PRIVATE if not hasattr(sender, _SENDER + name)]
+    missing += [_SENDER + name for name in SEND_LOOP_SLOTS if not hasattr(sender, _SENDER + name)]
     for name in ("rtp_started", "rtp_exited"):
         if not isinstance(getattr(sender, _SENDER + name, None), asyncio.Event):
             missing.append(f"{_SENDER}{name} (an asyncio.Event)")
