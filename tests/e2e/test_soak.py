@@ -16,9 +16,5 @@ from bench.soak import SoakConfig, run_soak
 def test_nothing_leaks_and_nothing_is_lost_under_faults(tmp_path: Path) -> None:
     result = run_soak(SoakConfig.short(), tmp_path)
     print(result.report())
-    # Known open defect (docs/benchmarks.md, soak finding 1): event pushes published while
-    # Redis restarts are lost for sockets and streams on other instances. Every other check
-    # (no delivery without a grant in any mode, webhooks, the other modes' losses) stands.
-    known = ("redis: ws expected", "redis: sse expected")
-    failures = [f for f in result.failures() if not f.startswith(known)]
+    failures = result.failures()
     assert not failures, "\n".join(failures) + "\n\n" + result.report()
