@@ -89,6 +89,7 @@ class Notifier:
         self.outbox.allowed = self.may_see
         self.push.outbox = self.webhooks.outbox = self.outbox
         self._access: dict[PydanticObjectId, tuple[float, set[PydanticObjectId]]] = {}
+        self._reading: dict[PydanticObjectId, asyncio.Future[set[PydanticObjectId]]] = {}
 
     def configure(self, settings: Settings) -> None:
         """Tests: change the settings the worker and senders read."""
@@ -109,14 +110,24 @@ class Notifier:
         """Who may still see the notification's camera (None: it has none, e.g. a test)."""
         if notification.device_id is None:
             return None
+        device_id = notification.device_id
+        cached = self._access.get(device_id)
+        if cached is not None and time.monotonic() - cached[0] <= ACCESS_CACHE_S:
+            return cached[1]
+        # one read for the rounds that ask at once (a report's push and webhook rounds)
+        reading = self._reading.get(device_id)
+        if reading is None:
+            reading = self._reading[device_id] = asyncio.ensure_future(self._audience(device_id))
+            reading.add_done_callback(lambda _: self._reading.pop(device_id, None))
+        return await asyncio.shield(reading)
+
+    async def _audience(self, device_id: PydanticObjectId) -> set[PydanticObjectId]:
         at = time.monotonic()
-        cached = self._access.get(notification.device_id)
-        if cached is None or at - cached[0] > ACCESS_CACHE_S:
-            if len(self._access) > 10_000:
-                self._access.clear()
-            users = set(await audience(notification.device_id))
-            cached = self._access[notification.device_id] = (at, users)
-        return cached[1]
+        users = set(await audience(device_id))
+        if len(self._access) > 10_000:
+            self._access.clear()
+        self._access[device_id] = (at, users)
+        return users
 
     # enqueueing -----------------------------------------------------------------------------
 
