@@ -153,6 +153,7 @@ class Notifier:
         hooks = [h for h in await webhooks_of(users) if h.kinds is None or event.kind in h.kinds]
         if not hooks:
             return None
+        self.webhooks.recent.keep(hooks)  # the round right after reads them no more
         body = WebhookBody(type=f"event.{event.state}", timestamp=now(), data=event)
         return self.outbox.new(
             key=f"webhook:{event.id}:{event.state}",
@@ -227,6 +228,7 @@ class Notifier:
         URL is the user's own)."""
         if not subs:
             return None
+        self.push.recent.keep(subs)  # the round right after reads them no more
         bodies: list[str] = []
         index: dict[PydanticObjectId, int] = {}
         for user_id in dict.fromkeys(s.user_id for s in subs):

@@ -31,7 +31,7 @@ from cloud.errors import Conflict, Invalid, NotFound, Unavailable
 from cloud.http import Endpoint, parse_body, reply
 from cloud.notify.addresses import CheckedResolver, RefusedAddress, check, checking, describe
 from cloud.notify.models import Delivery, Notification, PushSubscription
-from cloud.notify.outbox import SEND_TIMEOUT_S, Outbox, Outcome, now
+from cloud.notify.outbox import SEND_TIMEOUT_S, Outbox, Outcome, Recent, now
 from cloud.settings import Settings, SettingsError
 from protocol.notify import (
     PushPayload,
@@ -108,14 +108,12 @@ class PushSender:
         self.outbox: Outbox | None = None
         self._session: aiohttp.ClientSession | None = None
         self._claims: dict[str, tuple[float, dict[str, str]]] = {}
-        self._batch: dict[Any, PushSubscription] = {}  # read for the deliveries in hand
+        self.recent: Recent[PushSubscription] = Recent()
 
     async def prefetch(self, ids: list[Any]) -> None:
-        """Read the subscriptions of a round's deliveries in one query."""
-        if len(self._batch) > 10_000:
-            self._batch.clear()
-        found = await PushSubscription.find({"_id": {"$in": list(set(ids))}}).to_list()
-        self._batch.update({s.id: s for s in found})
+        """Read the subscriptions of a round's deliveries not read just now, in one query."""
+        if missing := self.recent.missing(ids):
+            self.recent.keep(await PushSubscription.find({"_id": {"$in": missing}}).to_list())
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -146,9 +144,7 @@ class PushSender:
     async def __call__(self, notification: Notification, delivery: Delivery) -> Outcome:
         if self.vapid is None:
             return Outcome(False, error="Web Push is not configured", retry=False)
-        sub = self._batch.pop(delivery.target_id, None) or await PushSubscription.get(
-            delivery.target_id
-        )
+        sub = self.recent.get(delivery.target_id) or await PushSubscription.get(delivery.target_id)
         if sub is None:
             return Outcome(False, error="the subscription was deleted", retry=False)
         info = {"endpoint": sub.endpoint, "keys": {"p256dh": sub.p256dh, "auth": sub.auth}}
@@ -169,6 +165,8 @@ class PushSender:
         if status in (200, 201, 202):
             return Outcome(True, status_code=status)
         if status in (404, 410):
+            assert sub.id is not None
+            self.recent.forget(sub.id)
             await sub.delete()
             if self.outbox is not None:
                 assert sub.id is not None
@@ -255,6 +253,7 @@ async def unsubscribe(request: Request) -> Response:
         raise NotFound("no such subscription")
     await doc.delete()
     assert doc.id is not None
+    request.app.state.notifier.push.recent.forget(doc.id)
     await request.app.state.notifier.outbox.kill_target(doc.id, "the subscription was deleted")
     return reply(None, 204)
 

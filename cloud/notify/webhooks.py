@@ -29,7 +29,7 @@ from cloud.errors import Conflict, Invalid, NotFound
 from cloud.http import Endpoint, parse_body, reply
 from cloud.notify.addresses import RefusedAddress, check, describe
 from cloud.notify.models import Delivery, Notification, Webhook
-from cloud.notify.outbox import SEND_TIMEOUT_S, Outbox, Outcome, next_delay, now
+from cloud.notify.outbox import SEND_TIMEOUT_S, Outbox, Outcome, Recent, next_delay, now
 from cloud.settings import Settings
 from protocol.notify import (
     Attempt,
@@ -96,20 +96,18 @@ class WebhookSender:
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(SEND_TIMEOUT_S), follow_redirects=False, trust_env=False
         )
-        self._batch: dict[Any, Webhook] = {}  # read for the deliveries in hand
+        self.recent: Recent[Webhook] = Recent()
 
     async def close(self) -> None:
         await self._client.aclose()
 
     async def prefetch(self, ids: list[Any]) -> None:
-        """Read the webhooks of a round's deliveries in one query."""
-        if len(self._batch) > 10_000:
-            self._batch.clear()
-        found = await Webhook.find({"_id": {"$in": list(set(ids))}}).to_list()
-        self._batch.update({h.id: h for h in found})
+        """Read the webhooks of a round's deliveries not read just now, in one query."""
+        if missing := self.recent.missing(ids):
+            self.recent.keep(await Webhook.find({"_id": {"$in": missing}}).to_list())
 
     async def __call__(self, notification: Notification, delivery: Delivery) -> Outcome:
-        hook = self._batch.pop(delivery.target_id, None) or await Webhook.get(delivery.target_id)
+        hook = self.recent.get(delivery.target_id) or await Webhook.get(delivery.target_id)
         if hook is None:
             return Outcome(False, error="the webhook was deleted", retry=False)
         if not hook.enabled:
@@ -148,12 +146,15 @@ class WebhookSender:
         """Track the endpoint's health: disable it after failing for NOTIFY_RETRY_FOR_S, or
         when a delivery gives up having failed every try since it was made."""
         collection = Webhook.get_pymongo_collection()
+        # (``hook`` may be the copy kept in self.recent: it is kept up to date too)
         if outcome.delivered:
             if hook.failing_since is not None:
+                hook.failing_since = None
                 await collection.update_one({"_id": hook.id}, {"$set": {"failing_since": None}})
             return
         at = now()
         if hook.failing_since is None:
+            hook.failing_since = at
             await collection.update_one(
                 {"_id": hook.id, "failing_since": None}, {"$set": {"failing_since": at}}
             )
@@ -172,8 +173,9 @@ class WebhookSender:
         await collection.update_one(
             {"_id": hook.id}, {"$set": {"enabled": False, "disabled_reason": reason}}
         )
+        assert hook.id is not None
+        self.recent.forget(hook.id)
         if self.outbox is not None:
-            assert hook.id is not None
             await self.outbox.kill_target(hook.id, f"the webhook is disabled: {reason}")
         log.warning("webhook %s of user %s disabled: %s", hook.id, hook.user_id, reason)
 
@@ -218,6 +220,7 @@ async def delete_webhook(request: Request) -> Response:
     doc = await _own_webhook(request)
     await doc.delete()
     assert doc.id is not None
+    request.app.state.notifier.webhooks.recent.forget(doc.id)
     await outbox(request).kill_target(doc.id, "the webhook was deleted")
     return reply(None, 204)
 
