@@ -58,9 +58,10 @@ PING: Final = b"vc"
 # a new connection is refused at once with 503 (try again later): during a reconnect
 # storm the hellos already taken are served in time, and the refused cameras come back
 # after their backoff, instead of every hello waiting until its camera gives up (the agent
-# waits 10 s for its welcome). At the ~100-150 connects/s of one process on the 2-core
-# machine, 200 waiting is under 2 s of work. The refusal is a bare 503 before the upgrade:
-# in bench/storm.py, refusals outnumber connects several times over.
+# waits 10 s for its welcome). At the 870-1,130 connects/s of one process on the 2-core
+# machine (docs/benchmarks.md, session 6), 200 waiting is under 0.3 s of work. The refusal
+# is a bare 503 before the upgrade: in bench/storm.py, refusals outnumber connects several
+# times over.
 MAX_HELLOS = 200
 
 
