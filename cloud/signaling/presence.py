@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from beanie import PydanticObjectId
+from pymongo.errors import PyMongoError
 
 from cloud.devices.access import audience, audiences
 from cloud.devices.models import Device
@@ -46,28 +47,28 @@ def _now() -> datetime:
 async def came_online(device_id: str) -> tuple[int, datetime] | None:
     """Mark the device online for a new connection: (its epoch, the time), or None if the
     device does not exist (removed meanwhile) or a newer connection holds it already."""
-    came = await came_online_all([device_id], time.time_ns())
-    return came[device_id][:2] if device_id in came else None
+    epoch = time.time_ns()
+    seen = await write_online([device_id], epoch)
+    raised = await raised_to([device_id], epoch)
+    return (epoch, seen) if PydanticObjectId(device_id) in raised else None
 
 
-async def came_online_all(
-    device_ids: Sequence[str], epoch: int
-) -> dict[str, tuple[int, datetime, PydanticObjectId]]:
-    """Mark the devices online for new connections, all with ``epoch``: for each one raised
-    to it, (the epoch, the time, its owner). Left out: a device that does not exist (removed
-    meanwhile) or that a newer connection holds already.
+async def write_online(device_ids: Sequence[str], epoch: int) -> datetime:
+    """Mark the devices online for new connections, all with ``epoch``: the time written.
+    A device that does not exist (removed meanwhile) or that a newer connection holds
+    already is left as it is; :func:`raised_to` tells which were raised.
 
     The epoch is the wall clock in nanoseconds: one plain update, no read-modify-write
     (``findAndModify`` serialised connects on the embedded database: bench/signaling.py
     fell from 250 to 9 connects/s). Two connections of one camera are ordered right unless
-    they come within the clock difference of two instances (milliseconds). The read that
-    follows finds the devices left at ``epoch``: the update's count alone cannot say which.
+    they come within the clock difference of two instances (milliseconds).
     """
     seen = _now()
-    ids = [PydanticObjectId(d) for d in device_ids]
-    devices = Device.get_pymongo_collection()
-    await devices.update_many(
-        {"_id": {"$in": ids}, "presence_epoch": {"$not": {"$gte": epoch}}},
+    await Device.get_pymongo_collection().update_many(
+        {
+            "_id": {"$in": [PydanticObjectId(d) for d in device_ids]},
+            "presence_epoch": {"$not": {"$gte": epoch}},
+        },
         # A new connection starts without motion: what the last one reported no longer holds.
         {
             "$set": {
@@ -78,12 +79,19 @@ async def came_online_all(
             }
         },
     )
-    raised = devices.find(
-        {"_id": {"$in": ids}, "presence_epoch": epoch}, projection={"owner_id": 1}
+    return seen
+
+
+async def raised_to(
+    device_ids: Sequence[str], epoch: int
+) -> dict[PydanticObjectId, PydanticObjectId]:
+    """Those of ``device_ids`` whose presence epoch is ``epoch`` now, with their owners (the
+    update's count alone cannot say which it raised)."""
+    raised = Device.get_pymongo_collection().find(
+        {"_id": {"$in": [PydanticObjectId(d) for d in device_ids]}, "presence_epoch": epoch},
+        projection={"owner_id": 1},
     )
-    return {
-        str(doc["_id"]): (epoch, seen, PydanticObjectId(doc["owner_id"])) async for doc in raised
-    }
+    return {PydanticObjectId(doc["_id"]): PydanticObjectId(doc["owner_id"]) async for doc in raised}
 
 
 async def went_offline(device_id: str, epoch: int) -> datetime | None:
@@ -146,16 +154,26 @@ class CameraPresence:
             await self._offline(device_id, epoch)
             return
         self._epochs[conn] = epoch
-        await self._push(device_id, True, seen, users)
+        if users is not None:
+            await self._push(device_id, True, seen, users)
 
     async def _write_online(
         self, device_ids: list[str]
-    ) -> dict[str, tuple[int, datetime, list[PydanticObjectId]]]:
+    ) -> dict[str, tuple[int, datetime, list[PydanticObjectId] | None]]:
+        """The batch's write, then its reads: the cameras raised to its epoch and who is told.
+
+        Failing after the write, the reads leave every camera of the batch taken as written
+        (users unknown: not told): its "offline" then matches the epoch only if it was.
+        """
         # Epochs of this instance's writes strictly increase, also within one clock tick.
         epoch = self._last_epoch = max(time.time_ns(), self._last_epoch + 1)
-        came = await came_online_all(device_ids, epoch)
-        users = await audiences({PydanticObjectId(d): owner for d, (_, _, owner) in came.items()})
-        return {d: (e, seen, users[PydanticObjectId(d)]) for d, (e, seen, _) in came.items()}
+        seen = await write_online(device_ids, epoch)
+        try:
+            users = await audiences(await raised_to(device_ids, epoch))
+        except PyMongoError as exc:
+            log.warning("presence of %d cameras written, not read back: %s", len(device_ids), exc)
+            return {d: (epoch, seen, None) for d in device_ids}
+        return {str(d): (epoch, seen, told) for d, told in users.items()}
 
     async def offline(self, device_id: str, conn: str) -> None:
         epoch = self._epochs.pop(conn, None)

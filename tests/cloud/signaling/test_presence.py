@@ -5,9 +5,11 @@ from datetime import datetime
 from unittest.mock import ANY
 
 import httpx
+import pytest
 from beanie import PydanticObjectId
 from bson import ObjectId
 from pymongo import MongoClient
+from pymongo.errors import AutoReconnect
 from starlette.applications import Starlette
 
 from cloud.settings import Settings
@@ -128,3 +130,26 @@ async def test_a_camera_removed_before_its_write_is_neither_written_nor_told(
     await asyncio.gather(*(watcher.online(d, conn) for d, conn in cameras.items()))
     assert pushes.sent == [(kept.id, True, {account.id})]
     assert database_view(settings, list(cameras)) == {kept.id: (True, ANY)}
+
+
+async def test_a_camera_whose_batch_was_written_but_not_read_back_still_goes_offline(
+    app: Starlette,
+    settings: Settings,
+    make_account: MakeAccount,
+    activate_device: ActivateDevice,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    device = await activate_device(await make_account())
+
+    async def away(owners: object) -> dict[PydanticObjectId, list[PydanticObjectId]]:
+        raise AutoReconnect("the database went away after the write")
+
+    monkeypatch.setattr(presence, "audiences", away)
+    pushes = Pushes()
+    watcher = presence.CameraPresence({device.id: "conn-1"}, MemoryBus(), pushes)
+    await watcher.online(device.id, "conn-1")
+    assert pushes.sent == []  # who to tell is unknown: nobody is told
+    assert database_view(settings, [device.id])[device.id][0] is True
+    monkeypatch.undo()
+    await watcher.offline(device.id, "conn-1")  # its epoch was kept: the offline lands
+    assert database_view(settings, [device.id])[device.id][0] is False
