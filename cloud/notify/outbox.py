@@ -104,9 +104,10 @@ class Recent(Generic[D]):
             if doc.id is not None:
                 self._docs[doc.id] = (at, doc)
 
-    def get(self, doc_id: ObjectId) -> D | None:
+    def get(self, doc_id: ObjectId, within: float = TRUST_S) -> D | None:
+        """The document if it was read at most ``within`` seconds ago."""
         found = self._docs.get(doc_id)
-        if found is None or time.monotonic() - found[0] > TRUST_S:
+        if found is None or time.monotonic() - found[0] > within:
             return None
         return found[1]
 
@@ -115,6 +116,15 @@ class Recent(Generic[D]):
 
     def forget(self, doc_id: ObjectId) -> None:
         self._docs.pop(doc_id, None)
+
+    def refresh(self, ids: Iterable[ObjectId], found: Iterable[D]) -> None:
+        """``found``: the documents of ``ids`` read just now (one not found is gone)."""
+        for doc_id in ids:
+            self.forget(doc_id)
+        self.keep(found)
+
+
+ROUND_S = SEND_TIMEOUT_S + 5  # what a round's sends read at its start serves this long
 
 
 def chain_of(notification: Notification) -> str:

@@ -31,7 +31,7 @@ from cloud.errors import Conflict, Invalid, NotFound, Unavailable
 from cloud.http import Endpoint, parse_body, reply
 from cloud.notify.addresses import CheckedResolver, RefusedAddress, check, checking, describe
 from cloud.notify.models import Delivery, Notification, PushSubscription
-from cloud.notify.outbox import SEND_TIMEOUT_S, Outbox, Outcome, Recent, now
+from cloud.notify.outbox import ROUND_S, SEND_TIMEOUT_S, Outbox, Outcome, Recent, now
 from cloud.settings import Settings, SettingsError
 from protocol.notify import (
     PushPayload,
@@ -113,7 +113,9 @@ class PushSender:
     async def prefetch(self, ids: list[Any]) -> None:
         """Read the subscriptions of a round's deliveries not read just now, in one query."""
         if missing := self.recent.missing(ids):
-            self.recent.keep(await PushSubscription.find({"_id": {"$in": missing}}).to_list())
+            self.recent.refresh(
+                missing, await PushSubscription.find({"_id": {"$in": missing}}).to_list()
+            )
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -144,7 +146,9 @@ class PushSender:
     async def __call__(self, notification: Notification, delivery: Delivery) -> Outcome:
         if self.vapid is None:
             return Outcome(False, error="Web Push is not configured", retry=False)
-        sub = self.recent.get(delivery.target_id) or await PushSubscription.get(delivery.target_id)
+        sub = self.recent.get(delivery.target_id, ROUND_S) or await PushSubscription.get(
+            delivery.target_id
+        )
         if sub is None:
             return Outcome(False, error="the subscription was deleted", retry=False)
         info = {"endpoint": sub.endpoint, "keys": {"p256dh": sub.p256dh, "auth": sub.auth}}

@@ -29,7 +29,7 @@ from cloud.errors import Conflict, Invalid, NotFound
 from cloud.http import Endpoint, parse_body, reply
 from cloud.notify.addresses import RefusedAddress, check, describe
 from cloud.notify.models import Delivery, Notification, Webhook
-from cloud.notify.outbox import SEND_TIMEOUT_S, Outbox, Outcome, Recent, next_delay, now
+from cloud.notify.outbox import ROUND_S, SEND_TIMEOUT_S, Outbox, Outcome, Recent, next_delay, now
 from cloud.settings import Settings
 from protocol.notify import (
     Attempt,
@@ -104,10 +104,10 @@ class WebhookSender:
     async def prefetch(self, ids: list[Any]) -> None:
         """Read the webhooks of a round's deliveries not read just now, in one query."""
         if missing := self.recent.missing(ids):
-            self.recent.keep(await Webhook.find({"_id": {"$in": missing}}).to_list())
+            self.recent.refresh(missing, await Webhook.find({"_id": {"$in": missing}}).to_list())
 
     async def __call__(self, notification: Notification, delivery: Delivery) -> Outcome:
-        hook = self.recent.get(delivery.target_id) or await Webhook.get(delivery.target_id)
+        hook = self.recent.get(delivery.target_id, ROUND_S) or await Webhook.get(delivery.target_id)
         if hook is None:
             return Outcome(False, error="the webhook was deleted", retry=False)
         if not hook.enabled:
