@@ -97,7 +97,7 @@ async def report_event(request: Request) -> Response:
         log.info("event report %s of device %s: a repeat, answered again", key, device.id)
         return Response(answered, media_type="application/json")
     try:
-        out, users = await _apply(
+        out, users, told = await _apply(
             ctx.settings.event_retention_days, relay_id, device, body, snapshot
         )
         await notify(request, device, out, users)  # Web Push, webhooks (cloud.notify)
@@ -117,7 +117,8 @@ async def report_event(request: Request) -> Response:
         metrics.EVENT_THREADS.labels(body.kind).inc()
     # After the receipt: a report the database failed half-way is applied again by its
     # retry, and pushed then; one applied is pushed once.
-    await ctx.signaling.push(users, EventPush(**out.model_dump()))
+    if not told:
+        await ctx.signaling.push(users, EventPush(**out.model_dump()))
     log.info(
         "event %s %s %s of device %s from relay %s",
         out.id,
@@ -135,9 +136,10 @@ async def _apply(
     device: Device,
     body: EventReport,
     snapshot: bytes | None,
-) -> tuple[Event, list[PydanticObjectId]]:
+) -> tuple[Event, list[PydanticObjectId], bool]:
     """Store the thread's new state (idempotent per device and thread); the thread as apps
-    see it, and who may see it."""
+    see it, who may see it, and whether the apps were told this state already (by the
+    clip's upload)."""
     assert device.id is not None
     now = datetime.now(UTC)
     fields: dict[str, Any] = {
@@ -175,24 +177,27 @@ async def _apply(
     if doc is None:  # cannot happen with upsert=True
         raise RuntimeError("event upsert returned nothing")
     thread = EventThread.model_validate({**doc, "id": doc["_id"]})
+    told_by_upload = False
     if thread.clip_id is None:
         # The clip's first upload may have come first (both retried after an outage): it
-        # found no thread to name it then, so the thread takes it now.
+        # found no thread to name it then, so the thread takes it now. When the upload names
+        # it meanwhile, after this state was stored, the upload tells the apps this state.
         clip = await Media.get_pymongo_collection().find_one(
             {"device_id": device.id, "kind": "clip", "thread_id": body.thread_id}, {"_id": 1}
         )
         if clip is not None:
-            await EventThread.get_pymongo_collection().update_one(
-                {"_id": thread.id}, {"$set": {"clip_id": clip["_id"]}}
+            took = await EventThread.get_pymongo_collection().update_one(
+                {"_id": thread.id, "clip_id": None}, {"$set": {"clip_id": clip["_id"]}}
             )
             thread.clip_id = clip["_id"]
+            told_by_upload = took.modified_count == 0
     if snapshot is not None:
         await EventSnapshot.get_pymongo_collection().update_one(
             {"event_id": thread.id},
             {"$set": {"jpeg": snapshot, "expires_at": fields["expires_at"]}},
             upsert=True,
         )
-    return event_out(thread), await audience(device.id)
+    return event_out(thread), await audience(device.id), told_by_upload
 
 
 # users ----------------------------------------------------------------------------------

@@ -147,8 +147,11 @@ async def save_clip(
     started_at: datetime | None,
     final: bool,
     duration_s: float | None,
-) -> Media:
-    """Make ``stored`` the content of the clip of ``thread_id`` (created on first upload).
+) -> tuple[Media, EventThread | None]:
+    """Make ``stored`` the content of the clip of ``thread_id`` (created on first upload);
+    the clip, and its event thread as this upload left it when this upload named the clip on
+    it (None when the thread named it already, or there is no thread yet: the thread's
+    report names it then, and tells the apps).
 
     A non-final upload after the final one is refused (409 ``clip_finished``) and its file
     deleted; a repeated final upload replaces the content again (a relay's retry). Until
@@ -201,10 +204,12 @@ async def save_clip(
         if duration_s is None:
             ended["duration_s"] = max(0.0, (at - began).total_seconds())
         await Media.get_pymongo_collection().update_one({"_id": media_id}, {"$set": ended})
-    await EventThread.get_pymongo_collection().update_one(
-        {"device_id": device.id, "thread_id": thread_id}, {"$set": {"clip_id": media_id}}
+    named = await EventThread.get_pymongo_collection().find_one_and_update(
+        {"device_id": device.id, "thread_id": thread_id, "clip_id": {"$ne": media_id}},
+        {"$set": {"clip_id": media_id}},
+        return_document=ReturnDocument.AFTER,
     )
     doc = await Media.get(media_id)
     if doc is None:
         raise RuntimeError(f"clip {media_id} vanished after its upload")
-    return doc
+    return doc, None if named is None else EventThread.model_validate({**named, "id": named["_id"]})

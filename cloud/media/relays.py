@@ -22,7 +22,7 @@ from cloud.errors import (
     TooLarge,
     UnsupportedMediaType,
 )
-from cloud.events.models import EventThread, event_out
+from cloud.events.models import event_out
 from cloud.http import Endpoint, parse_body, parse_query, reply
 from cloud.media.catalog import (
     live,
@@ -84,7 +84,7 @@ async def upload_clip(request: Request) -> Response:
     content_type = clip_type(request, "clip")
     store = media_store(request)
     stored = await store_clip(request, content_type, f"clip-{thread_id}", device.id)
-    doc = await save_clip(
+    doc, named = await save_clip(
         store,
         settings,
         device,
@@ -104,13 +104,11 @@ async def upload_clip(request: Request) -> Response:
         " (final)" if query.final else "",
         request.state.principal,
     )
-    if doc.created_at == doc.updated_at:  # its first upload: the thread's apps learn of it
-        thread = await EventThread.find_one({"device_id": device.id, "thread_id": thread_id})
-        if thread is not None:
-            out = event_out(thread)
-            await context(request).signaling.push(
-                await audience(device.id), EventPush(**out.model_dump())
-            )
+    if named is not None:  # the thread's apps learn of its clip, with the thread as it is now
+        out = event_out(named)
+        await context(request).signaling.push(
+            await audience(device.id), EventPush(**out.model_dump())
+        )
     return reply(media_out(doc, None, None))
 
 

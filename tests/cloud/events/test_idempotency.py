@@ -148,6 +148,7 @@ async def test_a_clip_that_came_before_its_thread_is_named_by_it(
     device = await activate_device(owner)
     media_relay = await connect(ws_base, "/ws/v1/relay", f"relay-media:{RELAY_SECRET}")
     assert (await media_relay.recv())["type"] == "welcome"
+    watching = await viewer(ws_base, owner)
     started = datetime.now(UTC) - timedelta(seconds=10)
     clip = await put_clip(client, device, "t-late", video(50_000), started_at=started.isoformat())
     assert clip.status_code == 200, clip.text
@@ -158,3 +159,9 @@ async def test_a_clip_that_came_before_its_thread_is_named_by_it(
     )
     assert r.status_code == 200, r.text
     assert r.json()["clip_id"] == clip.json()["id"]
+    # Told once, with its clip: neither the clip's later uploads nor anything else repeats it.
+    again = await put_clip(client, device, "t-late", video(60_000))
+    assert again.status_code == 200, again.text
+    told = [m for m in await watching.quiet(0.5) if m["type"] == "event"]
+    assert [(m["state"], m["clip_id"]) for m in told] == [("new", clip.json()["id"])]
+    await watching.socket.close()
