@@ -36,6 +36,7 @@ EndReason = Literal[
     "server_shutdown",
     "codec_mismatch",
     "video_unavailable",
+    "resync",
 ]
 RequestId = Annotated[str, Field(min_length=1, max_length=64)]
 SessionId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]

@@ -222,6 +222,18 @@ class Hub:
             out.append(Close(conn, CLOSE_RESYNC, "messages may have been missed: reconnect"))
         return out
 
+    def orphans(self, lost_at: float) -> list[Delivery]:
+        """After a gap in this instance's bus subscription (from ``lost_at``): a session here
+        whose viewer is on another instance may have ended there unheard (its end crossed
+        the bus meanwhile) and would keep one of the camera's viewer places for good. Each
+        one opened before the gap ends (``resync``): the camera hangs up, and a viewer still
+        there hears it and asks again. Call it once the bus is back, so the viewer can hear."""
+        out: list[Delivery] = []
+        for side in list(self.camera_sides.values()):
+            if side.id not in self.viewer_sides and side.opened_at < lost_at:
+                out += self._end_camera_side(side, "resync")
+        return out
+
     def drain(self) -> list[Delivery]:
         """Graceful shutdown: every local connection is told to go away and closed."""
         out: list[Delivery] = []
@@ -471,7 +483,7 @@ class Hub:
         if not isinstance(envelope, SESSION_ENVELOPES):
             return []
         if channel.startswith("dev."):
-            return self._to_camera(channel.removeprefix("dev."), envelope)
+            return self._to_camera(channel.removeprefix("dev."), envelope, now)
         if channel.startswith("conn."):
             # A connection channel reaches a viewer, or a relay playing the camera's part.
             conn = channel.removeprefix("conn.")
@@ -479,7 +491,7 @@ class Hub:
             if served is not None and served.camera == conn:
                 return self._to_camera_side(served, envelope)
             if isinstance(envelope, Open):
-                return self._open_on_relay(conn, envelope)
+                return self._open_on_relay(conn, envelope, now)
             return self._to_viewer(envelope, now)
         return []
 
@@ -507,7 +519,7 @@ class Hub:
             ]
         return []
 
-    def _to_camera(self, device_id: str, envelope: SessionEnvelope) -> list[Delivery]:
+    def _to_camera(self, device_id: str, envelope: SessionEnvelope, now: float) -> list[Delivery]:
         session_id = envelope.session
         camera = self.cameras.get(device_id)
         if isinstance(envelope, Open):
@@ -520,7 +532,7 @@ class Hub:
             if active >= self.limits.viewers_per_camera:
                 return [Publish(viewer_channel, End(session_id, "resource_exhausted"))]
             self.camera_sides[session_id] = CameraSide(
-                session_id, device_id, camera, viewer_channel, envelope.user, grants
+                session_id, device_id, camera, viewer_channel, envelope.user, grants, now
             )
             return [Publish(viewer_channel, Accepted(session_id))]
         side = self.camera_sides.get(session_id)
@@ -528,7 +540,7 @@ class Hub:
             return []
         return self._to_camera_side(side, envelope)
 
-    def _open_on_relay(self, relay_conn: str, envelope: Open) -> list[Delivery]:
+    def _open_on_relay(self, relay_conn: str, envelope: Open, now: float) -> list[Delivery]:
         """A relayed session arrives at the relay chosen for it: the relay plays the camera."""
         session_id = envelope.session
         viewer_channel = conn_channel(envelope.viewer)
@@ -539,7 +551,7 @@ class Hub:
             return [Publish(viewer_channel, End(session_id, reason))]
         device_id = envelope.device
         self.camera_sides[session_id] = CameraSide(
-            session_id, device_id, relay_conn, viewer_channel, envelope.user, envelope.grants
+            session_id, device_id, relay_conn, viewer_channel, envelope.user, envelope.grants, now
         )
         return [
             Send(relay_conn, RelaySession(session_id=session_id, device_id=device_id)),

@@ -83,6 +83,7 @@ class CameraSide:
     viewer_channel: str
     user_id: str
     grants: Grants = ()
+    opened_at: float = 0.0  # monotonic
 
 
 @dataclass

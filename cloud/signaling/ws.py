@@ -297,6 +297,8 @@ class Signaling:
         conns = [c for c, at in self._attached_at.items() if at < lost_at]
         async with self._lock:
             deliveries = self.hub.resync(conns)
+            if held:
+                deliveries += self.hub.orphans(lost_at)
         log.warning(
             "bus subscription %s: closing %d user connections to resync",
             f"back after {time.monotonic() - lost_at:.1f} s" if held else "lost",

@@ -14,6 +14,7 @@ const END_REASONS = {
   server_shutdown: "The service is restarting. Try again in a moment.",
   codec_mismatch: "This browser cannot play the video format this camera sends.",
   video_unavailable: "The camera's video is not available right now. Try again in a moment.",
+  resync: "The service lost track of this live view for a moment. Try again.",
   connection_lost: "Lost the connection to the service.",
   no_answer: "The service did not answer in time.",
   no_picture: "The connection opened but no picture arrived.",
