@@ -10,7 +10,8 @@ cProfile (written at its shutdown) and prints the top of the profile.
 
 ``storm``: 2-3 cloud instances behind one Redis and one SecantusDB. N cameras connect to
 instance A, then A is killed (SIGKILL, by its PID). Every camera reconnects with the camera
-agent's policy (:class:`peer.signaling.Backoff`, full jitter, the agent's defaults) through
+agent's policy (:class:`peer.signaling.Backoff`, full jitter, the agent's defaults; after a
+503 with ``Retry-After``, that wait plus up to a second of jitter, as the agent) through
 a "load balancer" that sends new connections to the surviving instances at random. The
 script reads presence as the cloud keeps it (each device's holder in Redis, and the
 device's ``presence_epoch`` in the database) until every camera is held by a survivor, and
@@ -78,6 +79,7 @@ class Tally:
     attempts: int = 0
     welcomes: int = 0
     refused: int = 0  # refused with 503 (busy) or closed with 1013 before the welcome
+    told: int = 0  # of those, refused with a Retry-After, which the camera waited
     failed: int = 0  # any other end before the welcome (refused TCP, timeout, 4401...)
     dropped: int = 0  # ends after the welcome
     closes: Counter[int] = field(default_factory=Counter)
@@ -123,7 +125,9 @@ class Swarm:
         except OSError as exc:
             protocol.fail(f"connect: {exc.strerror or exc}")
 
-    def ended(self, camera: Camera, welcomed: bool, code: int | None, why: str) -> None:
+    def ended(
+        self, camera: Camera, welcomed: bool, code: int | None, why: str, told: float | None
+    ) -> None:
         """A connection (or an attempt) ended: schedule the next like SignalingClient.run."""
         if welcomed:
             self.tally.dropped += 1
@@ -137,9 +141,14 @@ class Swarm:
             self.tally.closes[code] += 1
         camera.conn = ""
         camera.protocol = None
-        # The agent's wait after an abnormal end: full jitter, its bound doubling with each
-        # failure in a row (SignalingClient.run).
-        delay = camera.backoff.next()
+        # The agent's wait (SignalingClient.run): a 503's Retry-After plus jitter, its bound
+        # unchanged; after any other abnormal end full jitter, the bound doubling with each
+        # failure in a row.
+        if told is not None and code is None and why.startswith(("HTTP/1.1 503", "HTTP/1.1 429")):
+            delay = camera.backoff.told(told)
+            self.tally.told += 1
+        else:
+            delay = camera.backoff.next()
         self.loop.call_later(delay, self.reconnect, camera)
 
     def reconnect(self, camera: Camera) -> None:
@@ -165,6 +174,7 @@ class CameraProtocol(asyncio.Protocol):
         self.code: int | None = None
         self.done = False
         self.opening: asyncio.Task[None] | None = None
+        self.retry_after: float | None = None  # a 503's Retry-After (peer.signaling.retry_after)
         self.timer = swarm.loop.call_later(OPEN_TIMEOUT_S, self.timeout)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -184,7 +194,12 @@ class CameraProtocol(asyncio.Protocol):
             if not sep:
                 return
             if not head.startswith(b"HTTP/1.1 101"):
-                self.fail(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+                lines = head.decode(errors="replace").split("\r\n")
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "retry-after" and value.strip().isdigit():
+                        self.retry_after = float(value.strip())
+                self.fail(lines[0])
                 return
             self.upgraded, self.buffer = True, rest
             # Signed once upgraded, as the agent does (its hello is made after the connect):
@@ -252,7 +267,7 @@ class CameraProtocol(asyncio.Protocol):
             return
         self.done = True
         self.timer.cancel()
-        self.swarm.ended(self.camera, self.welcomed, self.code, why)
+        self.swarm.ended(self.camera, self.welcomed, self.code, why, self.retry_after)
 
 
 def swarm_process(
@@ -301,7 +316,8 @@ def _ended(swarm: Swarm) -> int:
 
 def _report(swarm: Swarm) -> dict[str, Any]:
     t = swarm.tally
-    report = {k: getattr(t, k) for k in ("attempts", "welcomes", "refused", "failed", "dropped")}
+    counts = ("attempts", "welcomes", "refused", "told", "failed", "dropped")
+    report = {k: getattr(t, k) for k in counts}
     return report | {
         "cpu": time.process_time(),
         "online": len(swarm.online),
@@ -622,6 +638,7 @@ def run_storm(
         "peak_cpu": [round(peak[c.pid], 2) for c in survivors],
         "attempts": tally["attempts"] - cameras,  # after the first connects
         "refused": tally["refused"],
+        "told": tally["told"],
         "failed": tally["failed"],
         "errors": dict(tally["errors"]),
         "closes": dict(tally["closes"]),
@@ -649,7 +666,8 @@ def bench_storm(args: argparse.Namespace, tmp: Path, db: str) -> None:
     print(f"  peak CPU of the survivors (0.5 s samples, 1.0 = a core): {figures['peak_cpu']}")
     print(
         f"  attempts after the kill {figures['attempts']}, refused (503 or 1013) "
-        f"{figures['refused']}, failed otherwise {figures['failed']} {figures['errors']}"
+        f"{figures['refused']} (with a Retry-After: {figures['told']}), failed otherwise "
+        f"{figures['failed']} {figures['errors']}"
     )
     print(f"  CPU-s from the kill until all online (2 cores): {figures['cpu_s']}")
     line = ", ".join(f"{t:.0f}s {n}" for t, n in figures["samples"][1::4])

@@ -3,8 +3,8 @@
 :class:`SignalingClient` keeps one WebSocket to the cloud and speaks typed messages
 (:mod:`protocol.messages`) both ways. Its contract:
 
-- each attempt sends the ``hello`` that ``hello()`` makes (called once per attempt: a
-  camera's assertion is single use) and waits ``open_timeout_s`` for ``welcome``; then
+- each attempt sends the ``hello`` that ``hello()`` makes (called once per upgraded
+  attempt: a camera's assertion is single use) and waits ``open_timeout_s`` for ``welcome``; then
   ``online`` is set, an application ``ping`` goes out every ``heartbeat_s`` the welcome
   names, and ``while_online()`` (if given) runs until the connection ends;
 - every frame is decoded with :func:`~protocol.messages.decode_server`: ``go_away`` closes
@@ -17,6 +17,11 @@
   (:class:`Backoff`), doubling its bound with each failure in a row; a welcome ends the row
   (resets the backoff), and so does a connection that ends cleanly (``go_away``, the
   server's normal close);
+- an attempt the cloud refuses before the upgrade with ``503`` (or ``429``) and a
+  ``Retry-After`` (docs/protocol.md, "Admission") is retried after that many seconds (at most
+  the backoff's bound ``backoff_max_s``) plus up to :data:`TOLD_JITTER_S` of jitter, and the
+  backoff's bound does not grow: the cloud spreads the refused over the time it needs for
+  them, a bound doubled by its refusals would keep a camera away long after there is room;
 - close code 4404 (the device was removed or re-onboarded) sets ``removed`` and ends
   :meth:`SignalingClient.run` for good, unless ``stop_on_removed`` is False;
 - when a connection (or an attempt) ends, ``online`` is cleared and ``on_offline()`` (if
@@ -51,6 +56,10 @@ log = logging.getLogger(__name__)
 
 CLOSE_REMOVED = 4404
 CLOSE_TIMEOUT_S = 2.0
+# Added to a Retry-After the cloud gives in whole seconds: the cameras it books within one
+# second come back spread over that second, not together at its start.
+TOLD_JITTER_S = 1.0
+RETRY_STATUSES = frozenset({429, 503})
 
 Handler = Callable[[ServerMessage], Awaitable[None]]
 Hook = Callable[[], Coroutine[Any, Any, None]]
@@ -84,6 +93,24 @@ class Backoff:
     def reset(self) -> None:
         self.cap_s = self.first_s
 
+    def told(self, retry_after_s: float) -> float:
+        """The wait when the server says when to come back: ``retry_after_s`` (at most
+        ``max_s``) plus jitter of up to :data:`TOLD_JITTER_S`. The bound stays as it was."""
+        return min(max(0.0, retry_after_s), self.max_s) + self._rng.uniform(0, TOLD_JITTER_S)
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """The seconds a refused upgrade (429 or 503) asks to wait with its ``Retry-After``; None
+    for any other failure, or a header that is not delta-seconds (an HTTP-date is not sent
+    by the cloud and is ignored: the backoff applies)."""
+    if not isinstance(exc, websockets.InvalidStatus):
+        return None
+    response = exc.response
+    if response.status_code not in RETRY_STATUSES:
+        return None
+    value = response.headers.get("Retry-After", "").strip()
+    return float(value) if value.isdigit() else None
+
 
 class SignalingClient:
     """One signaling connection to ``url``, kept until :meth:`run`'s ``stop`` is set.
@@ -116,6 +143,7 @@ class SignalingClient:
         self.removed = False
         self.welcome: Welcome | None = None  # the current connection's, while online
         self.backoff = Backoff(backoff_first_s, backoff_max_s)
+        self.next_delay_s: float | None = None  # the wait before the next attempt, once known
         self._hello = hello
         self._handler = handler
         self._on_offline = on_offline
@@ -126,11 +154,13 @@ class SignalingClient:
         """Stay connected until ``stop`` is set (or the server closes with 4404)."""
         while not stop.is_set():
             go_away_ms: int | None = None
+            told_s: float | None = None
             try:
                 go_away_ms = await self._connection(stop)
                 self.backoff.reset()
             except (OSError, TimeoutError, websockets.WebSocketException, ValueError) as exc:
                 self.stats.errors += 1
+                told_s = retry_after(exc)
                 log.info("%s: connection failed: %s", self.name, str(exc) or type(exc).__name__)
             finally:
                 self.online.clear()
@@ -139,7 +169,13 @@ class SignalingClient:
                     await self._on_offline()
             if stop.is_set() or self.removed:
                 return
-            delay = go_away_ms / 1000 if go_away_ms is not None else self.backoff.next()
+            if go_away_ms is not None:
+                delay = go_away_ms / 1000
+            elif told_s is not None:
+                delay = self.backoff.told(told_s)
+            else:
+                delay = self.backoff.next()
+            self.next_delay_s = delay
             self.stats.reconnects += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
@@ -159,7 +195,6 @@ class SignalingClient:
 
     async def _connection(self, stop: asyncio.Event) -> int | None:
         """One connection's life; ``go_away``'s delay (ms), or None when it just ended."""
-        hello = self._hello()
         async with websockets.connect(
             self.url,
             max_size=MAX_FRAME_BYTES,
@@ -167,7 +202,8 @@ class SignalingClient:
             close_timeout=CLOSE_TIMEOUT_S,
         ) as socket:
             try:
-                await socket.send(hello.text())
+                # Made once upgraded: an attempt refused before (503) costs no signature.
+                await socket.send(self._hello().text())
                 frame = await asyncio.wait_for(socket.recv(), self.open_timeout_s)
                 welcome = decode_server(frame) if isinstance(frame, str) else None
                 if not isinstance(welcome, Welcome):

@@ -17,6 +17,7 @@ close codes, the same 64 KiB limit and pings.
 import asyncio
 import inspect
 import logging
+import time
 from collections import deque
 from typing import Any, Final, cast
 
@@ -30,6 +31,7 @@ from websockets.protocol import OPEN, Protocol
 from websockets.server import ServerProtocol
 
 from cloud.errors import CloudError, Unavailable, outage_unavailable
+from cloud.signaling.admission import Admission
 from cloud.signaling.deliveries import CLOSE_AUTH, Role
 from cloud.signaling.ws import HELLO_TIMEOUT_S, Signaling, refusal
 from protocol.errors import ErrorCode, ProtocolError
@@ -41,8 +43,8 @@ ws_log = logging.getLogger(__name__ + ".websockets")
 ws_log.setLevel(logging.WARNING)
 # A connection refused before its upgrade: no WebSocket handshake, no closing handshake.
 BUSY: Final = (
-    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
-    b"Connection: close\r\n\r\n"
+    "HTTP/1.1 503 Service Unavailable\r\nRetry-After: {}\r\nContent-Length: 0\r\n"
+    "Connection: close\r\n\r\n"
 )
 
 ROLES: Final[dict[bytes, Role]] = {
@@ -54,22 +56,12 @@ CLOSE_TIMEOUT_S = 5.0  # for the peer's answer to our close frame
 WRITE_LIMIT = 256 * 1024  # bytes the peer has not read yet: past this it is too slow
 INBOX_HIGH, INBOX_LOW = 64, 16  # frames waiting: stop reading the socket, read again
 PING: Final = b"vc"
-# Connections past their upgrade whose hello is not handled yet, per process. Beyond this
-# a new connection is refused at once with 503 (try again later): during a reconnect
-# storm the hellos already taken are served in time, and the refused cameras come back
-# after their backoff, instead of every hello waiting until its camera gives up (the agent
-# waits 10 s for its welcome). At the 870-1,130 connects/s of one process on the 2-core
-# machine (docs/benchmarks.md, session 6), 200 waiting is under 0.3 s of work. The refusal
-# is a bare 503 before the upgrade: in bench/storm.py, refusals outnumber connects several
-# times over.
-MAX_HELLOS = 200
-
-
-class _Hellos:
-    """How many connections of this process wait for their hello to be handled."""
-
-    waiting = 0
-    refused = 0  # since the process started
+# The hellos waiting in this process, and when the refused should come back
+# (cloud.signaling.admission). Past its limit a new connection is refused at once with a bare
+# 503 before the upgrade: during a reconnect storm the hellos already taken are served in
+# time instead of every hello waiting until its camera gives up (the agent waits 10 s for its
+# welcome), and in bench/storm.py refusals outnumber connects several times over.
+ADMISSION = Admission()
 
 
 class _Lost:
@@ -133,7 +125,7 @@ class DirectSocket(asyncio.Protocol):
         self._ping = False  # a ping awaits its pong
         self._parts: list[bytes] | None = None  # a fragmented message being assembled
         self._reading = True
-        self._saying_hello = False  # counted in _Hellos.waiting
+        self._saying_hello = False  # counted in ADMISSION.waiting
 
     # asyncio.Protocol --------------------------------------------------------------------
 
@@ -198,9 +190,9 @@ class DirectSocket(asyncio.Protocol):
             inner.connection_made(self._transport)
             inner.data_received(request)
             return
-        if _Hellos.waiting >= MAX_HELLOS:
-            _Hellos.refused += 1
-            self._transport.write(BUSY)
+        if ADMISSION.full():
+            retry_after = ADMISSION.refuse(time.monotonic())
+            self._transport.write(BUSY.format(retry_after).encode())
             self._transport.close()
             return
         self._role, self._signaling = role, context.signaling
@@ -224,7 +216,7 @@ class DirectSocket(asyncio.Protocol):
         if self._signaling.draining:
             self.close_now(1012, "server restarting")
             return
-        _Hellos.waiting += 1
+        ADMISSION.waiting += 1
         self._saying_hello = True
         self._arm(HELLO_TIMEOUT_S, self._hello_timeout)
 
@@ -310,12 +302,14 @@ class DirectSocket(asyncio.Protocol):
         try:
             await self._say_hello(signaling, text)
         finally:
+            if self._saying_hello:
+                ADMISSION.done(time.monotonic())  # handled: it measures the connect rate
             self._hello_done()
 
     def _hello_done(self) -> None:
         if self._saying_hello:
             self._saying_hello = False
-            _Hellos.waiting -= 1
+            ADMISSION.waiting -= 1
 
     async def _say_hello(self, signaling: Signaling, text: str | None) -> None:
         if not self._is_live():

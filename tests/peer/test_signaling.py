@@ -11,8 +11,11 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidStatus
+from websockets.http11 import Request, Response
 
-from peer.signaling import Backoff, Handler, SignalingClient
+from peer.signaling import TOLD_JITTER_S, Backoff, Handler, SignalingClient, retry_after
 from protocol.messages import (
     GoAway,
     Hello,
@@ -230,6 +233,80 @@ async def test_failed_attempts_back_off_within_the_jitter_bounds() -> None:
         assert delay <= gap < delay + 1.0  # the wait, plus a connection's life
     assert client.signaling.stats.errors >= 7
     assert not client.signaling.online.is_set()
+
+
+def refusing(statuses: list[tuple[int, str | None]]) -> Any:
+    """A ``process_request`` answering the first upgrades with these (status, Retry-After)
+    before the upgrade, as the cloud refuses past its admission limit; then upgrading."""
+    left = list(statuses)
+
+    def process_request(connection: ServerConnection, request: Request) -> Response | None:
+        if not left:
+            return None
+        status, retry_after = left.pop(0)
+        response = connection.respond(status, "busy\n")
+        if retry_after is not None:
+            response.headers["Retry-After"] = retry_after
+        return response
+
+    return process_request
+
+
+async def test_a_503s_retry_after_is_waited_plus_jitter_and_the_backoff_does_not_grow() -> None:
+    async def script(socket: ServerConnection, n: int) -> None:
+        await socket.wait_closed()
+
+    c = Cloud(script)
+    async with serve(c.handle, "127.0.0.1", 0, process_request=refusing([(503, "7")])) as server:
+        port = server.sockets[0].getsockname()[1]
+        client = Client(f"ws://127.0.0.1:{port}/ws/v1/device", backoff_first_s=0.05).start()
+        await until(lambda: client.signaling.next_delay_s is not None)
+        await client.finish()
+    delay = client.signaling.next_delay_s
+    assert delay is not None
+    assert 7 <= delay <= 7 + TOLD_JITTER_S
+    assert client.signaling.backoff.cap_s == 0.05  # the refusal did not double it
+    assert client.signaling.stats.errors == 1
+    assert client.tokens == 0  # refused before the upgrade: no hello was made
+
+
+async def test_a_retry_after_past_the_bound_is_capped_and_without_one_the_backoff_applies() -> None:
+    async def script(socket: ServerConnection, n: int) -> None:
+        await c.hello(socket)
+        await socket.wait_closed()
+
+    c = Cloud(script)
+    refusals = refusing([(503, "3600"), (503, None), (503, "soon")])
+    async with serve(c.handle, "127.0.0.1", 0, process_request=refusals) as server:
+        port = server.sockets[0].getsockname()[1]
+        client = Client(f"ws://127.0.0.1:{port}/ws/v1/device")
+        backoff = client.signaling.backoff = RecordingBackoff(0.05, 0.4)
+        backoff.max_s = 0.3  # the cap of a Retry-After too, so the test stays short
+        client.start()
+        await until(lambda: client.signaling.online.is_set(), timeout=10)
+        await client.finish()
+    # 3600 s is capped to the bound plus jitter; no header, or not a number: the backoff
+    assert len(backoff.waits) == 2
+    assert client.signaling.stats.errors == 3
+
+
+def test_retry_after_is_read_from_a_refused_upgrade_only() -> None:
+    def refused(status: int, value: str | None) -> InvalidStatus:
+        headers = Headers() if value is None else Headers({"Retry-After": value})
+        return InvalidStatus(Response(status, "x", headers))
+
+    assert retry_after(refused(503, "4")) == 4.0
+    assert retry_after(refused(429, " 0 ")) == 0.0
+    assert retry_after(refused(503, None)) is None
+    assert retry_after(refused(503, "Wed, 21 Oct 2026 07:28:00 GMT")) is None
+    assert retry_after(refused(500, "4")) is None
+    assert retry_after(OSError("refused")) is None
+    backoff = Backoff(0.5, 30.0, random.Random(3))
+    waits = [backoff.told(12) for _ in range(200)]
+    assert all(12 <= w <= 12 + TOLD_JITTER_S for w in waits)
+    assert max(waits) - min(waits) > TOLD_JITTER_S / 2  # spread, not one instant
+    assert 30 <= backoff.told(3600) <= 30 + TOLD_JITTER_S
+    assert backoff.cap_s == 0.5
 
 
 async def test_a_clean_connection_resets_the_backoff() -> None:
