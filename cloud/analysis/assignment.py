@@ -19,9 +19,24 @@ queries for assignments to release and wanted cameras without a node, and (on ea
 instance) one read of the devices assigned to the nodes it holds, to tell them
 (:func:`cameras_of`): that last read grows with the armed cameras of those nodes, once a
 second. Not measured at fleet scale yet.
+
+While no node is live there is nobody to assign a camera to, and the two device reads
+(the release query, which SecantusDB answers by scanning every device, and up to
+:data:`BATCH` whole documents of waiting cameras) cost the database ~0.28 s of CPU per
+second per instance at 10,000 online devices (docs/benchmarks.md, storm session 6). Such a
+step then reads only the live nodes (:class:`IdleReads`): the first step after the last
+node left still reads (its cameras are released at once), and after it one step in
+:data:`IDLE_READ_S` does, which releases what is left assigned to a node gone meanwhile and
+recounts the waiting cameras for the metric (``waiting_for_relay`` is up to that old; it
+counts at most :data:`BATCH` as before). Nothing a client sees depends on those reads:
+``GET /devices`` computes each camera's state from the live nodes at request time
+(:func:`analysis_state`: armed and online with no live node is ``waiting_for_relay``,
+whatever ``analysis_relay`` still names), and a node that comes back finds its
+assignments released or kept exactly as a step with nodes decides.
 """
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -40,6 +55,29 @@ log = logging.getLogger(__name__)
 
 LIVE_S = 20.0  # four relay.load reports missed: the node is gone
 BATCH = 500  # wanted cameras assigned per step at most
+IDLE_READ_S = 30.0  # with no live node, the devices are read once in this long
+
+
+class IdleReads:
+    """Whether a step with no live node reads the devices: the first such step after one
+    with nodes (or the first ever), then one every ``every_s``. Pure, given the monotonic
+    time; keeps the count of waiting cameras its last read found."""
+
+    def __init__(self, every_s: float = IDLE_READ_S) -> None:
+        self.every_s = every_s
+        self.waiting = 0
+        self._read_at: float | None = None  # None: the next idle step reads
+
+    def due(self, now: float) -> bool:
+        return self._read_at is None or now - self._read_at >= self.every_s
+
+    def read(self, now: float, waiting: int) -> None:
+        """A step with no live node read the devices."""
+        self._read_at, self.waiting = now, waiting
+
+    def nodes_seen(self) -> None:
+        """A step had live nodes: once they are gone, the next step reads."""
+        self._read_at = None
 
 
 @dataclass(frozen=True)
@@ -91,10 +129,19 @@ async def _move(device_id: PydanticObjectId | None, was: str | None, to: str | N
     return result.modified_count == 1
 
 
-async def assign(now: datetime | None = None) -> None:
-    """One step: release assignments that no longer hold, then assign wanted cameras."""
+async def assign(now: datetime | None = None, idle: IdleReads | None = None) -> None:
+    """One step: release assignments that no longer hold, then assign wanted cameras.
+
+    With ``idle``, a step that finds no live node reads no device unless ``idle`` says it is
+    due (see the module's docstring); without it, every step reads."""
     now = now or datetime.now(UTC)
     live = await live_relays(now)
+    if idle is not None:
+        if live:
+            idle.nodes_seen()
+        elif not idle.due(time.monotonic()):
+            metrics.LIVE.analysis = {"active": 0, "waiting_for_relay": idle.waiting}
+            return
     assigned = {r: await Device.find({"analysis_relay": r}).count() for r in live}
 
     stale = await Device.find(
@@ -141,6 +188,8 @@ async def assign(now: datetime | None = None) -> None:
             log.info("analysis of %s assigned to %s", device.id, best)
     # GET /metrics reads these (cloud.metrics): no database scan per scrape.
     metrics.LIVE.analysis = {"active": sum(assigned.values()), "waiting_for_relay": len(left)}
+    if idle is not None and not live:
+        idle.read(time.monotonic(), len(left))
 
 
 async def _watching(device: Device, live: dict[str, LiveRelay]) -> list[str]:

@@ -19,13 +19,14 @@ NOTHING_ASSIGNED = RelayAssign(cameras=[])
 class RelayOrders:
     def __init__(self) -> None:
         self._sent: dict[str, RelayAssign] = {}  # by relay connection
+        self._idle = assignment.IdleReads()  # no device reads while no node is live
 
     async def step(
         self, relays: dict[str, str], send: Callable[[str, Message], Awaitable[None]]
     ) -> None:
         """Assign, then ``send(conn, relay.assign)`` to each of ``relays`` (connection id ->
         relay id, those held here) whose orders changed."""
-        await assignment.assign()
+        await assignment.assign(idle=self._idle)
         cameras = await assignment.cameras_of(set(relays.values()))
         uploads = await assignment.uploads_of(set(relays.values()))
         for conn in set(self._sent) - set(relays):

@@ -2,12 +2,19 @@
 over its own, the owner over HTTP. The app's assignment runs every second."""
 
 import asyncio
+import contextvars
 import secrets
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pytest
+from starlette.applications import Starlette
 
+from cloud import metrics
+from cloud.analysis import assignment
+from cloud.devices.models import Device
 from tests.conftest import RELAY_SECRET, Account, ActivatedDevice, ActivateDevice, MakeAccount
 from tests.peers import Peer, camera, connect
 
@@ -172,3 +179,84 @@ async def test_only_the_owner_arms_a_camera(
     assert (
         await client.patch(url, json={"armed": False}, headers=stranger.headers)
     ).status_code == 404
+
+
+class DeviceReads:
+    """Counts ``Device.find`` calls made from the test's own task: the app's assignment loop
+    runs beside it in another context and is not counted."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        self._mine: contextvars.ContextVar[bool] = contextvars.ContextVar("mine", default=False)
+        self._mine.set(True)
+        find = Device.find
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            if self._mine.get():
+                self.count += 1
+            return find(*args, **kwargs)
+
+        monkeypatch.setattr(Device, "find", spy)
+
+    def since(self) -> int:
+        count, self.count = self.count, 0
+        return count
+
+
+async def test_with_no_live_relay_node_a_step_reads_no_devices_but_once_in_a_while(
+    app: Starlette, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nodes: dict[str, assignment.LiveRelay] = {}
+
+    async def live_relays(now: datetime | None = None) -> dict[str, assignment.LiveRelay]:
+        return dict(nodes)
+
+    monkeypatch.setattr(assignment, "live_relays", live_relays)
+    reads = DeviceReads(monkeypatch)
+    idle = assignment.IdleReads(every_s=3600)
+    await assignment.assign(idle=idle)
+    assert reads.since() > 0  # the first step without nodes releases what they had
+    for _ in range(3):
+        await assignment.assign(idle=idle)
+    assert reads.since() == 0  # nothing to assign, nothing read
+    assert metrics.LIVE.analysis == {"active": 0, "waiting_for_relay": idle.waiting}
+
+    nodes["relay-full"] = assignment.LiveRelay("relay-full", capacity=0)
+    await assignment.assign(idle=idle)
+    assert reads.since() > 0  # a live node: every step reads
+    del nodes["relay-full"]
+    await assignment.assign(idle=idle)
+    assert reads.since() > 0  # its cameras are released at once
+    await assignment.assign(idle=idle)
+    assert reads.since() == 0
+
+    idle.every_s = 0  # its period passed: the step reads again (releases, the metric)
+    await assignment.assign(idle=idle)
+    assert reads.since() > 0
+    await assignment.assign()  # without IdleReads every step reads, as before
+    assert reads.since() > 0
+
+
+def test_an_armed_online_camera_still_assigned_to_a_node_gone_is_waiting_for_relay() -> None:
+    """What GET /devices shows does not wait for the release an idle step skips."""
+    now = datetime.now(UTC)
+    device = Device.model_construct(
+        armed=True, online=True, schedule=None, analysis_relay="relay-gone"
+    )
+    assert assignment.analysis_state(device, {}, now).model_dump() == WAITING
+    live = {"relay-gone": assignment.LiveRelay("relay-gone", 10)}
+    assert assignment.analysis_state(device, live, now).model_dump() == {
+        "state": "active",
+        "relay_id": "relay-gone",
+    }
+
+
+def test_idle_reads_are_due_first_after_nodes_then_once_per_period() -> None:
+    idle = assignment.IdleReads(every_s=30)
+    assert idle.due(100.0)
+    idle.read(100.0, waiting=7)
+    assert not idle.due(129.9)
+    assert idle.due(130.0)
+    assert idle.waiting == 7
+    idle.nodes_seen()
+    assert idle.due(100.0)
