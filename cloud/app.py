@@ -37,6 +37,7 @@ from cloud.media.retention import Retention
 from cloud.media.snapshots import SnapshotTicket
 from cloud.media.store import GridFSMediaStore
 from cloud.media.tokens import ContentTokens
+from cloud.memory import return_large_blocks
 from cloud.notify import routes as notify_routes
 from cloud.onboarding import routes as onboarding_routes
 from cloud.relays import routes as relay_routes
@@ -131,6 +132,7 @@ def create_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        return_large_blocks()  # password hashes' 19 MiB go back when freed (cloud/memory.py)
         async with Database(settings) as database:
             bus = make_bus(settings)
             await bus.start()
