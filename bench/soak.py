@@ -1526,7 +1526,7 @@ def tracebacks(work: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     base = SoakConfig()
-    for name in ("instances", "cameras", "accounts"):
+    for name in ("instances", "cameras", "accounts", "listeners"):
         parser.add_argument(f"--{name}", type=int, default=getattr(base, name))
     for name in ("session_rate", "report_rate", "lead_s", "after_s", "db_pause_s", "baseline_s"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(base, name))
@@ -1544,6 +1544,7 @@ def main() -> None:
                     "instances",
                     "cameras",
                     "accounts",
+                    "listeners",
                     "session_rate",
                     "report_rate",
                     "lead_s",
