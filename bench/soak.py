@@ -1204,7 +1204,7 @@ class Soak:
             if await self.probe_all() and p.healed_at is not None:
                 p.recovery_s = time.monotonic() - p.fault_at
                 break
-        while time.monotonic() - p.fault_at < 180:  # every camera back online
+        while True:  # every camera back online (also when sessions did not start again)
             cams = [d for d in self.grants.devices.values() if not d.probe and not d.gone]
             down = sum(not d.online for d in cams if d.removed_sent is None)
             if down == 0:
@@ -1212,8 +1212,10 @@ class Soak:
                     f"every camera online {time.monotonic() - p.fault_at:.1f} s after the fault"
                 )
                 return
+            if time.monotonic() - p.fault_at >= 180:
+                p.notes.append(f"{down} cameras still offline 180 s after the fault")
+                return
             await asyncio.sleep(0.5)
-        p.notes.append(f"{down} cameras still offline 180 s after the fault")
 
     async def probe_all(self) -> bool:
         live = self.live()
