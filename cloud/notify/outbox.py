@@ -40,6 +40,7 @@ from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from cloud import metrics
+from cloud.errors import database_unavailable
 from cloud.notify.models import CLAIMABLE, EPOCH_LEASE, Channel, Delivery, Notification
 from cloud.settings import Settings
 
@@ -328,8 +329,12 @@ class Outbox:
                 notification = waiting.pop(0)
                 try:
                     await self._round(notification)
-                except Exception:  # its lease runs out and it is claimed again then
-                    log.exception("outbox: notification %s failed unexpectedly", notification.id)
+                except Exception as exc:  # its lease runs out and it is claimed again then
+                    which = notification.id
+                    if database_unavailable(exc) is None:
+                        log.exception("outbox: notification %s failed unexpectedly", which)
+                    else:  # an outage: nothing is lost, the claim comes again
+                        log.warning("outbox: notification %s waits for the database", which)
                 finally:
                     self._held -= 1
                     self._wake.set()
