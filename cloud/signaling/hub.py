@@ -7,10 +7,12 @@ an envelope on a bus channel, :class:`Close` a connection, :class:`Subscribe` to
 
 Routing. Each camera is reachable on the channel ``dev.<device id>``, held by the instance
 where its connection lives; each viewer connection on ``conn.<connection id>``. A session
-is known on both sides: :class:`ViewerSide` on the viewer's instance, :class:`CameraSide` on
-the camera's. The two sides talk only through envelopes (cloud.signaling.envelopes: open,
-accepted, offer, answer, ice, end), so the behaviour is the same whether both connections
-are on one instance or not.
+is known on both sides (cloud.signaling.sides): :class:`ViewerSide` on the viewer's instance,
+:class:`CameraSide` on the camera's. The two sides talk only through envelopes
+(cloud.signaling.envelopes: open, accepted, offer, answer, ice, end), so the behaviour is the
+same whether both connections are on one instance or not. The hub owns the connections, the
+channels they hold and the revocations, and hands each session message to its side; after a
+gap in the bus it resyncs (cloud.signaling.resync).
 
 Lifecycle (docs/protocol.md): request -> created -> offer -> answer -> ice ... -> end, and
 each side's ``session.stats`` once it is connected (kept on the record). Access is decided
@@ -27,25 +29,21 @@ a while (:class:`~cloud.signaling.sessions.Revocations`; docs/protocol.md, "Revo
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast, get_args
 
-from cloud import metrics
+from cloud.signaling import resync
 from cloud.signaling.deliveries import (
     BROADCAST,
     CLOSE_AUTH,
     CLOSE_POLICY,
     CLOSE_REMOVED,
     CLOSE_REPLACED,
-    CLOSE_RESYNC,
     Close,
     Delivery,
     MotionReport,
     PresenceChanged,
     Publish,
-    Record,
     Role,
     Send,
-    StatsReport,
     Subscribe,
     conn_channel,
     device_channel,
@@ -53,14 +51,10 @@ from cloud.signaling.deliveries import (
 )
 from cloud.signaling.envelopes import (
     SESSION_ENVELOPES,
-    Accepted,
     Access,
-    Answer,
     End,
     Envelope,
     Gone,
-    Ice,
-    Offer,
     Open,
     Push,
     SessionEnvelope,
@@ -76,6 +70,7 @@ from cloud.signaling.sessions import (
     Revocations,
     ViewerSide,
 )
+from cloud.signaling.sides import Sides
 from protocol.errors import ErrorCode
 from protocol.messages import (
     ClientMessage,
@@ -87,7 +82,6 @@ from protocol.messages import (
     Pong,
     RelaySession,
     SessionAnswer,
-    SessionCreated,
     SessionEnd,
     SessionIce,
     SessionOffer,
@@ -97,8 +91,6 @@ from protocol.messages import (
     Status,
     StatusError,
 )
-
-RESYNC_SPREAD_MS = 3000
 
 
 @dataclass
@@ -112,6 +104,17 @@ class Hub:
     viewer_sides: dict[str, ViewerSide] = field(default_factory=dict)
     camera_sides: dict[str, CameraSide] = field(default_factory=dict)
     revocations: Revocations = field(default_factory=Revocations)
+    sides: Sides = field(init=False, repr=False)  # holds viewer_sides and camera_sides
+
+    def __post_init__(self) -> None:
+        self.sides = Sides(
+            self.connections,
+            self.ice_servers,
+            self.limits,
+            self.strike,
+            self.viewer_sides,
+            self.camera_sides,
+        )
 
     # connections ------------------------------------------------------------------------
 
@@ -174,9 +177,9 @@ class Hub:
                 self.users.pop(info.principal, None)
                 out.append(Subscribe(user_channel(info.principal), on=False))
         for side in [s for s in self.viewer_sides.values() if s.viewer == conn]:
-            out += self._end_viewer_side(side, "peer_hangup", tell_viewer=False)
+            out += self.sides.end_viewer_side(side, "peer_hangup", tell_viewer=False)
         if info.role == "relay":
-            out += self._end_camera_sides(conn, "relay_failed")
+            out += self.sides.end_camera_sides(conn, "relay_failed")
             out.append(PresenceChanged(f"relay:{info.principal}", conn, False))
         if info.role == "device" and self.cameras.get(info.principal) == conn:
             out += self._release_camera(info.principal, "device_offline")
@@ -186,7 +189,7 @@ class Hub:
         """The camera's local connection no longer holds it: its sessions end, it is offline."""
         conn = self.cameras.pop(device_id)
         return [
-            *self._end_camera_sides(conn, reason),
+            *self.sides.end_camera_sides(conn, reason),
             Subscribe(device_channel(device_id), on=False),
             PresenceChanged(device_id, conn, False),
         ]
@@ -196,43 +199,20 @@ class Hub:
 
     def _replace_camera(self, conn: str, why: str) -> list[Delivery]:
         out: list[Delivery] = [Send(conn, GoAway(reconnect_after_ms=0, reason=why))]
-        out += self._end_camera_sides(conn, "device_offline")
+        out += self.sides.end_camera_sides(conn, "device_offline")
         out.append(Close(conn, CLOSE_REPLACED, why))
         self.connections.pop(conn, None)
         return out
 
     def resync(self, conns: list[str]) -> list[Delivery]:
-        """The bus may lose messages for ``conns`` (a gap in this instance's subscription, a
-        Redis restart): each user connection among them is told to go away and closed with
-        ``CLOSE_RESYNC``, so the app reconnects and reads presence and events afresh (the
-        event stream resumes from its ``Last-Event-ID``) instead of missing them silently.
-
-        Its sessions end with it (their answer or candidates may be lost too). Cameras and
-        relay nodes stay: what they miss are session messages, whose viewers time out and
-        ask again; reconnecting every camera on a Redis restart would be a reconnect storm.
-        Reconnections are spread over ``RESYNC_SPREAD_MS`` by the ``go_away``.
-        """
-        out: list[Delivery] = []
-        for conn in conns:
-            info = self.connections.get(conn)
-            if info is None or info.role != "user":
-                continue
-            after_ms = secrets.randbelow(RESYNC_SPREAD_MS)
-            out.append(Send(conn, GoAway(reconnect_after_ms=after_ms, reason="resync")))
-            out.append(Close(conn, CLOSE_RESYNC, "messages may have been missed: reconnect"))
-        return out
+        """The bus may have lost messages for ``conns``: their user connections are told
+        to reconnect (:func:`cloud.signaling.resync.users`)."""
+        return resync.users(self.connections, conns)
 
     def orphans(self, lost_at: float) -> list[Delivery]:
-        """After a gap in this instance's bus subscription (from ``lost_at``): a session here
-        whose viewer is on another instance may have ended there unheard (its end crossed
-        the bus meanwhile) and would keep one of the camera's viewer places for good. Each
-        one opened before the gap ends (``resync``): the camera hangs up, and a viewer still
-        there hears it and asks again. Call it once the bus is back, so the viewer can hear."""
-        out: list[Delivery] = []
-        for side in list(self.camera_sides.values()):
-            if side.id not in self.viewer_sides and side.opened_at < lost_at:
-                out += self._end_camera_side(side, "resync")
-        return out
+        """Once the bus is back after a gap from ``lost_at``: sessions here whose viewer is
+        elsewhere end (:func:`cloud.signaling.resync.orphans`)."""
+        return resync.orphans(self.sides, lost_at)
 
     def drain(self) -> list[Delivery]:
         """Graceful shutdown: every local connection is told to go away and closed."""
@@ -240,9 +220,9 @@ class Hub:
         for conn in list(self.connections):
             out.append(Send(conn, GoAway(reconnect_after_ms=500, reason="server_shutdown")))
         for side in list(self.viewer_sides.values()):
-            out += self._end_viewer_side(side, "server_shutdown", tell_viewer=True)
+            out += self.sides.end_viewer_side(side, "server_shutdown", tell_viewer=True)
         for conn in list(self.connections):
-            out += self._end_camera_sides(conn, "server_shutdown")
+            out += self.sides.end_camera_sides(conn, "server_shutdown")
             out.append(Close(conn, 1001, "server shutting down"))
         return out
 
@@ -319,8 +299,8 @@ class Hub:
                 )
         served = self.camera_sides.get(getattr(message, "session_id", ""))
         if info.role == "device" or (served is not None and served.camera == info.id):
-            return self._from_camera(info, message, now)
-        return self._from_viewer(info, message, now)
+            return self.sides.from_camera(info, message, now)
+        return self.sides.from_viewer(info, message, now)
 
     def request_session(
         self,
@@ -340,122 +320,16 @@ class Hub:
             return []
         if self.revocations.any(grants):  # revoked after the caller's check read the database
             return [Send(conn, _error(request.id, ErrorCode.DEVICE_NOT_FOUND, "no such device"))]
-        mine = sum(1 for s in self.viewer_sides.values() if s.viewer == conn)
-        if mine >= self.limits.sessions_per_viewer:
-            return self.strike(conn, request.id, ErrorCode.RATE_LIMITED, "too many open sessions")
-        side = ViewerSide(
-            id=secrets.token_urlsafe(12),
-            device_id=request.device_id,
-            viewer=conn,
-            user_id=info.principal,
-            request_id=request.id,
-            ice_servers=self.ice_servers(info.principal),
-            created_at=now,
-            target=device_channel(request.device_id) if relay is None else conn_channel(relay[1]),
-            route="p2p" if relay is None else "relay",
-            relay=None if relay is None else relay[0],
-            grants=grants,
-        )
-        self.viewer_sides[side.id] = side
-        opening = Open(side.id, conn, info.principal, request.device_id, grants)
-        return [Publish(side.target, opening)]
+        return self.sides.request(info, request, now, relay, grants)
 
     def relay_serves(self, conn: str, device_id: str) -> Grants | None:
         """The camera's binding if relay connection ``conn`` serves a viewer of ``device_id``
-        right now, else None: a relay watches a camera under that camera's binding only."""
-        for s in self.camera_sides.values():
-            if s.camera == conn and s.device_id == device_id:
-                return s.grants[:1]
-        return None
+        right now, else None (:meth:`Sides.relay_serves`)."""
+        return self.sides.relay_serves(conn, device_id)
 
     def unrouted(self, publish: Publish) -> list[Delivery]:
         """Nobody holds the channel a publish went to: the peer is gone."""
-        if not isinstance(publish.envelope, SESSION_ENVELOPES):
-            return []
-        session = publish.envelope.session
-        viewer = self.viewer_sides.get(session)
-        if viewer is not None and publish.channel == viewer.target:
-            reason = "relay_failed" if viewer.relay else "device_offline"
-            return self._end_viewer_side(viewer, reason, tell_peer=False)
-        camera = self.camera_sides.get(session)
-        if camera is not None and publish.channel == camera.viewer_channel:
-            return self._end_camera_side(camera, "peer_hangup", tell_peer=False)
-        return []
-
-    def _from_viewer(self, info: Connection, message: ClientMessage, now: float) -> list[Delivery]:
-        session_id = getattr(message, "session_id", "")
-        side = self.viewer_sides.get(session_id)
-        if side is None or side.viewer != info.id:
-            return self.strike(
-                info.id, getattr(message, "id", None), ErrorCode.UNKNOWN_SESSION, "no such session"
-            )
-        match message:
-            case SessionOffer():
-                if not side.accepted:
-                    return self.strike(
-                        info.id, message.id, ErrorCode.INVALID_REQUEST, "wait for session.created"
-                    )
-                side.offered_at = now
-                return [Publish(side.target, Offer(side.id, message.sdp))]
-            case SessionIce():
-                candidate = message.candidate.dump() if message.candidate else None
-                return [Publish(side.target, Ice(side.id, candidate))]
-            case SessionEnd():
-                return self._end_viewer_side(side, "peer_hangup", tell_viewer=False)
-            case SessionStats():
-                if not side.accepted:
-                    return self.strike(
-                        info.id, message.id, ErrorCode.INVALID_REQUEST, "wait for session.created"
-                    )
-                if (message.route == "relay") != (side.route == "relay"):
-                    return self._wrong_route(info.id, message, side.route)
-                return [StatsReport(side.id, "viewer", message)]
-        return self.strike(
-            info.id,
-            getattr(message, "id", None),
-            ErrorCode.INVALID_REQUEST,
-            "viewers do not answer",
-        )
-
-    def _from_camera(self, info: Connection, message: ClientMessage, now: float) -> list[Delivery]:
-        session_id = getattr(message, "session_id", "")
-        side = self.camera_sides.get(session_id)
-        if side is None or side.camera != info.id:
-            return self.strike(
-                info.id, getattr(message, "id", None), ErrorCode.UNKNOWN_SESSION, "no such session"
-            )
-        match message:
-            case SessionAnswer():
-                return [Publish(side.viewer_channel, Answer(side.id, message.sdp))]
-            case SessionIce():
-                candidate = message.candidate.dump() if message.candidate else None
-                return [Publish(side.viewer_channel, Ice(side.id, candidate))]
-            case SessionEnd():
-                reason = "peer_hangup" if message.reason == "user_hangup" else message.reason
-                return self._end_camera_side(side, reason, tell_camera=False)
-            case SessionStats():
-                # A relay node plays the camera's part of the sessions routed through it.
-                route = "relay" if info.role == "relay" else "p2p"
-                if (message.route == "relay") != (route == "relay"):
-                    return self._wrong_route(info.id, message, route)
-                if message.ttff_ms is not None:
-                    return self.strike(
-                        info.id,
-                        message.id,
-                        ErrorCode.INVALID_REQUEST,
-                        "ttff_ms is the viewer's: the time to its first decoded frame",
-                    )
-                return [StatsReport(side.id, "camera", message)]
-        return self.strike(
-            info.id, getattr(message, "id", None), ErrorCode.INVALID_REQUEST, "cameras do not offer"
-        )
-
-    def _wrong_route(self, conn: str, message: SessionStats, route: str) -> list[Delivery]:
-        if route == "relay":
-            said = "the cloud routed this session through a relay node: route relay"
-        else:
-            said = "this session does not go through a relay node: route p2p or turn"
-        return self.strike(conn, message.id, ErrorCode.INVALID_REQUEST, said)
+        return self.sides.unrouted(publish)
 
     # envelopes from the bus ---------------------------------------------------------------
 
@@ -467,7 +341,7 @@ class Hub:
                         envelope.id, envelope.device, envelope.grants, envelope.reason, now
                     )
                 case Gone():
-                    return self.device_gone(envelope.device)
+                    return self.sides.end_gone(envelope.device)
             return []
         match envelope:
             case Snapshot():  # to a camera (its device channel) or a relay node (its conn)
@@ -489,10 +363,10 @@ class Hub:
             conn = channel.removeprefix("conn.")
             served = self.camera_sides.get(envelope.session)
             if served is not None and served.camera == conn:
-                return self._to_camera_side(served, envelope)
+                return self.sides.to_camera_side(served, envelope)
             if isinstance(envelope, Open):
                 return self._open_on_relay(conn, envelope, now)
-            return self._to_viewer(envelope, now)
+            return self.sides.to_viewer_side(envelope, now)
         return []
 
     def _snapshot(self, channel: str, envelope: Snapshot) -> list[Delivery]:
@@ -523,22 +397,14 @@ class Hub:
         session_id = envelope.session
         camera = self.cameras.get(device_id)
         if isinstance(envelope, Open):
-            viewer_channel = conn_channel(envelope.viewer)
-            grants = envelope.grants
-            if camera is None or self.revocations.any(grants):
+            if camera is None or self.revocations.any(envelope.grants):
                 reason = "device_offline" if camera is None else "access_revoked"
-                return [Publish(viewer_channel, End(session_id, reason))]
-            active = sum(1 for s in self.camera_sides.values() if s.camera == camera)
-            if active >= self.limits.viewers_per_camera:
-                return [Publish(viewer_channel, End(session_id, "resource_exhausted"))]
-            self.camera_sides[session_id] = CameraSide(
-                session_id, device_id, camera, viewer_channel, envelope.user, grants, now
-            )
-            return [Publish(viewer_channel, Accepted(session_id))]
+                return [Publish(conn_channel(envelope.viewer), End(session_id, reason))]
+            return self.sides.open_camera_side(camera, device_id, envelope, now)
         side = self.camera_sides.get(session_id)
         if side is None:
             return []
-        return self._to_camera_side(side, envelope)
+        return self.sides.to_camera_side(side, envelope)
 
     def _open_on_relay(self, relay_conn: str, envelope: Open, now: float) -> list[Delivery]:
         """A relayed session arrives at the relay chosen for it: the relay plays the camera."""
@@ -550,66 +416,8 @@ class Hub:
             reason = "access_revoked" if revoked else "relay_failed"
             return [Publish(viewer_channel, End(session_id, reason))]
         device_id = envelope.device
-        self.camera_sides[session_id] = CameraSide(
-            session_id, device_id, relay_conn, viewer_channel, envelope.user, envelope.grants, now
-        )
-        return [
-            Send(relay_conn, RelaySession(session_id=session_id, device_id=device_id)),
-            Publish(viewer_channel, Accepted(session_id)),
-        ]
-
-    def _to_camera_side(self, side: CameraSide, envelope: SessionEnvelope) -> list[Delivery]:
-        match envelope:
-            case Offer():
-                principal = self.connections[side.camera].principal
-                offer = SessionOffer(
-                    session_id=side.id, sdp=envelope.sdp, ice_servers=self.ice_servers(principal)
-                )
-                return [Send(side.camera, offer)]
-            case Ice():
-                return [_ice(side.camera, side.id, envelope.candidate)]
-            case End():
-                return self._end_camera_side(side, envelope.reason, tell_peer=False)
-        return []
-
-    def _to_viewer(self, envelope: SessionEnvelope, now: float) -> list[Delivery]:
-        side = self.viewer_sides.get(envelope.session)
-        if side is None:
-            return []
-        if isinstance(envelope, Accepted):
-            side.accepted = True
-            metrics.SESSIONS_STARTED.labels(side.route).inc()
-            viewer = self.connections.get(side.viewer)
-            record = Record(
-                side.id,
-                "created",
-                side.device_id,
-                side.user_id,
-                route=side.route,
-                viewer_role=viewer.role if viewer is not None else "user",
-            )
-            created = SessionCreated(
-                id=side.request_id,
-                session_id=side.id,
-                device_id=side.device_id,
-                route=side.route,
-                ice_servers=side.ice_servers,
-            )
-            return [Send(side.viewer, created), record]
-        if isinstance(envelope, Answer):
-            if not side.answered:
-                metrics.SIGNALING_LATENCY.observe(max(0.0, now - side.created_at))
-            side.answered = True
-            answered = Record(side.id, "answered", side.device_id, side.user_id)
-            return [
-                Send(side.viewer, SessionAnswer(session_id=side.id, sdp=envelope.sdp)),
-                answered,
-            ]
-        if isinstance(envelope, Ice):
-            return [_ice(side.viewer, side.id, envelope.candidate)]
-        if isinstance(envelope, End):
-            return self._end_viewer_side(side, envelope.reason, tell_peer=False)
-        return []
+        opened = self.sides.open_camera_side(relay_conn, device_id, envelope, now, limited=False)
+        return [Send(relay_conn, RelaySession(session_id=session_id, device_id=device_id)), *opened]
 
     # changes of access and liveness ---------------------------------------------------------
 
@@ -624,11 +432,7 @@ class Hub:
         if not self.revocations.add(change_id, grants, now):
             return []
         gone = set(grants)
-        out: list[Delivery] = []
-        for side in [s for s in self.viewer_sides.values() if gone.intersection(s.grants)]:
-            out += self._end_viewer_side(side, reason)
-        for cam in [s for s in self.camera_sides.values() if gone.intersection(s.grants)]:
-            out += self._end_camera_side(cam, reason)
+        out = self.sides.end_resting_on(gone, reason)
         for conn, user in self.connections.items():  # opened with an ended sign-in
             if user.role == "user" and user.grant in gone:
                 out.append(Close(conn, CLOSE_AUTH, "signed out"))
@@ -640,94 +444,10 @@ class Hub:
             self.connections.pop(camera, None)
         return out
 
-    def device_gone(self, device_id: str) -> list[Delivery]:
-        """A camera's (or ``relay:<id>``'s) instance died: end the sessions that used it here."""
-        out: list[Delivery] = []
-        if device_id.startswith("relay:"):
-            relay = device_id.removeprefix("relay:")
-            for side in [s for s in self.viewer_sides.values() if s.relay == relay]:
-                out += self._end_viewer_side(side, "relay_failed", tell_peer=False)
-            return out
-        for side in [s for s in self.viewer_sides.values() if s.device_id == device_id]:
-            if side.relay is None:
-                out += self._end_viewer_side(side, "device_offline", tell_peer=False)
-        return out
-
     def tick(self, now: float) -> list[Delivery]:
         """Time passes: sessions the camera does not accept or answer in time end with timeout."""
         self.revocations.forget(now)
-        out: list[Delivery] = []
-        for side in list(self.viewer_sides.values()):
-            waiting_accept = (
-                not side.accepted and now - side.created_at > self.limits.accept_timeout_s
-            )
-            waiting_answer = (
-                side.offered_at is not None
-                and not side.answered
-                and now - side.offered_at > self.limits.answer_timeout_s
-            )
-            if waiting_accept or waiting_answer:
-                out += self._end_viewer_side(side, "timeout")
-        return out
-
-    # ending -------------------------------------------------------------------------------
-
-    def _end_viewer_side(
-        self,
-        side: ViewerSide,
-        reason: EndReason | str,
-        *,
-        tell_viewer: bool = True,
-        tell_peer: bool = True,
-    ) -> list[Delivery]:
-        self.viewer_sides.pop(side.id, None)
-        out: list[Delivery] = []
-        if side.accepted:
-            metrics.SESSIONS.labels(side.route, str(reason)).inc()
-            out.append(Record(side.id, "ended", side.device_id, side.user_id, str(reason)))
-        if tell_viewer and side.viewer in self.connections:
-            # Before session.created the viewer knows only its request id: echo it.
-            request_id = None if side.accepted else side.request_id
-            end = SessionEnd(id=request_id, session_id=side.id, reason=_reason(reason))
-            out.append(Send(side.viewer, end))
-        if tell_peer:
-            out.append(Publish(side.target, End(side.id, str(reason))))
-        return out
-
-    def _end_camera_side(
-        self,
-        side: CameraSide,
-        reason: EndReason | str,
-        *,
-        tell_camera: bool = True,
-        tell_peer: bool = True,
-    ) -> list[Delivery]:
-        self.camera_sides.pop(side.id, None)
-        out: list[Delivery] = []
-        if tell_camera and side.camera in self.connections:
-            out.append(Send(side.camera, SessionEnd(session_id=side.id, reason=_reason(reason))))
-        if tell_peer:
-            out.append(Publish(side.viewer_channel, End(side.id, str(reason))))
-        return out
-
-    def _end_camera_sides(self, camera: str, reason: EndReason) -> list[Delivery]:
-        out: list[Delivery] = []
-        for side in [s for s in self.camera_sides.values() if s.camera == camera]:
-            out += self._end_camera_side(side, reason, tell_camera=False)
-        return out
-
-
-_END_REASONS: frozenset[str] = frozenset(get_args(EndReason))
-
-
-def _reason(value: str) -> EndReason:
-    """A reason from the wire, or ``peer_hangup`` when it is not one of the contract's."""
-    return cast(EndReason, value) if value in _END_REASONS else "peer_hangup"
-
-
-def _ice(conn: str, session_id: str, candidate: dict[str, Any] | None) -> Send:
-    """A trickled candidate (or its end) from the bus, to the local party of the session."""
-    return Send(conn, SessionIce.model_validate({"session_id": session_id, "candidate": candidate}))
+        return self.sides.timeouts(now)
 
 
 def _error(request_id: str | None, code: ErrorCode, message: str) -> Status:
