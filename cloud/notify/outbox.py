@@ -28,13 +28,11 @@ import asyncio
 import itertools
 import logging
 import secrets
-import time
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any
 
-from beanie import Document
 from bson import ObjectId
 from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError, PyMongoError
@@ -42,7 +40,20 @@ from pymongo.errors import BulkWriteError, PyMongoError
 from cloud import metrics
 from cloud.errors import database_unavailable
 from cloud.notify.models import CLAIMABLE, EPOCH_LEASE, Channel, Delivery, Notification
+from cloud.notify.recent import Recent
 from cloud.settings import Settings
+
+# Recent: what the senders have always imported from here
+__all__ = [
+    "ROUND_S",
+    "SEND_TIMEOUT_S",
+    "Outbox",
+    "Outcome",
+    "Recent",
+    "Sender",
+    "next_delay",
+    "now",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +67,6 @@ ORDER_WAIT_S = 0.3  # a delivery waiting for an earlier one of its target looks 
 RECORD_FOR_S = 20.0  # a round's record is retried this long while the database is away
 FIRST = ("event.new", "test")  # types that nothing precedes
 NOT_ALLOWED = "no longer allowed to see the camera"
-TRUST_S = 1.0  # a target document read this recently is sent to as read (Recent)
-D = TypeVar("D", bound=Document)
 
 
 @dataclass(frozen=True)
@@ -85,44 +94,6 @@ def next_delay(settings: Settings, failures: int) -> float:
     """Seconds before the try after ``failures`` failed tries."""
     schedule = settings.notify_retry_schedule_s
     return schedule[min(failures, len(schedule)) - 1]
-
-
-class Recent(Generic[D]):
-    """Target documents (push subscriptions, webhooks) read at most ``TRUST_S`` ago, by id:
-    what the notifier read to make a notification serves the round that sends it from
-    memory right after, and a round's one read serves all its deliveries. A target deleted
-    or disabled meanwhile is then sent to at most ``TRUST_S`` after (as a share revoked:
-    cloud.notify.notifier's access check is trusted as long)."""
-
-    def __init__(self) -> None:
-        self._docs: dict[ObjectId, tuple[float, D]] = {}
-
-    def keep(self, docs: Iterable[D]) -> None:
-        at = time.monotonic()
-        if len(self._docs) > 10_000:
-            self._docs = {k: v for k, v in self._docs.items() if at - v[0] <= TRUST_S}
-        for doc in docs:
-            if doc.id is not None:
-                self._docs[doc.id] = (at, doc)
-
-    def get(self, doc_id: ObjectId, within: float = TRUST_S) -> D | None:
-        """The document if it was read at most ``within`` seconds ago."""
-        found = self._docs.get(doc_id)
-        if found is None or time.monotonic() - found[0] > within:
-            return None
-        return found[1]
-
-    def missing(self, ids: Iterable[ObjectId]) -> list[ObjectId]:
-        return [i for i in set(ids) if self.get(i) is None]
-
-    def forget(self, doc_id: ObjectId) -> None:
-        self._docs.pop(doc_id, None)
-
-    def refresh(self, ids: Iterable[ObjectId], found: Iterable[D]) -> None:
-        """``found``: the documents of ``ids`` read just now (one not found is gone)."""
-        for doc_id in ids:
-            self.forget(doc_id)
-        self.keep(found)
 
 
 ROUND_S = SEND_TIMEOUT_S + 5  # what a round's sends read at its start serves this long
