@@ -10,7 +10,9 @@ viewer by :class:`relay.media.Fanout` without re-encoding and analysed once: wat
 analysed camera adds no upstream. An upstream closes ``upstream_grace_s`` after nobody needs
 it any more; when the camera goes away, its viewers' sessions end with ``device_offline``,
 and an assigned camera is asked for again at the next load report. Sessions end with the
-connection to the cloud.
+connection to the cloud. This module decides when connections open and close; each one's
+own state and work sit in :class:`relay.upstream.Upstream` (the camera) and
+:class:`relay.downstream.Downstream` (a viewer: its answer, or why it is refused).
 
 Analytics: each upstream's decoded picture is sampled at ``analysis_fps`` and analysed by
 :class:`relay.analysis.Analysis` (motion, then YOLO within the node's budget, event threads).
@@ -19,7 +21,6 @@ Analytics: each upstream's decoded picture is sampled at ``analysis_fps`` and an
 import asyncio
 import logging
 import secrets
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,46 +51,22 @@ from protocol.messages import (
 from relay import metrics
 from relay.analysis import Analysis
 from relay.detector import Detector
+from relay.downstream import Downstream, Refused
 from relay.loop_lag import LoopLag
-from relay.media import Fanout, serve_viewer
+from relay.media import Fanout
 from relay.settings import RelaySettings
 from relay.uploads import UploadAnalysis
+from relay.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
-UPSTREAM_ANSWER_TIMEOUT_S = 10.0
 LOAD_EVERY_S = 5.0
 SHUTDOWN_REPORTS_S = 5.0
 
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
-
-
-@dataclass
-class Upstream:
-    """The relay watching one camera, shared by every viewer of it here."""
-
-    device_id: str
-    fanout: Fanout
-    request_id: str
-    session_id: str | None = None
-    pc: RTCPeerConnection | None = None
-    viewers: set[str] = field(default_factory=set)
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    closing: asyncio.TimerHandle | None = None
-    codec: codecs.VideoCodec | None = None  # what the camera answered with, once it has
-    negotiated: asyncio.Event = field(default_factory=asyncio.Event)
-    remote: RemoteCandidates = field(default_factory=lambda: RemoteCandidates("upstream"))
-
-
-@dataclass
-class Downstream:
-    session_id: str
-    device_id: str
-    pc: RTCPeerConnection | None = None
-    remote: RemoteCandidates = field(default_factory=lambda: RemoteCandidates("downstream"))
 
 
 class RelayNode:
@@ -356,12 +333,7 @@ class RelayNode:
         self.upstreams.pop(upstream.device_id, None)
         if tell_cloud and upstream.session_id:
             await self.send(SessionEnd(session_id=upstream.session_id, reason="user_hangup"))
-        for task in list(upstream.tasks):
-            task.cancel()
-        await asyncio.gather(*upstream.tasks, return_exceptions=True)
-        await upstream.fanout.close()
-        if upstream.pc is not None:
-            await upstream.pc.close()
+        await upstream.close()
         self.analysis.budget.forget(upstream.device_id)
 
     # downstream: the relay answers a viewer -----------------------------------------------------
@@ -371,59 +343,19 @@ class RelayNode:
         if upstream is None:
             await self.send(SessionEnd(session_id=down.session_id, reason="device_offline"))
             return
-        codec = await self._upstream_codec(upstream)
         try:
-            offered = codecs.offered_codecs(message.sdp)
-        except Exception:  # untrusted SDP; aiortc's parser raises assorted errors
-            offered = []
-        if codec is None or not any(c.takes(codec) for c in offered):
-            # A viewer that cannot decode what the camera sends would get a black picture.
-            log.info("relay: session %s cannot take %s", down.session_id, codec)
+            pc, answer = await down.answer(message, upstream)
+        except Refused as refused:
             self.downstreams.pop(down.session_id, None)
-            reason: EndReason = (
-                "timeout" if codec is None else "codec_mismatch" if offered else "invalid_offer"
-            )
-            await self.send(SessionEnd(session_id=down.session_id, reason=reason))
-            await self._close_downstream(down)
-            return
-        servers = [server.dump() for server in message.ice_servers or []]
-        pc = RTCPeerConnection(rtc_configuration((await reach.reachable(servers)).servers))
-        down.pc = pc
-        try:
-            track = upstream.fanout.subscribe()
-            sender = pc.addTransceiver(track, direction="sendonly").sender
-            serve_viewer(sender, track)
-            # Before the offer is set: aiortc picks an answer's codecs from the preferences
-            # of the transceiver the offer's video section lands on, there and then.
-            codecs.prefer_exactly(pc, [codec.capability()])
-            await down.remote.set_description(pc, message.sdp, "offer")
-            await pc.setLocalDescription(await pc.createAnswer())
-        except Exception as exc:
-            log.warning("relay: cannot answer session %s: %s", down.session_id, exc)
-            self.downstreams.pop(down.session_id, None)
-            await self.send(SessionEnd(session_id=down.session_id, reason="invalid_offer"))
+            await self.send(SessionEnd(session_id=down.session_id, reason=refused.reason))
             await self._close_downstream(down)
             return
         self._watch_connection(pc, down.session_id)
-        answer = codecs.with_profile_level_id(pc.localDescription.sdp, codec)  # the camera's
         await self.send(SessionAnswer(session_id=down.session_id, sdp=answer))
         await self.send(SessionIce(session_id=down.session_id, candidate=None))
 
-    async def _upstream_codec(self, upstream: Upstream) -> codecs.VideoCodec | None:
-        """The camera's codec, once its answer came (None if it did not within the time)."""
-        try:
-            async with asyncio.timeout(UPSTREAM_ANSWER_TIMEOUT_S):
-                await upstream.negotiated.wait()
-        except TimeoutError:
-            return None
-        return upstream.codec
-
     async def _close_downstream(self, down: Downstream, *, keep_upstream: bool = False) -> None:
-        if down.pc is not None:
-            for sender in down.pc.getSenders():
-                if sender.track is not None:
-                    sender.track.stop()
-            await down.pc.close()
+        await down.close()
         upstream = self.upstreams.get(down.device_id)
         if upstream is None or keep_upstream:
             return
