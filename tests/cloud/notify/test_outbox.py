@@ -10,7 +10,7 @@ from datetime import timedelta
 from beanie import PydanticObjectId
 
 from cloud.notify.models import Delivery, Notification
-from cloud.notify.outbox import Outbox, Outcome, next_delay, now
+from cloud.notify.outbox import Outbox, Outcome, now
 from cloud.settings import Settings
 
 
@@ -232,11 +232,6 @@ async def test_a_killed_target_is_not_sent_and_its_notification_settles(
     assert doc.deliveries[0].status == "dead"
     assert doc.deliveries[0].last_error == "the webhook was deleted"
     assert doc.deliveries[0].attempts == []
-
-
-def test_the_schedule_repeats_its_last_step() -> None:
-    s = dataclasses.replace(Settings(), notify_retry_schedule_s=(1, 5, 30))
-    assert [next_delay(s, n) for n in range(1, 6)] == [1, 5, 30, 30, 30]
 
 
 async def test_a_stopping_instance_gives_back_what_it_held(

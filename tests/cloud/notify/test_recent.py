@@ -3,8 +3,8 @@
 from beanie import PydanticObjectId
 
 from cloud.notify.models import Webhook
-from cloud.notify.outbox import ROUND_S, now
 from cloud.notify.recent import Recent
+from cloud.notify.rounds import ROUND_S, now
 
 
 async def test_targets_read_just_now_serve_a_round_and_one_found_gone_is_dropped(
