@@ -1,8 +1,15 @@
-"""Camera presence in the database, ordered by connection epochs.
+"""Presence of the cameras and relay nodes connected to one instance: on the bus, in the
+database, and pushed to the apps.
 
-A camera's connections follow one another across instances, and across a database pause
-the write of a connection that ended may land after the write of the one that replaced
-it. So each connection that brings a camera online raises the device's ``presence_epoch``
+Two records. The bus holds a lease for each (:class:`Presence`): the instance holding the
+connection renews it, and one that expires means the instance died, so every instance's
+sweep claims it and ends what rested on it; a relay node's lease says no more than that.
+The database holds each camera's online state and last seen (:class:`CameraPresence`), which
+is pushed to the camera's owner and viewers whenever it changes.
+
+In the database, a camera's connections follow one another across instances, and across a
+database pause the write of a connection that ended may land after the write of the one that
+replaced it. So each connection that brings a camera online raises the device's ``presence_epoch``
 (the time it came) and keeps the value; its "offline" matches that epoch only, and a stale
 "offline" never overwrites a newer "online" whatever order the writes land in. The
 instance holding a camera also checks now and then that the database shows it online
@@ -25,10 +32,16 @@ from datetime import UTC, datetime
 from beanie import PydanticObjectId
 from pymongo.errors import PyMongoError
 
+from cloud.analysis.threads import end_threads_of
 from cloud.devices.access import audience, audiences
 from cloud.devices.models import Device
+from cloud.relays import registry
 from cloud.signaling.bus import Bus
+from cloud.signaling.deliveries import BROADCAST, PresenceChanged, Publish
+from cloud.signaling.envelopes import Gone
 from cloud.signaling.group_commit import GroupCommit
+from cloud.signaling.hub import Hub
+from protocol.messages import DevicePresence, EventPush, Message
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +51,8 @@ REPAIR_BATCH = 500  # local cameras whose database presence each refresh checks
 WRITE_BATCH = 32
 # device, online, last seen, the users to tell (its owner and viewers)
 Push = Callable[[str, bool, datetime, list[PydanticObjectId]], Awaitable[None]]
+# a message to each of these users' connections, wherever they are (Signaling.push)
+UserPush = Callable[[list[PydanticObjectId], Message | EventPush], Awaitable[None]]
 
 
 def _now() -> datetime:
@@ -206,3 +221,87 @@ class CameraPresence:
         seen = await went_offline(device_id, epoch)
         if seen is not None:
             await self._push(device_id, False, seen, await audience(PydanticObjectId(device_id)))
+
+
+class Presence:
+    """The presence of the cameras and relay nodes connected here: their leases on the bus,
+    each camera's record in the database (:attr:`cameras`), and the pushes of both.
+
+    ``hub`` is read for the connections it holds; ``publish`` carries an envelope onto the
+    bus as the edge does (Signaling._publish); ``push`` tells users (Signaling.push).
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        bus: Bus,
+        ttl_s: float,
+        push: UserPush,
+        publish: Callable[[Publish], Awaitable[None]],
+    ) -> None:
+        self._hub = hub
+        self._bus = bus
+        self.ttl_s = ttl_s  # a lease lives this long unless renewed
+        self._push_users = push
+        self._publish = publish
+        self.cameras = CameraPresence(hub.cameras, bus, self._push)
+
+    async def changed(self, change: PresenceChanged) -> None:
+        """A camera or relay node connected here came or went (the hub's delivery)."""
+        if change.device_id.startswith("relay:"):  # relays: presence only, for liveness
+            if change.online:
+                await self._bus.set_presence(change.device_id, change.conn, self.ttl_s)
+            else:
+                relay_id = change.device_id.removeprefix("relay:")
+                await self._bus.clear_presence(change.device_id, change.conn)
+                await registry.unregister(relay_id, change.conn)
+                await end_threads_of(relay_id, self._push_users)
+            return
+        if change.online:
+            await self._bus.set_presence(change.device_id, change.conn, self.ttl_s)
+            await self.cameras.online(change.device_id, change.conn)
+            return
+        try:
+            await self._bus.clear_presence(change.device_id, change.conn)
+        finally:  # the database's view does not wait for the bus
+            await self.cameras.offline(change.device_id, change.conn)
+
+    async def refresh(self) -> None:
+        """This instance is alive: keep the presence of its cameras from expiring.
+
+        A camera's connection is live while it answers WebSocket pings (uvicorn closes it
+        otherwise), so the instance, not the camera, refreshes presence. ``last_seen`` is
+        written when presence changes only: one database write per camera per refresh
+        stalled the database at a few thousand cameras (bench/signaling.py).
+        """
+        cameras = list(self._hub.cameras.items())
+        relays = [
+            (f"relay:{c.principal}", c.id)
+            for c in self._hub.connections.values()
+            if c.role == "relay"
+        ]
+        # Relays first: a relay whose lease runs out in a long round is taken for dead by
+        # every instance (its relayed sessions and event threads end; soak finding 2).
+        for device_id, conn in relays + cameras:
+            await self._bus.set_presence(device_id, conn, self.ttl_s)
+        await self.cameras.repair(cameras)
+
+    async def sweep(self) -> None:
+        """Presence that expired without a clear means the camera's instance died."""
+        for device_id in await self._bus.claim_expired_presence():
+            log.info("presence of %s expired", device_id)
+            await self._publish(Publish(BROADCAST, Gone(device_id)))
+            if device_id.startswith("relay:"):  # the relay's instance died
+                relay_id = device_id.removeprefix("relay:")
+                await registry.expired(relay_id)
+                await end_threads_of(relay_id, self._push_users)
+            else:
+                await self.cameras.expired(device_id)
+
+    async def _push(
+        self, device_id: str, online: bool, seen: datetime, users: list[PydanticObjectId]
+    ) -> None:
+        """Push presence to the device's owner and viewers (``users``, read by
+        :class:`CameraPresence` with its write), and nobody else."""
+        message = DevicePresence(device_id=device_id, online=online, last_seen=seen)
+        await self._push_users(users, message)

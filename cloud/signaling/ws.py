@@ -8,10 +8,9 @@ hub decides comes back as deliveries that :meth:`Signaling.execute` carries out:
 local sockets, envelopes on the bus, presence and session records (and the sides'
 ``session.stats``) in the database.
 
-Access changes reach the hub from three sides, and the first one wins: the route that made
-the change (:meth:`Signaling.enforce`), the broadcast channel, and the database record that
-every instance reads every ``ACCESS_POLL_S`` — so a change is enforced everywhere within
-about a second even when the bus lost its broadcast.
+Presence (cloud.signaling.presence), access changes (cloud.signaling.access_changes) and
+the decision on a ``session.request`` (cloud.signaling.session_requests) have modules of
+their own; this one runs their rounds and carries out what they ask of the hub.
 """
 
 import asyncio
@@ -20,7 +19,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from beanie import PydanticObjectId
@@ -30,18 +28,17 @@ from starlette.websockets import WebSocketDisconnect
 from cloud import metrics
 from cloud.analysis import assignment
 from cloud.analysis.orders import RelayOrders
-from cloud.analysis.threads import end_threads_of
 from cloud.auth.hello import HelloAuth
 from cloud.auth.signins import SignIns
-from cloud.auth.tokens import AccessTokens, UserPrincipal
-from cloud.devices.access import Action, authorize, binding
+from cloud.auth.tokens import AccessTokens
 from cloud.devices.models import AccessChange
-from cloud.errors import CloudError, Unavailable, outage_unavailable
+from cloud.errors import Unavailable
 from cloud.ice import ice_servers
 from cloud.logs import set_principal
 from cloud.relays import registry
 from cloud.settings import Settings
-from cloud.signaling import envelopes
+from cloud.signaling import envelopes, session_requests
+from cloud.signaling.access_changes import ACCESS_POLL_S, AccessChanges
 from cloud.signaling.bus import Bus, BusUnavailable
 from cloud.signaling.deliveries import (
     BROADCAST,
@@ -59,21 +56,18 @@ from cloud.signaling.deliveries import (
     Subscribe,
     user_channel,
 )
-from cloud.signaling.envelopes import Access, Gone, Push, Snapshot
+from cloud.signaling.envelopes import Access, Push, Snapshot
 from cloud.signaling.hub import Hub
 from cloud.signaling.identity import DeviceAssertions
 from cloud.signaling.models import keep_record, keep_stats
-from cloud.signaling.presence import CameraPresence
+from cloud.signaling.presence import Presence
 from cloud.signaling.sessions import Limits
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (
-    DevicePresence,
     EventPush,
     Message,
     RelayLoad,
     SessionRequest,
-    Status,
-    StatusError,
     Welcome,
     decode,
     request_id,
@@ -85,15 +79,7 @@ HELLO_TIMEOUT_S = 5.0
 SEND_TIMEOUT_S = 5.0
 TICK_S = 1.0
 SWEEP_S = 2.0
-ACCESS_POLL_S = 0.5
 ASSIGN_S = 1.0  # analysis assignment (cloud.analysis), sooner when a camera reports motion
-# How far before the last read access changes are read again: covers the clocks of
-# instances that differ and a record that became visible after a read had begun.
-ACCESS_LOOKBACK_S = 10.0
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 class Socket(Protocol):
@@ -131,17 +117,17 @@ class Signaling:
         self.hellos = HelloAuth(access_tokens, self.signins, self.assertions, settings.relay_secret)
         self.sockets: dict[str, Socket] = {}
         self._attached_at: dict[str, float] = {}  # conn -> time.monotonic(), for _bus_gap
-        self.presence = CameraPresence(self.hub.cameras, bus, self._push_presence)
-        self._access_read_at = _now()
+        self.access = AccessChanges(bus, self.hub.revocations, self._apply_access)
         self._tasks: list[asyncio.Task[None]] = []
         self._assign_soon = asyncio.Event()
         self._unwelcomed: dict[str, list[Message | dict[str, Any]]] = {}  # see welcome()
         self.orders = RelayOrders()  # the relay.assign each relay connection was sent
         # Presence lives presence_ttl_s unless refreshed (every quarter of it); clients are
         # asked to send an application ping every heartbeat_s.
-        self.presence_ttl_s = float(settings.presence_ttl_s)
+        ttl_s = float(settings.presence_ttl_s)
+        self.presence = Presence(self.hub, bus, ttl_s, self.push, self._publish)
         self.heartbeat_s = max(1, settings.presence_ttl_s // 3)
-        self.refresh_s = self.presence_ttl_s / 4
+        self.refresh_s = ttl_s / 4
         self._lock = asyncio.Lock()  # the hub is one state machine: one step at a time
         self.draining = False
 
@@ -152,11 +138,11 @@ class Signaling:
         await self.bus.subscribe(BROADCAST, self._handler(BROADCAST))
         self._tasks = [
             asyncio.create_task(self._every(TICK_S, self._tick), name="hub-tick"),
-            asyncio.create_task(self._every(SWEEP_S, self._sweep), name="presence-sweep"),
+            asyncio.create_task(self._every(SWEEP_S, self.presence.sweep), name="presence-sweep"),
             asyncio.create_task(
-                self._every(self.refresh_s, self._refresh), name="presence-refresh"
+                self._every(self.refresh_s, self.presence.refresh), name="presence-refresh"
             ),
-            asyncio.create_task(self._every(ACCESS_POLL_S, self._read_access), name="access"),
+            asyncio.create_task(self._every(ACCESS_POLL_S, self.access.read), name="access"),
             asyncio.create_task(
                 self._every(ASSIGN_S, self._assign, self._assign_soon), name="analysis"
             ),
@@ -219,47 +205,6 @@ class Signaling:
         """Assign armed cameras to relay nodes, and tell the nodes connected here theirs."""
         relays = {c.id: c.principal for c in self.hub.connections.values() if c.role == "relay"}
         await self.orders.step(relays, self._send)
-
-    async def _refresh(self) -> None:
-        """This instance is alive: keep the presence of its cameras from expiring.
-
-        A camera's connection is live while it answers WebSocket pings (uvicorn closes it
-        otherwise), so the instance, not the camera, refreshes presence. ``last_seen`` is
-        written when presence changes only: one database write per camera per refresh
-        stalled the database at a few thousand cameras (bench/signaling.py).
-        """
-        cameras = list(self.hub.cameras.items())
-        relays = [
-            (f"relay:{c.principal}", c.id)
-            for c in self.hub.connections.values()
-            if c.role == "relay"
-        ]
-        # Relays first: a relay whose lease runs out in a long round is taken for dead by
-        # every instance (its relayed sessions and event threads end; soak finding 2).
-        for device_id, conn in relays + cameras:
-            await self.bus.set_presence(device_id, conn, self.presence_ttl_s)
-        await self.presence.repair(cameras)
-
-    async def _sweep(self) -> None:
-        """Presence that expired without a clear means the camera's instance died."""
-        for device_id in await self.bus.claim_expired_presence():
-            log.info("presence of %s expired", device_id)
-            await self._publish(Publish(BROADCAST, Gone(device_id)))
-            if device_id.startswith("relay:"):  # the relay's instance died
-                relay_id = device_id.removeprefix("relay:")
-                await registry.expired(relay_id)
-                await end_threads_of(relay_id, self.push)
-            else:
-                await self.presence.expired(device_id)
-
-    async def _read_access(self) -> None:
-        """Apply the access changes recorded lately, whether or not the bus brought them."""
-        started = _now()
-        since = self._access_read_at - timedelta(seconds=ACCESS_LOOKBACK_S)
-        for change in await AccessChange.find(AccessChange.at >= since).to_list():
-            if str(change.id) not in self.hub.revocations.changes:  # read again: known
-                await self._apply_access(_access_envelope(change))
-        self._access_read_at = started
 
     async def _apply_access(self, envelope: Access) -> None:
         async with self._lock:
@@ -338,7 +283,7 @@ class Signaling:
                         else:
                             await self.bus.unsubscribe(d.channel)
                     case PresenceChanged():
-                        await self._camera_presence(d)
+                        await self.presence.changed(d)
                     case Record():
                         await keep_record(d)
                     case StatsReport():
@@ -375,33 +320,6 @@ class Signaling:
         if socket is not None:
             await socket.close(code, reason)
 
-    async def _camera_presence(self, change: PresenceChanged) -> None:
-        if change.device_id.startswith("relay:"):  # relays: presence only, for liveness
-            if change.online:
-                await self.bus.set_presence(change.device_id, change.conn, self.presence_ttl_s)
-            else:
-                relay_id = change.device_id.removeprefix("relay:")
-                await self.bus.clear_presence(change.device_id, change.conn)
-                await registry.unregister(relay_id, change.conn)
-                await end_threads_of(relay_id, self.push)
-            return
-        if change.online:
-            await self.bus.set_presence(change.device_id, change.conn, self.presence_ttl_s)
-            await self.presence.online(change.device_id, change.conn)
-            return
-        try:
-            await self.bus.clear_presence(change.device_id, change.conn)
-        finally:  # the database's view does not wait for the bus
-            await self.presence.offline(change.device_id, change.conn)
-
-    async def _push_presence(
-        self, device_id: str, online: bool, seen: datetime, users: list[PydanticObjectId]
-    ) -> None:
-        """Push presence to the device's owner and viewers (``users``, read by
-        cloud.signaling.presence with its write), and nobody else."""
-        message = DevicePresence(device_id=device_id, online=online, last_seen=seen)
-        await self.push(users, message)
-
     async def push(self, users: list[PydanticObjectId], message: Message | EventPush) -> None:
         for user in users:
             await self._publish(Publish(user_channel(str(user)), Push(message.dump())))
@@ -409,20 +327,9 @@ class Signaling:
     # changes of access, from the REST routes ----------------------------------------------------
 
     async def enforce(self, change: AccessChange) -> None:
-        """Apply a recorded access change here now, and broadcast it to the other instances.
-
-        The broadcast only makes it sooner: without it they read the record within
-        ``ACCESS_POLL_S``, so an unavailable bus is no error here.
-        """
-        envelope = _access_envelope(change)
-        await self._apply_access(envelope)
-        try:
-            await self.bus.publish(BROADCAST, envelopes.encode(envelope))
-        except BusUnavailable:
-            metrics.BUS_PUBLISH_ERRORS.inc()
-            log.info(
-                "bus unavailable: instances read access change %s from the database", change.id
-            )
+        """Apply a recorded access change here now, and broadcast it to the other instances
+        (:meth:`AccessChanges.enforce`)."""
+        await self.access.enforce(change)
 
     # connections ----------------------------------------------------------------------------
     #
@@ -495,15 +402,9 @@ class Signaling:
             await self.execute(deliveries)
             return
         if isinstance(message, SessionRequest):
-            try:
-                with outage_unavailable():
-                    deliveries = await self._request(conn, role, principal, message)
-            except Unavailable as exc:
-                # The database is away (issue 16): answer, so the app can say "try again",
-                # rather than let the request go unanswered until the app's own timeout.
-                log.warning("session.request %s not served: %s", message.id, exc.message)
-                error = StatusError(code=exc.code, message=exc.message)
-                deliveries = [Send(conn, Status(id=message.id, ok=False, error=error))]
+            deliveries = await session_requests.serve(
+                self.hub, self._lock, conn, role, principal, message
+            )
         elif isinstance(message, RelayLoad) and role == "relay":
             await registry.report(principal, conn, message)
             return
@@ -511,63 +412,6 @@ class Signaling:
             async with self._lock:
                 deliveries = self.hub.receive(conn, message, time.monotonic())
         await self.execute(deliveries)
-
-    async def _request(
-        self, conn: str, role: Role, principal: str, request: SessionRequest
-    ) -> list[Delivery]:
-        if role == "relay":
-            # A relay watches a camera while it serves a viewer of it, or analyses it.
-            async with self._lock:
-                grants = self.hub.relay_serves(conn, request.device_id)
-            if grants is None:
-                device = await assignment.assigned_to(principal, request.device_id)
-                grants = None if device is None else (binding(device),)
-            async with self._lock:
-                if grants is not None:
-                    return self.hub.request_session(conn, request, time.monotonic(), None, grants)
-                return self.hub.strike(
-                    conn,
-                    request.id,
-                    ErrorCode.FORBIDDEN,
-                    "this relay neither serves a viewer of it nor analyses it",
-                )
-        if role != "user":
-            async with self._lock:
-                return self.hub.strike(
-                    conn, request.id, ErrorCode.FORBIDDEN, "only viewers request sessions"
-                )
-        try:
-            access = await authorize(
-                UserPrincipal(PydanticObjectId(principal), ""), request.device_id, Action.VIEW
-            )
-        except CloudError as exc:
-            return [
-                Send(
-                    conn,
-                    Status(
-                        id=request.id,
-                        ok=False,
-                        error=StatusError(code=exc.code, message=exc.message),
-                    ),
-                )
-            ]
-        relay: tuple[str, str] | None = None
-        if request.mode == "relay":
-            node = await registry.allocate(request.device_id)
-            if node is None:
-                error = StatusError(
-                    code=ErrorCode.UNAVAILABLE, message="no relay node is available"
-                )
-                return [Send(conn, Status(id=request.id, ok=False, error=error))]
-            relay = (node.relay_id, node.connection_id)
-        # Mode "auto" starts peer to peer; the client asks again with "relay" when ICE fails
-        # or takes too long (it alone sees its network), as device_sim.viewer and web/ do.
-        async with self._lock:
-            return self.hub.request_session(conn, request, time.monotonic(), relay, access.grants)
-
-
-def _access_envelope(change: AccessChange) -> Access:
-    return Access(str(change.id), str(change.device_id or ""), tuple(change.grants), change.reason)
 
 
 def refusal(exc: Exception) -> tuple[int, str]:
