@@ -15,6 +15,15 @@ driver does not retry a read or write on its own, since a retry after a socket t
 doubles the wait; the callers retry instead (apps on 503, relay nodes with idempotency keys,
 the periodic tasks at their next period); :func:`cloud.errors.database_unavailable` tells
 an outage from a bug.
+
+An instance runs at most ``MONGODB_POOL_SIZE`` operations at once (default 16, against the
+driver's 100); the others wait in the instance, as long as a reply may take. A server that
+falls behind then gets no more work than it can hold, and a wait that times out leaves it
+nothing to do: one that times out on its socket closes the connection while the server
+still runs its operation, and the retry opens another. With 100 per instance three
+instances under the soak (bench/soak.py) grew SecantusDB to its 1,000-connection cap,
+nearly all of them waiting for one collection's lock, and nothing recovered; with 16 the
+same run answered 503 for a while and recovered (docs/benchmarks.md, "Soak under faults").
 """
 
 import asyncio
@@ -77,6 +86,8 @@ class Database:
             serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
             connectTimeoutMS=CONNECT_TIMEOUT_MS,
             socketTimeoutMS=SOCKET_TIMEOUT_MS,
+            maxPoolSize=self._settings.database_pool,
+            waitQueueTimeoutMS=SOCKET_TIMEOUT_MS,
             retryReads=False,
             retryWrites=False,
             appname="visionconnect-cloud",

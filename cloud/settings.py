@@ -52,6 +52,8 @@ class Settings:
     data_dir: Path = Path("var")
     mongodb_url: str | None = None
     database_name: str = "visionconnect"
+    # Database operations one instance runs at once (cloud/db.py); more wait in the instance.
+    database_pool: int = 16
     redis_url: str | None = None
     jwt_secret: str = field(default="", repr=False)
     stun_urls: tuple[str, ...] = ()
@@ -126,6 +128,7 @@ class Settings:
             data_dir=Path(env.get("DATA_DIR", str(cls.data_dir))),
             mongodb_url=env.get("MONGODB_URL") or None,
             database_name=env.get("MONGODB_DATABASE", cls.database_name),
+            database_pool=_int(env, "MONGODB_POOL_SIZE", cls.database_pool),
             redis_url=env.get("REDIS_URL") or None,
             jwt_secret=env.get("JWT_SECRET", ""),
             stun_urls=_split(env.get("STUN_URLS")),
@@ -182,6 +185,8 @@ class Settings:
             raise SettingsError("ONBOARDING_TTL_S must be between 60 and 600 seconds")
         if not 1 <= self.event_retention_days <= 3650:
             raise SettingsError("EVENT_RETENTION_DAYS must be between 1 and 3650")
+        if not 1 <= self.database_pool <= 1000:
+            raise SettingsError("MONGODB_POOL_SIZE must be between 1 and 1000")
         if not 3 <= self.presence_ttl_s <= 600:
             raise SettingsError("PRESENCE_TTL_S must be between 3 and 600 seconds")
         if min(self.sdp_per_s, self.ice_per_s, self.viewers_per_camera) < 1:
