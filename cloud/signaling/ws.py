@@ -80,6 +80,7 @@ SEND_TIMEOUT_S = 5.0
 TICK_S = 1.0
 SWEEP_S = 2.0
 ASSIGN_S = 1.0  # analysis assignment (cloud.analysis), sooner when a camera reports motion
+STORED = (PresenceChanged, Record, StatsReport, MotionReport)  # deliveries that write the database
 
 
 class Socket(Protocol):
@@ -141,6 +142,9 @@ class Signaling:
             asyncio.create_task(self._every(SWEEP_S, self.presence.sweep), name="presence-sweep"),
             asyncio.create_task(
                 self._every(self.refresh_s, self.presence.refresh), name="presence-refresh"
+            ),
+            asyncio.create_task(
+                self._every(self.refresh_s, self.presence.repair), name="presence-repair"
             ),
             asyncio.create_task(self._every(ACCESS_POLL_S, self.access.read), name="access"),
             asyncio.create_task(
@@ -266,9 +270,11 @@ class Signaling:
     # carrying out deliveries ------------------------------------------------------------------
 
     async def execute(self, deliveries: list[Delivery], *, strict: bool = False) -> None:
-        """Carry out deliveries in order; an error is logged and the next one goes on, but
-        ``strict`` stops at an unavailable bus and raises :class:`BusUnavailable`."""
-        for d in deliveries:
+        """Carry out deliveries in order, the database's writes last (a slow database then
+        delays no message: in the soak a revocation's ``session.end`` waited behind a session
+        record's write); an error is logged and the next one goes on, but ``strict`` stops at
+        an unavailable bus and raises :class:`BusUnavailable`."""
+        for d in sorted(deliveries, key=lambda d: isinstance(d, STORED)):  # stable
             try:
                 match d:
                     case Send():
