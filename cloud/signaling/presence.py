@@ -272,7 +272,8 @@ class Presence:
         A camera's connection is live while it answers WebSocket pings (uvicorn closes it
         otherwise), so the instance, not the camera, refreshes presence. ``last_seen`` is
         written when presence changes only: one database write per camera per refresh
-        stalled the database at a few thousand cameras (bench/signaling.py).
+        stalled the database at a few thousand cameras (bench/signaling.py). The bus only:
+        a paused database must not let the leases run out (:meth:`repair` is its own round).
         """
         cameras = list(self._hub.cameras.items())
         relays = [
@@ -284,7 +285,10 @@ class Presence:
         # every instance (its relayed sessions and event threads end; soak finding 2).
         for device_id, conn in relays + cameras:
             await self._bus.set_presence(device_id, conn, self.ttl_s)
-        await self.cameras.repair(cameras)
+
+    async def repair(self) -> None:
+        """Write "online" again for a batch of local cameras the database shows offline."""
+        await self.cameras.repair(list(self._hub.cameras.items()))
 
     async def sweep(self) -> None:
         """Presence that expired without a clear means the camera's instance died."""
