@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from cloud import metrics
 from cloud.context import context, require_user, user
-from cloud.devices.access import Action, audience, authorize, parse_id, visible_devices
+from cloud.devices.access import Action, audiences, authorize, parse_id, visible_devices
 from cloud.devices.models import Device
 from cloud.errors import Invalid, Malformed, NotFound, Unavailable, database_unavailable
 from cloud.events.models import EventReceipt, EventSnapshot, EventThread, event_out
@@ -197,7 +197,9 @@ async def _apply(
             {"$set": {"jpeg": snapshot, "expires_at": fields["expires_at"]}},
             upsert=True,
         )
-    return event_out(thread), await audience(device.id), told_by_upload
+    # The device was read for this report: its shares are the one read left (not audience()).
+    users = (await audiences({device.id: device.owner_id}))[device.id]
+    return event_out(thread), users, told_by_upload
 
 
 # users ----------------------------------------------------------------------------------
