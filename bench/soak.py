@@ -1452,8 +1452,14 @@ class Soak:
     def outbox(self) -> dict[str, int]:
         client: MongoClient[dict[str, Any]]
         with MongoClient(self.env["MONGODB_URL"], serverSelectionTimeoutMS=5000) as client:
-            found: Any = client[self.env["MONGODB_DATABASE"]]["notify_deliveries"]
-            return dict(Counter(str(d["status"]) for d in found.find({}, {"status": 1})))
+            found: Any = client[self.env["MONGODB_DATABASE"]]["notify_outbox"]
+            return dict(
+                Counter(
+                    str(d["status"])
+                    for n in found.find({}, {"deliveries.status": 1})
+                    for d in n["deliveries"]
+                )
+            )
 
 
 def candidate(k: int) -> dict[str, Any]:
