@@ -20,15 +20,17 @@ instance) one read of the devices assigned to the nodes it holds, to tell them
 (:func:`cameras_of`): that last read grows with the armed cameras of those nodes, once a
 second. Not measured at fleet scale yet.
 
-While no node is live there is nobody to assign a camera to, and the two device reads
-(the release query, which SecantusDB answers by scanning every device, and up to
-:data:`BATCH` whole documents of waiting cameras) cost the database ~0.28 s of CPU per
-second per instance at 10,000 online devices (docs/benchmarks.md, storm session 6). Such a
-step then reads only the live nodes (:class:`IdleReads`): the first step after the last
-node left still reads (its cameras are released at once), and after it one step in
+While no node is live there is nobody to assign a camera to, and the two device reads (the
+release query, which SecantusDB answers by scanning every device, and up to :data:`BATCH`
+whole documents of waiting cameras) cost the database ~0.28 s of CPU per second per
+instance at 10,000 online devices (docs/benchmarks.md, storm session 6). Such a step then
+reads only the live nodes (:class:`IdleReads`): the first step after the last node left
+still reads (its cameras are released at once), and after it one step in
 :data:`IDLE_READ_S` does, which releases what is left assigned to a node gone meanwhile and
 recounts the waiting cameras for the metric (``waiting_for_relay`` is up to that old; it
-counts at most :data:`BATCH` as before). Nothing a client sees depends on those reads:
+counts at most :data:`BATCH` as before). While live nodes are all full there is nobody to
+assign a camera to either: every step still reads the releases (they make room), and the
+waiting cameras once in :data:`IDLE_READ_S`. Nothing a client sees depends on those reads:
 ``GET /devices`` computes each camera's state from the live nodes at request time
 (:func:`analysis_state`: armed and online with no live node is ``waiting_for_relay``,
 whatever ``analysis_relay`` still names), and a node that comes back finds its
@@ -59,24 +61,34 @@ IDLE_READ_S = 30.0  # with no live node, the devices are read once in this long
 
 
 class IdleReads:
-    """Whether a step with no live node reads the devices: the first such step after one
-    with nodes (or the first ever), then one every ``every_s``. Pure, given the monotonic
-    time; keeps the count of waiting cameras its last read found."""
+    """Whether a step with no room on any node reads the devices. With no live node: the
+    first such step after one with nodes (or the first ever), then one every ``every_s``;
+    with live nodes all full, the waiting cameras once every ``every_s`` (the releases are
+    read every step: they make room). Pure, given the monotonic time; keeps the count of
+    waiting cameras its last read found."""
 
     def __init__(self, every_s: float = IDLE_READ_S) -> None:
         self.every_s = every_s
         self.waiting = 0
-        self._read_at: float | None = None  # None: the next idle step reads
+        self._read_at: float | None = None  # None: the next step without room reads
+        self._nodes_left = False  # nodes were live: the first step without them reads
 
     def due(self, now: float) -> bool:
+        return self._nodes_left or self.period_due(now)
+
+    def period_due(self, now: float) -> bool:
         return self._read_at is None or now - self._read_at >= self.every_s
 
     def read(self, now: float, waiting: int) -> None:
-        """A step with no live node read the devices."""
-        self._read_at, self.waiting = now, waiting
+        """A step without room read the waiting cameras."""
+        self._read_at, self.waiting, self._nodes_left = now, waiting, False
 
     def nodes_seen(self) -> None:
         """A step had live nodes: once they are gone, the next step reads."""
+        self._nodes_left = True
+
+    def room_seen(self) -> None:
+        """A step had room on a node: once there is none, the next step reads."""
         self._read_at = None
 
 
@@ -164,6 +176,15 @@ async def assign(now: datetime | None = None, idle: IdleReads | None = None) -> 
             log.info("analysis of %s released from %s", device.id, device.analysis_relay)
 
     await assign_uploads(live)
+    room = {r: node.capacity - assigned.get(r, 0) for r, node in live.items()}
+    full = not any(n > 0 for n in room.values())
+    if idle is not None and full and live and not idle.period_due(time.monotonic()):
+        # every node is full: nobody to assign a camera to (the soak's node has no room)
+        metrics.LIVE.analysis = {
+            "active": sum(assigned.values()),
+            "waiting_for_relay": idle.waiting,
+        }
+        return
     waiting = await Device.find(
         {
             "online": True,
@@ -188,8 +209,11 @@ async def assign(now: datetime | None = None, idle: IdleReads | None = None) -> 
             log.info("analysis of %s assigned to %s", device.id, best)
     # GET /metrics reads these (cloud.metrics): no database scan per scrape.
     metrics.LIVE.analysis = {"active": sum(assigned.values()), "waiting_for_relay": len(left)}
-    if idle is not None and not live:
-        idle.read(time.monotonic(), len(left))
+    if idle is not None:
+        if full:
+            idle.read(time.monotonic(), len(left))
+        else:
+            idle.room_seen()
 
 
 async def _watching(device: Device, live: dict[str, LiveRelay]) -> list[str]:

@@ -185,14 +185,15 @@ class DeviceReads:
     """Counts ``Device.find`` calls made from the test's own task: the app's assignment loop
     runs beside it in another context and is not counted."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, waiting_only: bool = False) -> None:
         self.count = 0
         self._mine: contextvars.ContextVar[bool] = contextvars.ContextVar("mine", default=False)
         self._mine.set(True)
         find = Device.find
 
         def spy(*args: Any, **kwargs: Any) -> Any:
-            if self._mine.get():
+            waiting = bool(args) and args[0].get("analysis_relay", "") is None
+            if self._mine.get() and (waiting or not waiting_only):
                 self.count += 1
             return find(*args, **kwargs)
 
@@ -235,6 +236,36 @@ async def test_with_no_live_relay_node_a_step_reads_no_devices_but_once_in_a_whi
     assert reads.since() > 0
     await assignment.assign()  # without IdleReads every step reads, as before
     assert reads.since() > 0
+
+
+async def test_with_every_live_node_full_a_step_reads_the_waiting_cameras_once_in_a_while(
+    app: Starlette, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nodes = {"relay-full": assignment.LiveRelay("relay-full", capacity=0)}
+
+    async def live_relays(now: datetime | None = None) -> dict[str, assignment.LiveRelay]:
+        return dict(nodes)
+
+    monkeypatch.setattr(assignment, "live_relays", live_relays)
+    waiting = DeviceReads(monkeypatch, waiting_only=True)
+    idle = assignment.IdleReads(every_s=3600)
+    await assignment.assign(idle=idle)
+    assert waiting.since() == 1  # the first full step counts them (the metric)
+    for _ in range(3):
+        await assignment.assign(idle=idle)
+    assert waiting.since() == 0  # nobody to assign them to
+
+    nodes["relay-room"] = assignment.LiveRelay("relay-room", capacity=5)
+    await assignment.assign(idle=idle)
+    await assignment.assign(idle=idle)
+    assert waiting.since() == 2  # room: every step reads
+    del nodes["relay-room"]
+    await assignment.assign(idle=idle)
+    await assignment.assign(idle=idle)
+    assert waiting.since() == 1  # full again: the first step reads, the next does not
+    idle.every_s = 0  # its period passed
+    await assignment.assign(idle=idle)
+    assert waiting.since() == 1
 
 
 def test_an_armed_online_camera_still_assigned_to_a_node_gone_is_waiting_for_relay() -> None:
