@@ -1564,6 +1564,8 @@ def main() -> None:
             modes=tuple(args.modes.split(",")),
         )
     print(f"Soak under faults — {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}", flush=True)
+    # kill (SIGTERM) stops the servers started here too, as Ctrl-C does
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("soak: terminated"))
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
     result = run_soak(config, args.keep)
