@@ -14,7 +14,7 @@
 // state, url}; one notification per tag (an event thread), replaced by the thread's next
 // push; a click focuses the app (or opens it) at `url`.
 
-const VERSION = "vc-shell-2";
+const VERSION = "vc-shell-3";
 const SHELL = [
   "/",
   "/manifest.webmanifest",
@@ -26,11 +26,13 @@ const SHELL = [
   "/static/icons/maskable-512.png",
   "/static/js/api.js",
   "/static/js/app.js",
+  "/static/js/codecs.js",
   "/static/js/devices.js",
   "/static/js/dom.js",
   "/static/js/feed.js",
   "/static/js/live.js",
   "/static/js/push.js",
+  "/static/js/sessionstats.js",
   "/static/js/signaling.js",
   "/static/js/words.js",
   "/static/js/views/add.js",

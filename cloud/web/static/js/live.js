@@ -20,18 +20,18 @@
 // is applied (peer/ice.py, EarlyCandidates and RemoteCandidates), and stock browsers' mDNS
 // host candidates are learnt from their checks as peer-reflexive ones.
 //
-// Codecs: the offer prefers H.264 (packetization mode 1, the cameras' codec), then VP8
-// (synthetic sources), with the browser's resiliency codecs (rtx, red, FEC) kept after them;
-// a relay node forwards the camera's stream as it is, so a viewer must be able to take it
-// (otherwise `session.end` with `codec_mismatch`). The codec received is read from getStats.
+// Codecs: the offer prefers H.264, then VP8 (codecs.js). The codec received is read from
+// getStats (sessionstats.js).
 //
 // Once the first frame is on screen the page tells the cloud how the session connected
 // (`session.stats`: the selected candidate pair's types and first-hop protocol from getStats,
-// ICE duration from the offer to "connected", time to first frame), so that the camera's
-// owner can see why a session was relayed (GET /devices/{id}/sessions).
+// ICE duration from the offer to "connected", time to first frame; sessionstats.js), so that
+// the camera's owner can see why a session was relayed (GET /devices/{id}/sessions).
 //
 // Every wait has a deadline and ends in a visible outcome (LiveError with a reason).
 
+import { preferCodecs } from "./codecs.js";
+import { firstHop, receivedCodec, selectedPair, statsMessage } from "./sessionstats.js";
 import { newId } from "./signaling.js";
 import { endReasonText } from "./words.js";
 
@@ -42,10 +42,6 @@ const ANSWER_TIMEOUT_MS = 10000;
 const FIRST_FRAME_MS = 10000;
 // Direct-attempt failures that a relay can get around.
 const FALLBACK_REASONS = new Set(["ice_failed", "timeout"]);
-// session.stats bounds (docs/protocol.md, "Session statistics")
-const CANDIDATE_TYPES = new Set(["host", "srflx", "prflx", "relay"]);
-const MAX_ICE_MS = 120000;
-const MAX_TTFF_MS = 300000;
 
 export class LiveError extends Error {
   constructor(reason, message = endReasonText(reason)) {
@@ -69,120 +65,6 @@ async function race(promise, ended, ms, reason, message) {
   } finally {
     timer.cancel();
   }
-}
-
-// Chromium's setCodecPreferences takes only codecs from getCapabilities, and drops rtx, red
-// and FEC from the offer unless they are listed too.
-const RESILIENCE = new Set(["video/rtx", "video/red", "video/ulpfec", "video/flexfec-03"]);
-
-/**
- * The video codecs to offer, from the browser's capabilities, in order: every H.264 profile
- * in packetization mode 1 (in the browser's order), VP8, then the resiliency codecs; null
- * when the browser has neither H.264 nor VP8 (its own order is kept then).
- */
-export function preferredCodecs(capabilities) {
-  const codecs = capabilities?.codecs ?? [];
-  const mime = (codec) => codec.mimeType.toLowerCase();
-  const fmtp = (codec) => (codec.sdpFmtpLine ?? "").split(";").map((p) => p.trim());
-  const h264 = codecs.filter(
-    (c) => mime(c) === "video/h264" && fmtp(c).includes("packetization-mode=1"),
-  );
-  const vp8 = codecs.filter((c) => mime(c) === "video/vp8");
-  if (h264.length + vp8.length === 0) return null;
-  return [...h264, ...vp8, ...codecs.filter((c) => RESILIENCE.has(mime(c)))];
-}
-
-/** Ask `transceiver` for preferredCodecs(), where the browser lets a page choose. */
-function preferCodecs(transceiver) {
-  if (typeof transceiver.setCodecPreferences !== "function") return;
-  if (typeof RTCRtpReceiver.getCapabilities !== "function") return;
-  const codecs = preferredCodecs(RTCRtpReceiver.getCapabilities("video"));
-  if (!codecs) return;
-  try {
-    transceiver.setCodecPreferences(codecs);
-  } catch (error) {
-    console.warn("kept the browser's codec order", error);
-  }
-}
-
-/** The received video's codec as its MIME subtype ("H264", "VP8"), or null if not known yet. */
-export async function receivedCodec(pc) {
-  const stats = await pc.getStats();
-  let codec = null;
-  stats.forEach((report) => {
-    if (report.type === "inbound-rtp" && report.kind === "video" && report.codecId) {
-      const mimeType = stats.get(report.codecId)?.mimeType;
-      if (mimeType) codec = mimeType.split("/").pop();
-    }
-  });
-  return codec;
-}
-
-/**
- * The candidate pair carrying media: {local: {type, address, port, protocol, relayProtocol},
- * remote}; `relayProtocol` ("udp", "tcp" or "tls") only for a local relay candidate: how the
- * browser reaches its TURN server.
- */
-export async function selectedPair(pc) {
-  const stats = await pc.getStats();
-  let pair = null;
-  stats.forEach((report) => {
-    if (report.type === "transport" && report.selectedCandidatePairId) {
-      pair = stats.get(report.selectedCandidatePairId) ?? pair;
-    }
-  });
-  if (!pair) {
-    stats.forEach((report) => {
-      if (report.type === "candidate-pair" && report.nominated && report.state === "succeeded") {
-        pair ??= report;
-      }
-    });
-  }
-  if (!pair) return null;
-  const describe = (candidate) => candidate && {
-    type: candidate.candidateType,
-    address: candidate.address ?? candidate.ip ?? "",
-    port: candidate.port,
-    protocol: candidate.protocol,
-    relayProtocol: candidate.relayProtocol,
-  };
-  return {
-    local: describe(stats.get(pair.localCandidateId)),
-    remote: describe(stats.get(pair.remoteCandidateId)),
-  };
-}
-
-/**
- * The transport of this side's first hop, "udp" or "tcp" (null if unknown): to the TURN
- * server for a local relay candidate (TLS counts as TCP), else the local candidate's.
- */
-export function firstHop(pair) {
-  const local = pair?.local;
-  const protocol = local?.type === "relay" ? local.relayProtocol : local?.protocol;
-  if (protocol === "tls") return "tcp";
-  return protocol === "udp" || protocol === "tcp" ? protocol : null;
-}
-
-/**
- * The session.stats message for a session playing on `pair` (null when the pair's types are
- * unknown). `route`: "direct", "turn" or "relay" as Attempt.routeKind.
- */
-export function statsMessage(sessionId, route, pair, iceMs, ttffMs) {
-  const local = pair?.local?.type;
-  const remote = pair?.remote?.type;
-  const protocol = firstHop(pair);
-  if (!CANDIDATE_TYPES.has(local) || !CANDIDATE_TYPES.has(remote) || !protocol) return null;
-  const ms = (value, max) => Math.min(max, Math.max(0, Math.round(value)));
-  return {
-    type: "session.stats",
-    session_id: sessionId,
-    route: route === "direct" ? "p2p" : route,
-    local_candidate_type: local,
-    remote_candidate_type: remote,
-    protocol,
-    ice_ms: ms(iceMs, MAX_ICE_MS),
-    ttff_ms: ms(ttffMs, MAX_TTFF_MS),
-  };
 }
 
 /** One session with the camera (directly) or with a relay node. */
