@@ -88,6 +88,10 @@ EVENT_TYPES = {"event", "device.presence"}
 SESSION_TYPES = {"session.created", "session.answer", "session.ice", "session.end"}
 
 
+class SignInFailed(Exception):
+    """The cloud did not sign an account in within the bench's patience."""
+
+
 @dataclass
 class SoakConfig:
     instances: int = 3
@@ -437,6 +441,7 @@ class PhaseResult:
     expected: Counter[str] = field(default_factory=Counter)
     delivered: Counter[str] = field(default_factory=Counter)
     lost: list[str] = field(default_factory=list)
+    db_busy: float | None = None  # the database's CPU over the phase's wall time
 
 
 @dataclass
@@ -478,14 +483,16 @@ class SoakResult:
         c = self.config
         lines = [
             f"soak: {c.instances} cloud instances, redis, SecantusDB; {c.cameras} cameras, "
-            f"{c.accounts} accounts ({c.share_fraction:.0%} of cameras shared), "
+            f"{c.accounts} accounts ({c.share_fraction:.0%} of cameras shared, "
+            f"{c.listeners} more client sockets each), "
             f"{c.session_rate:g} sessions/s, {c.report_rate:g} reports/s; wall {self.wall_s:.0f} s",
             f"{'mode':<10}{'checked':>9}{'no grant':>9}{'window':>8}{'lag':>6}"
             f"{'events ws':>14}{'sse':>12}{'webhooks':>14}{'sessions ok/fail':>18}"
-            f"{'500s':>6}{'recovery s':>11}",
+            f"{'500s':>6}{'recovery s':>11}{'db cpu':>8}",
         ]
         for p in self.phases.values():
             rec = "-" if p.recovery_s is None else f"{p.recovery_s:.1f}"
+            db = "-" if p.db_busy is None else f"{p.db_busy:.0%}"
             lines.append(
                 f"{p.mode:<10}{p.checks['checked']:>9}{p.checks['violation']:>9}"
                 f"{p.checks['grace']:>8}{p.checks['late']:>6}"
@@ -493,12 +500,13 @@ class SoakResult:
                 f"{p.delivered['sse']:>6}/{p.expected['sse']:<5}"
                 f"{p.delivered['webhook']:>7}/{p.expected['webhook']:<6}"
                 f"{p.sessions['ok']:>10}/{p.sessions['failed']:<7}"
-                f"{p.reports['500']:>6}{rec:>11}"
+                f"{p.reports['500']:>6}{rec:>11}{db:>8}"
             )
         lines.append(
             "(events ws/sse/webhooks: delivered/expected; checked: deliveries checked "
             "against the grants; window: inside a revocation's 2 s window; lag: past it "
-            "but within the bench's own loop lag)"
+            "but within the bench's own loop lag; db cpu: the database server's CPU over the "
+            "phase, 100 % = one core)"
         )
         for p in self.phases.values():
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(p.checks.items()) if ":" in k)
@@ -531,6 +539,7 @@ class Soak:
         self.probe_account: Account | None = None
         self.probes: list[Device] = []
         self.phase = "setup"
+        self.phase_from: tuple[float, float] | None = None  # database CPU s, time
         self.phases: dict[str, PhaseResult] = {}
         self.receipts: set[tuple[int, str, str]] = set()  # (connection, event id, state)
         self.hooks: set[tuple[int, str, str]] = set()  # (account, event id, state)
@@ -560,6 +569,31 @@ class Soak:
 
     def result(self) -> PhaseResult:
         return self.phases.setdefault(self.phase, PhaseResult(self.phase))
+
+    def begin(self, mode: str | None) -> PhaseResult:
+        """Start a phase (None: the load stopped, deliveries still count in the last); the
+        one before it gets the database's CPU over its wall time."""
+        cpu, now = self.db_cpu(), time.monotonic()
+        before = self.phases.get(self.phase)
+        if before is not None and self.phase_from is not None:
+            before.db_busy = (cpu - self.phase_from[0]) / max(1e-9, now - self.phase_from[1])
+        self.phase_from = (cpu, now)
+        if mode is None:
+            return self.result()
+        self.phase = mode
+        p = self.phases[mode] = PhaseResult(mode)
+        return p
+
+    def db_cpu(self) -> float:
+        """CPU seconds the database's server process used so far (0 without one)."""
+        if self.db_process is None:
+            return 0.0
+        try:
+            fields = Path(f"/proc/{self.db_process.pid}/stat").read_text().rsplit(")", 1)[1]
+        except OSError:
+            return 0.0
+        utime, stime = fields.split()[11:13]
+        return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
 
     def check(self, channel: str, verdict: str, t: float, what: str) -> None:
         p = self.result()
@@ -647,7 +681,8 @@ class Soak:
     async def login(self, account: Account) -> SignIn:
         body = {"email": account.email, "password": account.password}
         status, tokens, _ = await self.api("POST", "/api/v1/auth/login", body=body)
-        assert status == 200, (status, tokens)
+        if status != 200:
+            raise SignInFailed(f"sign-in of {account.email} answered {status}: {tokens}")
         return SignIn(account, tokens["access_token"], tokens["refresh_token"], time.monotonic())
 
     async def fresh(self, s: SignIn) -> str:
@@ -779,8 +814,13 @@ class Soak:
         if status == 204 or (status == 401 and "credentials" in json.dumps(out)):
             ended.ended_answered, ended.ended = answered, True
             a.password = new
-            a.extra = await self.login(a)
-            self.start_extra(a)
+            try:
+                a.extra = await self.login(a)
+            except SignInFailed as exc:  # the account goes on without its second sign-in
+                a.extra = None
+                self.findings.append(f"after a password change: {exc}")
+            else:
+                self.start_extra(a)
         else:
             ended.ended_sent = None
             self.findings.append(f"password change failed: {status} {out}")
@@ -1306,8 +1346,7 @@ class Soak:
         await web.TCPSite(runner, "127.0.0.1", self.hook_port).start()
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=200)
         self.http = httpx.AsyncClient(limits=limits, timeout=15)
-        self.phase = "setup"
-        self.phases["setup"] = PhaseResult("setup")
+        self.begin("setup")
         try:
             await self.setup()
             self.spawn(self.relay_ws())
@@ -1326,23 +1365,21 @@ class Soak:
                     break
                 await asyncio.sleep(0.5)
             self.phases["setup"].notes.append(f"ready after {time.monotonic() - started:.0f} s")
-            self.phase = "baseline"
-            self.phases["baseline"] = PhaseResult("baseline")
+            self.begin("baseline")
             loads = [self.spawn(x) for x in (self.sessions(), self.reporter(), self.churn())]
             await asyncio.sleep(c.baseline_s)
             await self.quiet_for(6)
             baseline = self.resources()
             self.quiet = False
             for mode in c.modes:
-                self.phase = mode
-                p = self.phases[mode] = PhaseResult(mode)
+                p = self.begin(mode)
                 await asyncio.sleep(c.lead_s)
                 await self.fault(mode, p)
                 await asyncio.sleep(c.after_s)
-            self.phase = "final"
-            self.phases["final"] = PhaseResult("final")
+            self.begin("final")
             await asyncio.sleep(c.final_s)
             self.quiet = True
+            self.begin(None)  # the final phase's database figure ends with the load
             stopped = time.monotonic()
             end, after, ok = baseline, None, False
             while True:
