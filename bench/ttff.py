@@ -45,9 +45,10 @@ from the camera between viewers). Each measures from the click's event time to t
 video frame composited for the new stream (``requestVideoFrameCallback``, hooked on the
 video element's ``srcObject`` by an init script), checks the route the page shows, and
 also reads the page's own time to first frame (from its ``session.request``). With
-``--before REV``, a second browser context gets ``cloud/web/static/js/live.js`` as it was at
-git revision REV (served through Playwright's request routing; the cloud is unchanged) and
-the two alternate session by session, so before and after see the same machine load.
+``--before REV``, a second browser context gets ``cloud/web/static/js/live.js`` and the
+modules split from it (``SESSION_MODULES``) as they were at git revision REV (served
+through Playwright's request routing; the cloud is unchanged) and the two alternate
+session by session, so before and after see the same machine load.
 Target: p50 <= 300 ms on both routes.
 """
 
@@ -96,6 +97,7 @@ ONLINE_TIMEOUT_S = 30.0
 GOLDEN = 0.618034  # join offsets spread evenly over a GOP
 BROWSER_TARGET_MS = 300.0
 CHROMIUM = "/usr/bin/chromium"
+SESSION_MODULES = ("live.js", "codecs.js", "sessionstats.js")  # what --before swaps
 # Stock Chromium: host candidates behind mDNS names, no loopback candidates (nothing in this
 # layout needs them: the phone reaches the camera and the relay on the veth address).
 CHROMIUM_FLAGS = [
@@ -304,7 +306,7 @@ class BrowserRun:
     page's own times (session.request -> frame), in ms."""
 
     label: str
-    live_js: str | None  # live.js to serve instead of the cloud's, or None
+    modules: dict[str, str]  # the session's modules (live.js and its own) to serve instead
     click: dict[str, list[float]] = field(default_factory=lambda: {DIRECT: [], RELAYED: []})
     page: dict[str, list[float]] = field(default_factory=lambda: {DIRECT: [], RELAYED: []})
 
@@ -330,13 +332,12 @@ async def browser_measure(
     """A signed-in phone (browser context) for ``run``; returns its page."""
     context = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     await context.add_init_script(FIRST_FRAME_HOOK)
-    if run.live_js is not None:
-        body = run.live_js
+    for name, body in run.modules.items():
 
-        async def serve(route: Any) -> None:
+        async def serve(route: Any, body: str = body) -> None:
             await route.fulfill(status=200, content_type="text/javascript", body=body)
 
-        await context.route("**/static/js/live.js", serve)
+        await context.route(f"**/static/js/{name}", serve)
     page = await context.new_page()
     page.set_default_timeout(30_000)
     await page.goto(url)
@@ -350,7 +351,7 @@ async def browser_measure(
 
 async def browser_round(page: Any, device_id: str, run: BrowserRun | None) -> None:
     """Watch (direct), End, Relay, back to the list; ``run`` None: a warm-up."""
-    scratch = BrowserRun("warm-up", None)
+    scratch = BrowserRun("warm-up", {})
     target = run or scratch
     card = page.locator(f"li.camera[data-device-id='{device_id}'][data-online=true]")
     await card.wait_for()
@@ -363,6 +364,25 @@ async def browser_round(page: Any, device_id: str, run: BrowserRun | None) -> No
     await asyncio.sleep(0.3)  # the sessions end; the relay keeps its upstream for a while
 
 
+def session_modules(rev: str) -> dict[str, str]:
+    """live.js and the modules split from it (a26b184), as they were at ``rev``; one
+    missing there (before the split) is served as it is now, which that live.js never asks
+    for."""
+    found = {}
+    for name in SESSION_MODULES:
+        shown = subprocess.run(
+            ["git", "show", f"{rev}:cloud/web/static/js/{name}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        if shown.returncode == 0:
+            found[name] = shown.stdout
+    if "live.js" not in found:
+        sys.exit(f"bench/ttff.py --before {rev}: no cloud/web/static/js/live.js there")
+    return found
+
+
 async def browser_main(sessions: int, before: str | None) -> None:
     from playwright.async_api import async_playwright
 
@@ -373,16 +393,9 @@ async def browser_main(sessions: int, before: str | None) -> None:
     reason = unavailable()
     if reason is not None:
         sys.exit(f"bench/ttff.py --browser {reason}: scripts/hermetic .venv/bin/python ...")
-    runs = [BrowserRun("current live.js", None)]
+    runs = [BrowserRun("current live.js", {})]
     if before is not None:
-        old = subprocess.run(
-            ["git", "show", f"{before}:cloud/web/static/js/live.js"],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        runs.insert(0, BrowserRun(f"live.js at {before}", old))
+        runs.insert(0, BrowserRun(f"live.js at {before}", session_modules(before)))
     relay_secret = secrets.token_urlsafe(24)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="vc-ttff-browser-") as name, ExitStack() as stack:
