@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from beanie import PydanticObjectId
-from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -162,8 +161,14 @@ async def _apply(
         # them by the upload and their order): the newest attempt's times stand.
         fields |= {"started_at": body.started_at, "offset_s": body.offset_s}
         del first["started_at"], origin["offset_s"]
-    doc = await EventThread.get_pymongo_collection().find_one_and_update(
-        {"device_id": device.id, "thread_id": body.thread_id},
+    # An upsert, then a read, rather than one find-and-modify: SecantusDB carries out a
+    # find-and-modify's update with {_id, $and: [query]}, which it answers by scanning every
+    # thread (the full soak, docs/benchmarks.md); both of these match an index exactly. A
+    # thread's reports come one at a time (relay/reports.py), so the read sees this one.
+    thread_key = {"device_id": device.id, "thread_id": body.thread_id}
+    threads = EventThread.get_pymongo_collection()
+    await threads.update_one(
+        thread_key,
         {
             "$set": fields,
             "$max": {"score": body.score},  # a thread's score is its peak confidence
@@ -172,10 +177,10 @@ async def _apply(
             | ({} if snapshot is not None else {"has_snapshot": False}),
         },
         upsert=True,
-        return_document=ReturnDocument.AFTER,
     )
-    if doc is None:  # cannot happen with upsert=True
-        raise RuntimeError("event upsert returned nothing")
+    doc = await threads.find_one(thread_key)
+    if doc is None:  # removed with its camera meanwhile
+        raise NotFound("no such device", ErrorCode.DEVICE_NOT_FOUND)
     thread = EventThread.model_validate({**doc, "id": doc["_id"]})
     told_by_upload = False
     if thread.clip_id is None:

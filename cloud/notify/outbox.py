@@ -31,7 +31,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from cloud.errors import database_unavailable
@@ -291,24 +290,36 @@ class Outbox:
             del self._chains[name]
 
     async def claim(self, limit: int) -> list[Notification]:
-        """Lease up to ``limit`` due notifications to this instance, one conditional
-        update each (open, due: a leased one is due when its lease runs out), the earliest
-        first."""
+        """Lease up to ``limit`` due notifications to this instance (open, due: a leased
+        one is due when its lease runs out), the earliest first.
+
+        Each is read, taken by a compare-and-set on its owner, and read again (the state
+        its round starts from), rather than by one find-and-modify: SecantusDB carries out
+        a find-and-modify's update with ``{_id, $and: [query]}``, a filter it answers by
+        scanning the whole collection (the full soak, docs/benchmarks.md). Another
+        instance may take it in between: then the next due one is tried."""
         collection = Notification.get_pymongo_collection()
         token = f"{self._owner}:{next(self._claims)}"
         won: list[Notification] = []
         while len(won) < limit:
             at = now()
-            lease = at + timedelta(seconds=LEASE_S)
-            doc = await collection.find_one_and_update(
+            due = await collection.find_one(
                 {"status": "open", "next_attempt_at": {"$lte": at}},
-                {"$set": {"lease_until": lease, "lease_owner": token, "next_attempt_at": lease}},
+                {"lease_owner": 1},
                 sort=[("next_attempt_at", 1)],
-                return_document=ReturnDocument.AFTER,
             )
-            if doc is None:
+            if due is None:
                 break
-            won.append(Notification.model_validate({**doc, "id": doc["_id"]}))
+            lease = at + timedelta(seconds=LEASE_S)
+            taken = await collection.update_one(
+                {"_id": due["_id"], "lease_owner": due.get("lease_owner")},  # an index exactly
+                {"$set": {"lease_until": lease, "lease_owner": token, "next_attempt_at": lease}},
+            )
+            if taken.modified_count != 1:
+                continue
+            doc = await collection.find_one({"_id": due["_id"]})
+            if doc is not None:
+                won.append(Notification.model_validate({**doc, "id": doc["_id"]}))
         return won
 
     # deliveries that will never be sent -----------------------------------------------------
