@@ -1337,6 +1337,10 @@ class Soak:
     async def run(self) -> SoakResult:
         c = self.c
         started = self.t0 = time.monotonic()
+        # kill (SIGTERM) ends the run as Ctrl-C does: run_soak then stops every server
+        main = asyncio.current_task()
+        assert main is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
         self.lag_task = asyncio.ensure_future(self.lag_monitor())
         receiver = web.Application()
         receiver.router.add_post("/hook/{n}", self.hook)
@@ -1601,11 +1605,12 @@ def main() -> None:
             modes=tuple(args.modes.split(",")),
         )
     print(f"Soak under faults — {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}", flush=True)
-    # kill (SIGTERM) stops the servers started here too, as Ctrl-C does
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit("soak: terminated"))
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
-    result = run_soak(config, args.keep)
+    try:
+        result = run_soak(config, args.keep)
+    except asyncio.CancelledError:  # SIGTERM (Soak.run); the servers are stopped
+        sys.exit("soak: terminated")
     print(result.report())
     failures = result.failures()
     print("\nVERDICT: " + ("PASS" if not failures else "FAIL\n  " + "\n  ".join(failures)))
