@@ -164,6 +164,8 @@ class SignIn:
     ended_sent: float | None = None
     ended_answered: float | None = None
     ended: bool = False
+    # one refresh at a time: a refresh token used twice ends the sign-in (reuse detection)
+    refreshing: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
 
 @dataclass
@@ -686,14 +688,15 @@ class Soak:
         return SignIn(account, tokens["access_token"], tokens["refresh_token"], time.monotonic())
 
     async def fresh(self, s: SignIn) -> str:
-        """The sign-in's access token, refreshed when older than 10 minutes."""
-        if time.monotonic() - s.got_at > 600 and not s.ended:
-            status, tokens, _ = await self.api(
-                "POST", "/api/v1/auth/refresh", body={"refresh_token": s.refresh}
-            )
-            if status == 200:
-                s.access, s.refresh = tokens["access_token"], tokens["refresh_token"]
-                s.got_at = time.monotonic()
+        """The sign-in's access token, refreshed when older than 10 minutes (they last 15)."""
+        async with s.refreshing:
+            if time.monotonic() - s.got_at > 600 and not s.ended:
+                status, tokens, _ = await self.api(
+                    "POST", "/api/v1/auth/refresh", body={"refresh_token": s.refresh}
+                )
+                if status == 200:
+                    s.access, s.refresh = tokens["access_token"], tokens["refresh_token"]
+                    s.got_at = time.monotonic()
         return s.access
 
     # setup -----------------------------------------------------------------------------------
@@ -742,7 +745,9 @@ class Soak:
             a.extra = await self.login(a)
             assert a.main is not None
             hook = {"url": f"http://127.0.0.1:{self.hook_port}/hook/{a.n}"}
-            status, out, _ = await self.api("POST", "/api/v1/webhooks", a.main.access, hook)
+            status, out, _ = await self.api(
+                "POST", "/api/v1/webhooks", await self.fresh(a.main), hook
+            )
             assert status == 201, out
         shared = self.rng.sample(range(c.cameras), int(c.cameras * c.share_fraction))
         for i in shared:
@@ -759,7 +764,7 @@ class Soak:
         status, _, _ = await self.api(
             "POST",
             f"/api/v1/devices/{d.id}/shares",
-            d.owner.main.access,
+            await self.fresh(d.owner.main),
             {"email": friend.email, "role": "viewer"},
         )
         if status in (201, 409):
@@ -770,18 +775,18 @@ class Soak:
         return False
 
     async def revoke(self, d: Device, friend: Account) -> None:
+        if d.owner.main is None:
+            return
+        token = await self.fresh(d.owner.main)  # before the revocation's time is taken
         ivs = [iv for iv in self.grants.shares[(friend.user_id, d.id)] if iv.end_sent is None]
-        if not ivs or d.owner.main is None:
+        if not ivs:
             return
         friend.shared.discard(d.id)
         t = time.monotonic()
         for iv in ivs:
             iv.end_sent = t
         status, out, answered = await self.api(
-            "DELETE",
-            f"/api/v1/devices/{d.id}/shares/{friend.user_id}",
-            d.owner.main.access,
-            done=(204, 404),
+            "DELETE", f"/api/v1/devices/{d.id}/shares/{friend.user_id}", token, done=(204, 404)
         )
         if status in (204, 404):
             for iv in ivs:
@@ -790,12 +795,15 @@ class Soak:
             self.findings.append(f"share DELETE gave up: {status} {out}")
 
     async def remove(self, d: Device) -> None:
-        if d.removed_sent is not None or d.owner.main is None or d.probe:
+        if d.owner.main is None or d.probe:
+            return
+        token = await self.fresh(d.owner.main)  # before the removal's time is taken
+        if d.removed_sent is not None:
             return
         d.removed_sent = time.monotonic()
         d.owner.owned.remove(d.id)
         status, out, answered = await self.api(
-            "DELETE", f"/api/v1/devices/{d.id}", d.owner.main.access, done=(204, 404)
+            "DELETE", f"/api/v1/devices/{d.id}", token, done=(204, 404)
         )
         if status in (204, 404):
             d.removed_answered = answered
@@ -806,11 +814,12 @@ class Soak:
         if a.busy or a.main is None or a.extra is None:
             return
         a.busy = True
+        token = await self.fresh(a.main)  # before the change's time is taken
         old, new = a.password, f"Soak-{secrets.token_hex(6)}-Pw9"
         ended = a.extra
         ended.ended_sent = time.monotonic()
         body = {"current_password": old, "new_password": new}
-        status, out, answered = await self.api("POST", "/api/v1/me/password", a.main.access, body)
+        status, out, answered = await self.api("POST", "/api/v1/me/password", token, body)
         if status == 204 or (status == 401 and "credentials" in json.dumps(out)):
             ended.ended_answered, ended.ended = answered, True
             a.password = new
@@ -1281,7 +1290,7 @@ class Soak:
                 await cam.send(
                     json.dumps({"type": "hello", "token": assertion(self.key, d.id, PUBLIC)})
                 )
-                await v.send(json.dumps({"type": "hello", "token": s.access}))
+                await v.send(json.dumps({"type": "hello", "token": await self.fresh(s)}))
                 for ws in (cam, v):
                     if json.loads(await asyncio.wait_for(ws.recv(), 5)).get("type") != "welcome":
                         return False
