@@ -19,7 +19,9 @@ cheaply, on one asyncio loop:
 - accounts: each owns cameras; some cameras are shared with other accounts. Each account
   has a *main* sign-in (its API calls and one client WebSocket that opens sessions) and an
   *extra* sign-in (``--listeners`` client WebSockets and one ``/api/v1/stream``), which a
-  password change ends; one webhook per account to a loopback receiver here;
+  password change ends; one webhook per account to a loopback receiver here, and one
+  phone: a Web Push subscription to the push service of tests/cloud/notify/receivers.py,
+  which checks each message's VAPID signature and decrypts it as the browser would;
 - viewers: sessions opened continually (``session.request`` p2p -> offer + candidates ->
   the camera's answer + candidates -> hang up after a moment);
 - a relay node: its ``/ws/v1/relay`` connection and event reports (``new``, ``update``,
@@ -43,7 +45,8 @@ that moment (it may have arrived earlier) is counted apart as "late within bench
 "Nothing lost": each report answered 200 must reach every client connection open from
 before the report was first sent until 5 s after its answer, of an account entitled to
 the camera all that time, and each webhook of an account entitled from before the report
-until the end of the run.
+until the end of the run; each thread's ``new`` and ``end`` the phone of every account
+entitled from before the ``new`` until the end of the run (``NOTIFY_COOLDOWN_S=0``).
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -79,6 +82,7 @@ from pymongo import MongoClient
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from device_sim.identity import assertion, public_key_b64
+from tests.cloud.notify.receivers import PushMessage, PushService
 from tests.e2e.cluster import start_redis
 from tests.servers import free_port, secantus_process, start_cloud, stop
 
@@ -95,6 +99,21 @@ SESSION_TYPES = {"session.created", "session.answer", "session.ice", "session.en
 
 class SignInFailed(Exception):
     """The cloud did not sign an account in within the bench's patience."""
+
+
+class SoakPushService(PushService):
+    """The push service of tests/cloud/notify/receivers.py (VAPID checked, every message
+    decrypted as the browser would), telling the soak each message as it arrives."""
+
+    def __init__(self, arrived: Callable[[PushMessage, float], None]) -> None:
+        super().__init__()
+        self._arrived = arrived
+
+    async def _receive(self, request: web.Request) -> web.Response:
+        response = await super()._receive(request)
+        if response.status == 201:  # appended just now, nothing awaited since
+            self._arrived(self.messages[-1], time.monotonic())
+        return response
 
 
 @dataclass
@@ -473,7 +492,7 @@ class SoakResult:
                     f"{p.mode}: {p.checks['violation']} deliveries without a grant: "
                     f"{p.violations[:5]}"
                 )
-            for what in ("ws", "sse", "webhook"):
+            for what in ("ws", "sse", "webhook", "push"):
                 if p.expected[what] != p.delivered[what]:
                     out.append(
                         f"{p.mode}: {what} expected {p.expected[what]}, delivered "
@@ -494,7 +513,7 @@ class SoakResult:
             f"{c.listeners} more client sockets each), "
             f"{c.session_rate:g} sessions/s, {c.report_rate:g} reports/s; wall {self.wall_s:.0f} s",
             f"{'mode':<10}{'checked':>9}{'no grant':>9}{'window':>8}{'lag':>6}"
-            f"{'events ws':>14}{'sse':>12}{'webhooks':>14}{'sessions ok/fail':>18}"
+            f"{'events ws':>14}{'sse':>12}{'webhooks':>14}{'pushes':>14}{'sessions ok/fail':>18}"
             f"{'500s':>6}{'recovery s':>11}{'db cpu':>8}",
         ]
         for p in self.phases.values():
@@ -506,14 +525,15 @@ class SoakResult:
                 f"{p.delivered['ws']:>7}/{p.expected['ws']:<6}"
                 f"{p.delivered['sse']:>6}/{p.expected['sse']:<5}"
                 f"{p.delivered['webhook']:>7}/{p.expected['webhook']:<6}"
+                f"{p.delivered['push']:>7}/{p.expected['push']:<6}"
                 f"{p.sessions['ok']:>10}/{p.sessions['failed']:<7}"
                 f"{p.reports['500']:>6}{rec:>11}{db:>8}"
             )
         lines.append(
-            "(events ws/sse/webhooks: delivered/expected; checked: deliveries checked "
-            "against the grants; window: inside a revocation's 2 s window; lag: past it "
-            "but within the bench's own loop lag; db cpu: the database server's CPU over the "
-            "phase, 100 % = one core)"
+            "(events ws/sse/webhooks/pushes: delivered/expected, pushes decrypted by a phone; "
+            "checked: deliveries checked against the grants; window: inside a revocation's "
+            "2 s window; lag: past it but within the bench's own loop lag; db cpu: the "
+            "database server's CPU over the phase, 100 % = one core)"
         )
         for p in self.phases.values():
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(p.checks.items()) if ":" in k)
@@ -529,7 +549,7 @@ class SoakResult:
             f"{'BACK AT BASELINE' if self.resources_ok else 'NOT BACK'}"
         )
         lines.append(
-            f"outbox (the product's record of webhook deliveries): {self.outbox}; "
+            f"outbox (the product's record of webhook and push deliveries): {self.outbox}; "
             f"waited {self.lost_wait_s:.0f} s after the load stopped for the last"
         )
         lines += [f"FINDING: {f}" for f in self.findings]
@@ -551,6 +571,9 @@ class Soak:
         self.receipts: set[tuple[int, str, str]] = set()  # (connection, event id, state)
         self.hooks: set[tuple[int, str, str]] = set()  # (account, event id, state)
         self.hook_ids: Counter[str] = Counter()
+        self.push = SoakPushService(self.pushed)
+        self.browsers: dict[str, int] = {}  # push subscription (browser) -> account
+        self.pushes: set[tuple[int, str, str]] = set()  # (account, event id, state)
         self.reports: list[Report] = []
         self.conns: list[ClientConn] = []
         self.other: Counter[str] = Counter()
@@ -754,6 +777,12 @@ class Soak:
                 "POST", "/api/v1/webhooks", await self.fresh(a.main), hook
             )
             assert status == 201, out
+            browser, subscription = self.push.subscribe()  # one phone per account
+            self.browsers[browser.name] = a.n
+            status, out, _ = await self.api(
+                "POST", "/api/v1/push/subscriptions", await self.fresh(a.main), subscription
+            )
+            assert status in (200, 201), out
         shared = self.rng.sample(range(c.cameras), int(c.cameras * c.share_fraction))
         for i in shared:
             d = self.grants.devices[str(ids[i])]
@@ -983,6 +1012,14 @@ class Soak:
         self.hook_ids[request.headers.get("webhook-id", "")] += 1
         self.hooks.add((n, data["id"], body["type"].removeprefix("event.")))
         return web.Response(status=200)
+
+    def pushed(self, m: PushMessage, t: float) -> None:
+        """A Web Push message decrypted by an account's phone."""
+        a = self.accounts[self.browsers[m.browser]]
+        device = m.payload["device_id"]
+        verdict = self.grants.access(a.user_id, device, t)
+        self.check("push", verdict, t, f"push to {a.user_id} for {device}")
+        self.pushes.add((a.n, m.payload["event_id"], m.payload["state"]))
 
     # load ------------------------------------------------------------------------------------
 
@@ -1362,6 +1399,7 @@ class Soak:
         await runner.setup()
         self.hook_port = free_port()
         await web.TCPSite(runner, "127.0.0.1", self.hook_port).start()
+        await self.push.start()
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=200)
         self.http = httpx.AsyncClient(limits=limits, timeout=15)
         self.begin("setup")
@@ -1421,6 +1459,7 @@ class Soak:
             self.lag_task.cancel()
             await self.http.aclose()
             await runner.cleanup()
+            await self.push.stop()
         return SoakResult(
             c,
             self.phases,
@@ -1443,6 +1482,8 @@ class Soak:
             if conn.welcomed is not None and not hooks_only:
                 by_user[conn.user].append(conn)
         end = time.monotonic()
+        # a thread's end is pushed to the subscriptions its new was pushed to
+        news = {r.event_id: r for r in self.reports if r.state == "new"}
         for r in self.reports:
             audience = {self.grants.devices[r.device].owner.user_id}
             audience |= self.grants.sharers[r.device]
@@ -1467,6 +1508,9 @@ class Soak:
                 a = self.grants.users[user]
                 if self.grants.stable(a.user_id, r.device, r.first_sent, end):
                     out.append(("webhook", r, a.n, (a.n, r.event_id, r.state) in self.hooks))
+                new = news.get(r.event_id) if r.state in ("new", "end") else None
+                if new is not None and self.grants.stable(a.user_id, r.device, new.first_sent, end):
+                    out.append(("push", r, a.n, (a.n, r.event_id, r.state) in self.pushes))
         return out
 
     async def wait_lost(self, since: float) -> float:
@@ -1545,6 +1589,7 @@ def run_soak(config: SoakConfig, tmp: Path | None = None) -> SoakResult:
                 "DATA_DIR": str(work),
                 "NOTIFY_ALLOW_LOOPBACK": "1",
                 "NOTIFY_RETRY_SCHEDULE_S": "1,2,5,10",
+                "NOTIFY_COOLDOWN_S": "0",  # every thread's new is pushed (the oracle's rule)
                 "LOGIN_MAX_ATTEMPTS_PER_ADDRESS": "1000000",
                 "LOGIN_MAX_FAILURES_PER_ACCOUNT": "1000000",
             }
