@@ -164,7 +164,9 @@ async def _apply(
     # An upsert, then a read, rather than one find-and-modify: SecantusDB carries out a
     # find-and-modify's update with {_id, $and: [query]}, which it answers by scanning every
     # thread (the full soak, docs/benchmarks.md); both of these match an index exactly. A
-    # thread's reports come one at a time (relay/reports.py), so the read sees this one.
+    # thread's reports come one at a time (relay/reports.py), so the read sees this one; a
+    # clip upload naming the thread between the two tells the apps this state as well (the
+    # same state twice: an app shows the thread's latest state, so nothing changes).
     thread_key = {"device_id": device.id, "thread_id": body.thread_id}
     threads = EventThread.get_pymongo_collection()
     await threads.update_one(
