@@ -80,7 +80,7 @@ async def _claim(receipt_id: str) -> str | None:
 async def report_event(request: Request) -> Response:
     """A thread's new state. With an ``Idempotency-Key`` (a relay node's retries carry the
     same one), a report already applied is answered as it was the first time and changes
-    nothing: no second push, no second notification."""
+    nothing: no second notification, and no second push once its receipt is done."""
     ctx = context(request)
     relay_id: str = request.state.principal
     key = request.headers.get("idempotency-key")
@@ -100,6 +100,13 @@ async def report_event(request: Request) -> Response:
             ctx.settings.event_retention_days, relay_id, device, body, snapshot
         )
         await notify(request, device, out, users)  # Web Push, webhooks (cloud.notify)
+        # Before the receipt is done: a receipt whose "done" reached the database after
+        # this request gave up on it (a paused database) is answered to the retry from the
+        # receipt, which pushes nothing, and the apps never heard of this state (the full
+        # soak, docs/benchmarks.md, run F). So at least once: a retry after a push whose
+        # receipt failed pushes the same state again, which changes nothing an app shows.
+        if not told:
+            await ctx.signaling.push(users, EventPush(**out.model_dump()))
         if receipt_id is not None:
             await EventReceipt.get_pymongo_collection().update_one(
                 {"_id": receipt_id},
@@ -114,10 +121,6 @@ async def report_event(request: Request) -> Response:
         raise
     if body.state == "new":
         metrics.EVENT_THREADS.labels(body.kind).inc()
-    # After the receipt: a report the database failed half-way is applied again by its
-    # retry, and pushed then; one applied is pushed once.
-    if not told:
-        await ctx.signaling.push(users, EventPush(**out.model_dump()))
     log.info(
         "event %s %s %s of device %s from relay %s",
         out.id,
@@ -336,7 +339,8 @@ ENDPOINTS = [
         description=(
             "Send an Idempotency-Key header (8-128 letters, digits, '_' or '-'; the same on "
             "every retry of one report): a report already applied is answered as the first "
-            "time and changes nothing (no second push or notification). 503 with Retry-After "
+            "time and changes nothing (no second notification; the apps' push is at least "
+            "once, see docs/protocol.md). 503 with Retry-After "
             "while the database is away, or while another request applies the same report."
         ),
     ),

@@ -3,9 +3,11 @@ answer it did not get with the same key, and the cloud applies it once."""
 
 import secrets
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
+from pymongo.errors import NetworkTimeout
 
 from cloud.events.models import EventReceipt
 from tests.cloud.events.test_routes import jpeg, report
@@ -165,3 +167,38 @@ async def test_a_clip_that_came_before_its_thread_is_named_by_it(
     told = [m for m in await watching.quiet(0.5) if m["type"] == "event"]
     assert [(m["state"], m["clip_id"]) for m in told] == [("new", clip.json()["id"])]
     await watching.socket.close()
+
+
+async def test_a_report_whose_receipt_the_database_took_after_the_cloud_gave_up_was_pushed(
+    ws_base: str,
+    relay: Peer,
+    client: httpx.AsyncClient,
+    make_account: MakeAccount,
+    activate_device: ActivateDevice,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The soak's paused database (docs/benchmarks.md, run F): the receipt's "done" reached
+    the database, the cloud's wait for it timed out, and the retry is answered from the
+    receipt. The apps heard of the state all the same, from the first try."""
+    owner = await make_account("owner")
+    device = await activate_device(owner)
+    watching = await viewer(ws_base, owner)
+    receipts = EventReceipt.get_pymongo_collection()
+    update_one = type(receipts).update_one
+
+    async def done_then_timeout(self: Any, query: Any, change: Any, *a: Any, **kw: Any) -> Any:
+        result = await update_one(self, query, change, *a, **kw)
+        if self.name == receipts.name and change.get("$set", {}).get("state") == "done":
+            raise NetworkTimeout("timed out (the test's paused database)")
+        return result
+
+    monkeypatch.setattr(type(receipts), "update_one", done_then_timeout)
+    body = report(device.id, "t-paused", "new")
+    headers = {**RELAY, "Idempotency-Key": key()}
+    first = await client.post("/api/v1/relays/events", json=body, headers=headers)
+    assert first.status_code == 503, first.text
+    monkeypatch.undo()
+    again = await client.post("/api/v1/relays/events", json=body, headers=headers)
+    assert again.status_code == 200, again.text
+    pushed = [m for m in await watching.quiet(1.0) if m["type"] == "event"]
+    assert [(p["id"], p["state"]) for p in pushed] == [(again.json()["id"], "new")]
