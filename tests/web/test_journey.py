@@ -432,7 +432,12 @@ async def test_an_owner_onboards_by_qr_watches_sees_motion_and_shares_with_a_fri
     await page.get_by_role("link", name="Events").click()
     row = page.locator(f".events li.event[data-thread-id='{threads[0]}']")
     await expect(row).to_have_attribute("data-snapshot", "loaded")
-    assert await row.locator("img").evaluate("img => img.naturalWidth") > 0
+    # The picture decodes after its blob URL is set, and a push re-renders the row with a
+    # new img: wait for the one shown to have decoded (it never does if the JPEG is bad).
+    await page.wait_for_function(
+        "sel => (document.querySelector(sel)?.naturalWidth ?? 0) > 0",
+        arg=f".events li.event[data-thread-id='{threads[0]}'] img",
+    )
     await row.get_by_role("button", name="Mark seen").click()
     await expect(row).to_have_attribute("data-acknowledged", "true")
     await expect(row.locator(".acked")).to_have_text("✓ Seen")
