@@ -725,6 +725,11 @@ class Soak:
                 if status == 200:
                     s.access, s.refresh = tokens["access_token"], tokens["refresh_token"]
                     s.got_at = time.monotonic()
+                elif status == 401:  # the sign-in is over: a finding, and no more tries
+                    s.ended = True
+                    self.findings.append(
+                        f"refresh of account {s.account.n} refused: {tokens}"[:300]
+                    )
         return s.access
 
     # setup -----------------------------------------------------------------------------------

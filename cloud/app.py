@@ -163,7 +163,9 @@ def create_app(settings: Settings) -> Starlette:
                 database=database,
                 passwords=await asyncio.to_thread(Passwords),
                 access_tokens=access_tokens,
-                refresh_tokens=RefreshTokens(settings.refresh_token_ttl_s),
+                refresh_tokens=RefreshTokens(
+                    settings.resolved_jwt_secret().encode(), settings.refresh_token_ttl_s
+                ),
                 throttle=Throttle(),
                 signaling=signaling,
             )

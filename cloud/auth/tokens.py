@@ -5,18 +5,30 @@ confusion), and ``exp``, ``iat``, ``aud``, ``iss``, ``sub`` and ``typ`` must be 
 and right. Refresh tokens are 256-bit random strings stored hashed; each use rotates them,
 and presenting an already rotated one revokes the whole family (RFC 9700, section 4.14.2),
 since it means two parties hold the same chain.
+
+A retry is not a second party: when a refresh's answer is lost (a 503 while the database was
+paused, a dropped connection) after its rotation landed, the app presents the same token
+again. Within ``REUSE_INTERVAL_S`` of the rotation, while its successor is still unused, it
+gets that same successor back: successors are derived from their predecessor with a server
+key, so an answer can be given twice while the database holds only hashes. Whoever uses the
+successor first rotates it; the other holder's use of it is then reuse, and the family is
+revoked as before, so a replay cannot fork a chain.
 """
 
+import base64
+import contextlib
 import hashlib
+import hmac
 import logging
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import jwt
 from beanie import PydanticObjectId
 from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
 
 from cloud.auth.models import RefreshToken
 from cloud.errors import NotFound, Unauthenticated
@@ -26,6 +38,8 @@ log = logging.getLogger(__name__)
 
 ALGORITHM = "HS256"
 AUDIENCE = "visionconnect:api"
+# how long a rotated refresh token, presented again, gets its unused successor back
+REUSE_INTERVAL_S = 60
 
 
 def now() -> datetime:
@@ -104,7 +118,8 @@ class AccessTokens:
 
 
 class RefreshTokens:
-    def __init__(self, ttl_s: int) -> None:
+    def __init__(self, secret: bytes, ttl_s: int) -> None:
+        self._successor_key = hmac.new(secret, b"refresh-successor", "sha256").digest()
         self.ttl_s = ttl_s
 
     async def issue(
@@ -125,33 +140,69 @@ class RefreshTokens:
 
     async def rotate(self, token: str) -> tuple[PydanticObjectId, str, str]:
         """Consume ``token`` and return (user id, successor, its family, i.e. the sign-in).
-        Exactly one concurrent caller wins."""
+        Exactly one concurrent caller rotates it; a retry within ``REUSE_INTERVAL_S`` gets
+        the same successor while that is unused (the module's docstring)."""
         digest = token_hash(token)
         collection = RefreshToken.get_pymongo_collection()
-        claimed = await collection.find_one_and_update(
-            {
-                "token_hash": digest,
-                "rotated_at": None,
-                "revoked": False,
-                "expires_at": {"$gt": now()},
-            },
-            {"$set": {"rotated_at": now()}},
+        live = {"token_hash": digest, "revoked": False, "expires_at": {"$gt": now()}}
+        # the database's clock stamps the rotation: a write held up by a paused database
+        # starts the interval when it lands, not when it was sent
+        rotated = await collection.find_one_and_update(
+            live | {"rotated_at": None},
+            {"$currentDate": {"rotated_at": True}},
             return_document=ReturnDocument.AFTER,
         )
-        if claimed is None:
-            existing = await RefreshToken.find_one(RefreshToken.token_hash == digest)
-            if existing is not None and existing.rotated_at is not None and not existing.revoked:
-                await self.revoke_family(existing.family_id)
-                log.warning(
-                    "refresh token reuse for user %s: family %s revoked",
-                    existing.user_id,
-                    existing.family_id[:8],
-                )
+        successor = self._successor(token)
+        if rotated is None:
+            recent = {"$gt": now() - timedelta(seconds=REUSE_INTERVAL_S)}
+            rotated = await collection.find_one(live | {"rotated_at": recent})
+            if rotated is None or await self._used(successor):
+                await self._refuse(digest)
+        user_id = PydanticObjectId(rotated["user_id"])
+        family: str = rotated["family_id"]
+        created = now()
+        # the same document when a retry gets the successor again, inserted once
+        with contextlib.suppress(DuplicateKeyError):  # a concurrent retry inserted it
+            await collection.update_one(
+                {"token_hash": token_hash(successor)},
+                {
+                    "$setOnInsert": {
+                        "user_id": user_id,
+                        "family_id": family,
+                        "created_at": created,
+                        "expires_at": created + timedelta(seconds=self.ttl_s),
+                        "rotated_at": None,
+                        "revoked": False,
+                    }
+                },
+                upsert=True,
+            )
+        # a revocation (sign-out, reuse) that reached the family before the successor did
+        # would miss it: the successor goes the way of its predecessor
+        if await collection.count_documents({"token_hash": digest, "revoked": True}, limit=1):
+            await self.revoke_family(family)
             raise Unauthenticated("the refresh token is invalid", ErrorCode.INVALID_TOKEN)
-        user_id = PydanticObjectId(claimed["user_id"])
-        family: str = claimed["family_id"]
-        successor, _ = await self.issue(user_id, family)
         return user_id, successor, family
+
+    def _successor(self, token: str) -> str:
+        mac = hmac.new(self._successor_key, token.encode(), "sha256").digest()
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+    async def _used(self, token: str) -> bool:
+        found = await RefreshToken.find_one(RefreshToken.token_hash == token_hash(token))
+        return found is not None and (found.rotated_at is not None or found.revoked)
+
+    async def _refuse(self, digest: str) -> NoReturn:
+        """401 for a token that is not live; reuse of a rotated one revokes its family."""
+        existing = await RefreshToken.find_one(RefreshToken.token_hash == digest)
+        if existing is not None and existing.rotated_at is not None and not existing.revoked:
+            await self.revoke_family(existing.family_id)
+            log.warning(
+                "refresh token reuse for user %s: family %s revoked",
+                existing.user_id,
+                existing.family_id[:8],
+            )
+        raise Unauthenticated("the refresh token is invalid", ErrorCode.INVALID_TOKEN)
 
     async def revoke_family(self, family_id: str) -> None:
         await RefreshToken.get_pymongo_collection().update_many(

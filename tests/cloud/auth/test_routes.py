@@ -2,7 +2,9 @@ import asyncio
 
 import httpx
 import jwt
+import pytest
 
+from cloud.auth import tokens
 from cloud.settings import Settings
 from tests.conftest import PASSWORD, MakeAccount, unique_email
 
@@ -118,12 +120,16 @@ async def test_access_tokens_are_checked_strictly(
     assert (await client.get("/api/v1/me", headers=account.headers)).status_code == 200
 
 
+async def refresh(client: httpx.AsyncClient, token: str) -> httpx.Response:
+    return await client.post("/api/v1/auth/refresh", json={"refresh_token": token})
+
+
 async def test_refresh_rotates_and_reuse_revokes_the_whole_family(
     client: httpx.AsyncClient, make_account: MakeAccount
 ) -> None:
     account = await make_account()
     first = account.tokens["refresh_token"]
-    r1 = await client.post("/api/v1/auth/refresh", json={"refresh_token": first})
+    r1 = await refresh(client, first)
     assert r1.status_code == 200
     second = r1.json()["refresh_token"]
     assert second != first
@@ -131,31 +137,60 @@ async def test_refresh_rotates_and_reuse_revokes_the_whole_family(
         "/api/v1/me", headers={"Authorization": f"Bearer {r1.json()['access_token']}"}
     )
     assert me.status_code == 200
-    # An attacker replays the first token: refused, and the legitimate successor dies too.
-    replay = await client.post("/api/v1/auth/refresh", json={"refresh_token": first})
+    # The answer was lost (a 503 after the rotation landed): the app's retry gets the
+    # same successor back, not a second one and not a sign-out.
+    retry = await refresh(client, first)
+    assert (retry.status_code, retry.json()["refresh_token"]) == (200, second), retry.text
+    third = (await refresh(client, second)).json()["refresh_token"]
+    # Once the successor is used, the first token again is reuse: refused, and the
+    # legitimate chain dies too.
+    replay = await refresh(client, first)
     assert replay.status_code == 401
-    assert (
-        await client.post("/api/v1/auth/refresh", json={"refresh_token": second})
-    ).status_code == 401
+    assert (await refresh(client, third)).status_code == 401
     # Another login of the same user is a separate family and keeps working.
     login = await client.post(
         "/api/v1/auth/login", json={"email": account.email, "password": PASSWORD}
     )
-    other = await client.post(
-        "/api/v1/auth/refresh", json={"refresh_token": login.json()["refresh_token"]}
+    assert (await refresh(client, login.json()["refresh_token"])).status_code == 200
+
+
+async def test_a_rotated_token_after_the_reuse_interval_revokes_the_family(
+    client: httpx.AsyncClient, make_account: MakeAccount, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    account = await make_account()
+    first = account.tokens["refresh_token"]
+    second = (await refresh(client, first)).json()["refresh_token"]
+    monkeypatch.setattr(tokens, "REUSE_INTERVAL_S", 0)  # the interval is over
+    assert (await refresh(client, first)).status_code == 401
+    assert (await refresh(client, second)).status_code == 401  # unused, but revoked
+
+
+async def test_a_retry_cannot_outlive_its_sign_out(
+    client: httpx.AsyncClient, make_account: MakeAccount
+) -> None:
+    account = await make_account()
+    first = account.tokens["refresh_token"]
+    assert (await refresh(client, first)).status_code == 200
+    r = await client.post(
+        "/api/v1/auth/logout", json={"refresh_token": first}, headers=account.headers
     )
-    assert other.status_code == 200
+    assert r.status_code == 204
+    assert (await refresh(client, first)).status_code == 401  # within the interval
 
 
-async def test_concurrent_refreshes_of_one_token_have_one_winner(
+async def test_concurrent_refreshes_of_one_token_keep_one_chain(
     client: httpx.AsyncClient, make_account: MakeAccount
 ) -> None:
     account = await make_account()
     token = account.tokens["refresh_token"]
-    results = await asyncio.gather(
-        *(client.post("/api/v1/auth/refresh", json={"refresh_token": token}) for _ in range(10))
-    )
-    assert sorted(r.status_code for r in results).count(200) == 1
+    results = await asyncio.gather(*(refresh(client, token) for _ in range(10)))
+    assert {r.status_code for r in results} == {200}
+    successors = {r.json()["refresh_token"] for r in results}
+    assert len(successors) == 1  # one head: the chain did not fork
+    (successor,) = successors
+    assert (await refresh(client, successor)).status_code == 200
+    assert (await refresh(client, successor)).status_code == 200  # a retry, same answer
+    assert (await refresh(client, token)).status_code == 401  # the successor was used
 
 
 async def test_logout_revokes_the_refresh_token(
