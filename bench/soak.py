@@ -329,6 +329,13 @@ class Instance:
         return self.process.pid
 
 
+# asyncio's default executor (password hashing, DNS, file reads) starts a worker thread at
+# a time as work comes, up to min(32, CPUs + 4), and never stops one: a bound, not a leak.
+# Measured: a fresh cloud holds 6 threads, one of them a worker; 36 sign-ins 12 at a time
+# leave 11, all 6 workers (py-spy: uvloop_0-5), still 11 after 65 s idle.
+DEFAULT_POOL = min(32, (os.cpu_count() or 1) + 4)
+
+
 def proc_resources(pid: int) -> dict[str, int]:
     status = Path(f"/proc/{pid}/status").read_text().splitlines()
     rss = next(int(x.split()[1]) for x in status if x.startswith("VmRSS:"))
@@ -1375,12 +1382,13 @@ class Soak:
 
     def back(self, base: dict[str, Any], now: dict[str, Any]) -> bool:
         """Within tolerance of the baseline: fds +5 % + 10 per instance, threads + 2 per
-        instance, RSS + 25 %, redis channels +5 % + 2, redis clients + 1 per instance."""
+        instance beyond asyncio's default worker pool (``DEFAULT_POOL``), RSS + 25 %, redis
+        channels +5 % + 2, redis clients + 1 per instance."""
         n = self.c.instances
         b, e = base["total"], now["total"]
         return bool(
             e["fds"] <= b["fds"] * 1.05 + 10 * n
-            and e["threads"] <= b["threads"] + 2 * n
+            and e["threads"] <= b["threads"] + (DEFAULT_POOL + 2) * n
             and e["rss_kib"] <= b["rss_kib"] * 1.25
             and now["redis"]["channels"] <= base["redis"]["channels"] * 1.05 + 2
             and now["redis"]["clients"] <= base["redis"]["clients"] + n
