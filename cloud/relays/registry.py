@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from beanie import PydanticObjectId
 
 from cloud.devices.models import Device
+from cloud.errors import Unavailable
 from cloud.relays.models import RelayNode
 from cloud.signaling.models import SessionRecord
 from protocol.messages import RelayLoad
@@ -90,13 +91,18 @@ async def expired(relay_id: str) -> None:
 
 
 async def is_registered(relay_id: str) -> bool:
-    fresh = datetime.now(UTC) - timedelta(seconds=STALE_S)
-    found = await RelayNode.find_one(
-        RelayNode.relay_id == relay_id,
-        {"online": True},
-        RelayNode.last_seen > fresh,
-    )
-    return found is not None
+    """Whether the relay's connection is registered: online and heard from within
+    :data:`STALE_S`. Online but not heard from since is 503, not "no": after the database was
+    away for longer than that, every node's ``last_seen`` is that old until its next
+    ``relay.load`` is stored (within seconds), and a node told "not registered" drops what
+    it sends (relay/reports.py), while a node whose instance died goes offline when its
+    presence expires. Found by the full soak (docs/benchmarks.md, run G)."""
+    found = await RelayNode.find_one(RelayNode.relay_id == relay_id, {"online": True})
+    if found is None:
+        return False
+    if found.last_seen <= datetime.now(UTC) - timedelta(seconds=STALE_S):
+        raise Unavailable("this relay has not been heard from lately; try again shortly", 2)
+    return True
 
 
 async def allocate(device_id: str) -> RelayNode | None:
