@@ -4,8 +4,10 @@ Every armed, online camera inside its schedule is *wanted*; each wanted camera i
 to one live relay node (``Device.analysis_relay``), chosen by the room it has left: the
 ``capacity`` it reports in ``relay.load`` minus the cameras it has; a node that already
 watches the camera for a viewer is preferred (one upstream, not two). A node is live while
-its connection is registered and it reported within :data:`LIVE_S`. Assignments that no
-longer hold (the node left, the camera went offline, was disarmed, or its schedule closed)
+its connection is registered and it reported within :data:`LIVE_S`; one registered but not
+heard from that long takes no camera and keeps its own (:func:`online_relays`: after a
+database outage every node looks that way for a few seconds). Assignments that no longer
+hold (the node went offline, the camera went offline, was disarmed, or its schedule closed)
 are released, and the camera goes to another node in the same step.
 
 :func:`assign` runs on every cloud instance every second; every write is a compare-and-set
@@ -98,10 +100,22 @@ class LiveRelay:
     capacity: int
 
 
-async def live_relays(now: datetime | None = None) -> dict[str, LiveRelay]:
+async def online_relays(now: datetime | None = None) -> tuple[dict[str, LiveRelay], set[str]]:
+    """The live nodes, which take cameras, and every online node, which keeps its own.
+
+    A node online but not heard from within :data:`LIVE_S` takes no camera, yet keeps the ones
+    it has until it goes offline (its connection closes, or its instance's presence expires):
+    ``last_seen`` goes by the database, and while the database is away no ``relay.load`` is
+    stored, so after an outage longer than LIVE_S every node would look gone until its next
+    report and would be told to drop every camera it analyses."""
     fresh = (now or datetime.now(UTC)) - timedelta(seconds=LIVE_S)
-    nodes = await RelayNode.find({"online": True}, RelayNode.last_seen > fresh).to_list()
-    return {n.relay_id: LiveRelay(n.relay_id, n.capacity) for n in nodes}
+    nodes = await RelayNode.find({"online": True}).to_list()
+    live = {n.relay_id: LiveRelay(n.relay_id, n.capacity) for n in nodes if n.last_seen > fresh}
+    return live, {n.relay_id for n in nodes}
+
+
+async def live_relays(now: datetime | None = None) -> dict[str, LiveRelay]:
+    return (await online_relays(now))[0]
 
 
 def schedule_of(device: Device) -> Schedule | None:
@@ -147,7 +161,7 @@ async def assign(now: datetime | None = None, idle: IdleReads | None = None) -> 
     With ``idle``, a step that finds no live node reads no device unless ``idle`` says it is
     due (see the module's docstring); without it, every step reads."""
     now = now or datetime.now(UTC)
-    live = await live_relays(now)
+    live, online = await online_relays(now)
     if idle is not None:
         if live:
             idle.nodes_seen()
@@ -160,7 +174,7 @@ async def assign(now: datetime | None = None, idle: IdleReads | None = None) -> 
         {
             "analysis_relay": {"$ne": None},
             "$or": [
-                {"analysis_relay": {"$nin": list(live)}},
+                {"analysis_relay": {"$nin": sorted(online)}},
                 {"online": False},
                 {"armed": False},
                 {"schedule": {"$ne": None}},  # checked below
@@ -168,7 +182,7 @@ async def assign(now: datetime | None = None, idle: IdleReads | None = None) -> 
         }
     ).to_list()
     for device in stale:
-        if device.analysis_relay in live and wanted(device, now):
+        if device.analysis_relay in online and wanted(device, now):
             continue
         if await _move(device.id, device.analysis_relay, None):
             if device.analysis_relay in assigned:

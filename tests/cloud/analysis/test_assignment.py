@@ -5,16 +5,18 @@ import asyncio
 import contextvars
 import secrets
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
+from beanie import PydanticObjectId
 from starlette.applications import Starlette
 
 from cloud import metrics
 from cloud.analysis import assignment
 from cloud.devices.models import Device
+from cloud.relays.models import RelayNode
 from tests.conftest import RELAY_SECRET, Account, ActivatedDevice, ActivateDevice, MakeAccount
 from tests.peers import Peer, camera, connect
 
@@ -209,10 +211,12 @@ async def test_with_no_live_relay_node_a_step_reads_no_devices_but_once_in_a_whi
 ) -> None:
     nodes: dict[str, assignment.LiveRelay] = {}
 
-    async def live_relays(now: datetime | None = None) -> dict[str, assignment.LiveRelay]:
-        return dict(nodes)
+    async def online_relays(
+        now: datetime | None = None,
+    ) -> tuple[dict[str, assignment.LiveRelay], set[str]]:
+        return dict(nodes), set(nodes)
 
-    monkeypatch.setattr(assignment, "live_relays", live_relays)
+    monkeypatch.setattr(assignment, "online_relays", online_relays)
     reads = DeviceReads(monkeypatch)
     idle = assignment.IdleReads(every_s=3600)
     await assignment.assign(idle=idle)
@@ -243,10 +247,12 @@ async def test_with_every_live_node_full_a_step_reads_the_waiting_cameras_once_i
 ) -> None:
     nodes = {"relay-full": assignment.LiveRelay("relay-full", capacity=0)}
 
-    async def live_relays(now: datetime | None = None) -> dict[str, assignment.LiveRelay]:
-        return dict(nodes)
+    async def online_relays(
+        now: datetime | None = None,
+    ) -> tuple[dict[str, assignment.LiveRelay], set[str]]:
+        return dict(nodes), set(nodes)
 
-    monkeypatch.setattr(assignment, "live_relays", live_relays)
+    monkeypatch.setattr(assignment, "online_relays", online_relays)
     waiting = DeviceReads(monkeypatch, waiting_only=True)
     idle = assignment.IdleReads(every_s=3600)
     await assignment.assign(idle=idle)
@@ -291,3 +297,33 @@ def test_idle_reads_are_due_first_after_nodes_then_once_per_period() -> None:
     assert idle.waiting == 7
     idle.nodes_seen()
     assert idle.due(100.0)
+
+
+async def analysed_by(device: ActivatedDevice) -> str | None:
+    found = await Device.get(PydanticObjectId(device.id))
+    assert found is not None
+    return found.analysis_relay
+
+
+async def test_a_node_not_heard_from_lately_keeps_its_cameras_until_it_goes_offline(
+    ws_base: str, make_account: MakeAccount, activate_device: ActivateDevice
+) -> None:
+    """After the database was away longer than LIVE_S no node's relay.load was stored, so
+    every node looks silent until its next one: the steps in between must not take the
+    cameras from the nodes analysing them (the full soak's database pause, run G)."""
+    device = await activate_device(await make_account("silent"), "Hall")
+    relay_id, relay = await relay_node(ws_base, capacity=1000)
+    cam = await camera(ws_base, device)
+    assert (await assigned(relay, device))["device_id"] == device.id
+    nodes = RelayNode.get_pymongo_collection()
+    long_ago = datetime.now(UTC) - timedelta(seconds=assignment.LIVE_S + 5)
+    await nodes.update_one({"relay_id": relay_id}, {"$set": {"last_seen": long_ago}})
+    for _ in range(3):  # the app's own steps run meanwhile, every second
+        await assignment.assign()
+        assert await analysed_by(device) == relay_id
+    assert relay_id not in await assignment.live_relays()  # it takes no new camera
+    await nodes.update_one({"relay_id": relay_id}, {"$set": {"online": False}})
+    await assignment.assign()
+    assert await analysed_by(device) is None
+    await cam.socket.close()
+    await relay.socket.close()
