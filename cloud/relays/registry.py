@@ -2,8 +2,8 @@
 
 A relay authenticates with ``"<relay id>:<RELAY_SECRET>"`` (WebSocket ``hello`` and the
 HTTP ``Authorization: Bearer`` of its event uploads). Allocation picks the online relay
-with the lowest reported load among those heard from recently; a relay whose instance died
-stops being chosen once its ``last_seen`` is older than :data:`STALE_S`.
+with the lowest reported load among those heard from within :data:`STALE_S` (any online
+one when none was); a relay whose instance died goes offline when its presence expires.
 """
 
 import hmac
@@ -109,14 +109,13 @@ async def allocate(device_id: str) -> RelayNode | None:
     """The relay for a new session of ``device_id``, or None when no relay is available.
 
     A relay already watching the camera (for a viewer, or analysing it) is preferred: its
-    upstream then serves one more viewer. Otherwise the least loaded live relay.
+    upstream then serves one more viewer. Otherwise the least loaded live relay. With none
+    heard from within :data:`STALE_S`, an online one: every node looks that way for a few
+    seconds after the database was away (:func:`is_registered`).
     """
     fresh = datetime.now(UTC) - timedelta(seconds=STALE_S)
-    candidates = (
-        await RelayNode.find({"online": True}, RelayNode.last_seen > fresh)
-        .sort("+load", "+sessions")
-        .to_list()
-    )
+    online = await RelayNode.find({"online": True}).sort("+load", "+sessions").to_list()
+    candidates = [r for r in online if r.last_seen > fresh] or online
     if not candidates or not PydanticObjectId.is_valid(device_id):
         return candidates[0] if candidates else None
     watching = await SessionRecord.find(

@@ -2,11 +2,16 @@
 may call the relay routes, whatever an instance concluded from its presence lease."""
 
 import asyncio
+import secrets
 import time
+from datetime import UTC, datetime, timedelta
 
 import httpx
+from beanie import PydanticObjectId
 
 from cloud.relays import registry
+from cloud.relays.models import RelayNode
+from cloud.signaling.models import SessionRecord
 from tests.conftest import RELAY_SECRET, ActivateDevice, MakeAccount
 from tests.peers import Peer, connect
 
@@ -65,3 +70,30 @@ async def test_the_load_report_of_a_replaced_relay_connection_registers_nothing(
     assert (await old.expect("pong"))["id"] == "after-load"  # the report was handled
     assert await status_within(client, url, "relay-moved", 403) == 403
     await old.socket.close()
+
+
+async def test_with_no_node_heard_from_lately_an_online_one_still_takes_sessions(
+    ws_base: str, make_account: MakeAccount, activate_device: ActivateDevice
+) -> None:
+    """For a few seconds after the database was away every node's last_seen is older than
+    STALE_S (no relay.load could be stored): relayed sessions still go to an online node."""
+    device = await activate_device(await make_account("quiet"))
+    relay = await relay_connected(ws_base, "relay-quiet")
+    nodes = RelayNode.get_pymongo_collection()
+    long_ago = datetime.now(UTC) - timedelta(seconds=registry.STALE_S + 5)
+    await nodes.update_many({}, {"$set": {"last_seen": long_ago}})
+    await SessionRecord(  # the node watches the camera already: it is the one preferred
+        session_id="quiet-" + secrets.token_hex(4),
+        device_id=PydanticObjectId(device.id),
+        viewer_id="relay-quiet",
+        viewer_role="relay",
+        route="relay",
+        created_at=datetime.now(UTC),
+    ).insert()
+    chosen = await registry.allocate(device.id)
+    assert chosen is not None
+    assert chosen.relay_id == "relay-quiet"
+    await nodes.update_one({"relay_id": "relay-quiet"}, {"$set": {"online": False}})
+    chosen = await registry.allocate(device.id)
+    assert chosen is None or chosen.relay_id != "relay-quiet"
+    await relay.socket.close()
