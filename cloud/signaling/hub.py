@@ -250,46 +250,18 @@ class Hub:
                 return [Send(conn, Pong(id=message.id))]
             case Pong():
                 return []
-            case SessionOffer() | SessionAnswer():
-                if not info.sdp.allow(now):
-                    return self.strike(
-                        conn,
-                        message.id,
-                        ErrorCode.RATE_LIMITED,
-                        f"over {self.limits.sdp_per_s:g} SDP messages/s",
-                    )
-            case SessionIce():
-                if not info.ice.allow(now):
-                    return self.strike(
-                        conn,
-                        message.id,
-                        ErrorCode.RATE_LIMITED,
-                        f"over {self.limits.ice_per_s:g} ICE messages/s",
-                    )
-            case SessionStats():
-                if not info.stats.allow(now):
-                    return self.strike(
-                        conn,
-                        message.id,
-                        ErrorCode.RATE_LIMITED,
-                        f"over {self.limits.stats_per_s:g} session.stats messages/s",
-                    )
-            case SessionEnd():
-                pass
             case DeviceMotion() if info.role == "device":
-                if info.motion is None:
-                    info.motion = Bucket(self.limits.motion_per_s)
-                if not info.motion.allow(now):
-                    return self.strike(
-                        conn,
-                        message.id,
-                        ErrorCode.RATE_LIMITED,
-                        f"over {self.limits.motion_per_s:g} device.motion messages/s",
-                    )
+                if (over := info.over_rate(message.type, self.limits, now)) is not None:
+                    return self.strike(conn, message.id, ErrorCode.RATE_LIMITED, over)
                 out: list[Delivery] = [MotionReport(info.principal, message.active)]
                 if message.id:
                     out.append(Send(conn, Status(id=message.id, ok=True)))
                 return out
+            case SessionOffer() | SessionAnswer() | SessionIce() | SessionStats():
+                if (over := info.over_rate(message.type, self.limits, now)) is not None:
+                    return self.strike(conn, message.id, ErrorCode.RATE_LIMITED, over)
+            case SessionEnd():
+                pass
             case _:
                 return self.strike(
                     conn,

@@ -56,6 +56,24 @@ class Connection:
     stats: Bucket = field(default_factory=lambda: Bucket(Limits.stats_per_s))
     motion: Bucket | None = None  # a camera's device.motion, made on its first report
 
+    def over_rate(self, kind: str, limits: Limits, now: float) -> str | None:
+        """Why a frame of type ``kind`` is one too many now; None when it is allowed (or not
+        a rated type)."""
+        match kind:
+            case "session.offer" | "session.answer":
+                bucket, rate, what = self.sdp, limits.sdp_per_s, "SDP messages"
+            case "session.ice":
+                bucket, rate, what = self.ice, limits.ice_per_s, "ICE messages"
+            case "session.stats":
+                bucket, rate, what = self.stats, limits.stats_per_s, "session.stats messages"
+            case "device.motion":
+                if self.motion is None:
+                    self.motion = Bucket(limits.motion_per_s)
+                bucket, rate, what = self.motion, limits.motion_per_s, "device.motion messages"
+            case _:
+                return None
+        return None if bucket.allow(now) else f"over {rate:g} {what}/s"
+
 
 @dataclass
 class ViewerSide:
