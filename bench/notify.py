@@ -55,15 +55,10 @@ from tests.cloud.notify.receivers import PushService, WebhookReceiver
 from tests.conftest import PASSWORD
 from tests.e2e.cluster import start_redis
 from tests.peers import connect
-from tests.servers import free_port, secantus_process, start_cloud, stop
+from tests.servers import cpu_s, free_port, secantus_process, start_cloud, stop
 
 RELAY_SECRET = "bench-relay-secret"
 RELAY = {"Authorization": f"Bearer relay-bench:{RELAY_SECRET}"}
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], q: float) -> float:

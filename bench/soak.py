@@ -5,8 +5,8 @@
         [--session-rate 10] [--report-rate 15] [--lead-s 30] [--after-s 240]
         [--modes kill9,redis,dbpause,lifecycle] [--short] [--keep DIR]
 
-The defaults give each fault mode 180,000-290,000 checked deliveries in about 23 minutes on
-the 2-core machine, within what SecantusDB there can carry (its CPU per phase is printed):
+The defaults gave each fault mode 174,720-299,707 checked deliveries in 20-27 minutes on
+the 2-core machine (runs E-H, docs/benchmarks.md), within what SecantusDB there can carry (its CPU per phase is printed):
 at 20 sessions/s and 30 reports/s it fell behind after a fault and never caught up.
 
 Real processes: SecantusDB (its server process, paused with SIGSTOP), one redis-server,
@@ -84,7 +84,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from device_sim.identity import assertion, public_key_b64
 from tests.cloud.notify.receivers import PushMessage, PushService
 from tests.e2e.cluster import start_redis
-from tests.servers import free_port, secantus_process, start_cloud, stop
+from tests.servers import cpu_s, free_port, secantus_process, start_cloud, stop
 
 PUBLIC = "http://soak.test"  # every instance's PUBLIC_URL: the audience of assertions
 PASSWORD = "Soak-horse-battery-42"
@@ -188,7 +188,7 @@ class SignIn:
     ended_sent: float | None = None
     ended_answered: float | None = None
     ended: bool = False
-    # one refresh at a time: a refresh token used twice ends the sign-in (reuse detection)
+    # one refresh at a time: each spends the refresh token it presents
     refreshing: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
 
@@ -626,11 +626,9 @@ class Soak:
         if self.db_process is None:
             return 0.0
         try:
-            fields = Path(f"/proc/{self.db_process.pid}/stat").read_text().rsplit(")", 1)[1]
+            return cpu_s(self.db_process.pid)
         except OSError:
             return 0.0
-        utime, stime = fields.split()[11:13]
-        return (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
 
     def check(self, channel: str, verdict: str, t: float, what: str) -> None:
         p = self.result()

@@ -39,6 +39,12 @@ def proc_argv(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used, all its threads (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def children(pid: int) -> list[tuple[int, list[str]]]:
     """The processes whose parent is ``pid``, with their command lines (Linux /proc)."""
     found = []
