@@ -122,20 +122,10 @@ class RefreshTokens:
         self._successor_key = hmac.new(secret, b"refresh-successor", "sha256").digest()
         self.ttl_s = ttl_s
 
-    async def issue(
-        self, user_id: PydanticObjectId, family_id: str | None = None
-    ) -> tuple[str, str]:
-        """A refresh token and its family: a new sign-in unless ``family_id`` is given."""
-        token = secrets.token_urlsafe(32)
-        family_id = family_id or secrets.token_hex(16)
-        created = now()
-        await RefreshToken(
-            token_hash=token_hash(token),
-            user_id=user_id,
-            family_id=family_id,
-            created_at=created,
-            expires_at=created + timedelta(seconds=self.ttl_s),
-        ).insert()
+    async def issue(self, user_id: PydanticObjectId) -> tuple[str, str]:
+        """A new sign-in: its first refresh token and its family."""
+        token, family_id = secrets.token_urlsafe(32), secrets.token_hex(16)
+        await self._store(token, user_id, family_id)
         return token, family_id
 
     async def rotate(self, token: str) -> tuple[PydanticObjectId, str, str]:
@@ -160,15 +150,25 @@ class RefreshTokens:
                 await self._refuse(digest)
         user_id = PydanticObjectId(rotated["user_id"])
         family: str = rotated["family_id"]
+        await self._store(successor, user_id, family)
+        # a revocation (sign-out, reuse) that reached the family before the successor did
+        # would miss it: the successor goes the way of its predecessor
+        if await collection.count_documents({"token_hash": digest, "revoked": True}, limit=1):
+            await self.revoke_family(family)
+            raise Unauthenticated("the refresh token is invalid", ErrorCode.INVALID_TOKEN)
+        return user_id, successor, family
+
+    async def _store(self, token: str, user_id: PydanticObjectId, family_id: str) -> None:
+        """The token's document, written once: a retry that gets the same successor again
+        finds it there (inserted by whichever concurrent retry came first)."""
         created = now()
-        # the same document when a retry gets the successor again, inserted once
-        with contextlib.suppress(DuplicateKeyError):  # a concurrent retry inserted it
-            await collection.update_one(
-                {"token_hash": token_hash(successor)},
+        with contextlib.suppress(DuplicateKeyError):
+            await RefreshToken.get_pymongo_collection().update_one(
+                {"token_hash": token_hash(token)},
                 {
                     "$setOnInsert": {
                         "user_id": user_id,
-                        "family_id": family,
+                        "family_id": family_id,
                         "created_at": created,
                         "expires_at": created + timedelta(seconds=self.ttl_s),
                         "rotated_at": None,
@@ -177,12 +177,6 @@ class RefreshTokens:
                 },
                 upsert=True,
             )
-        # a revocation (sign-out, reuse) that reached the family before the successor did
-        # would miss it: the successor goes the way of its predecessor
-        if await collection.count_documents({"token_hash": digest, "revoked": True}, limit=1):
-            await self.revoke_family(family)
-            raise Unauthenticated("the refresh token is invalid", ErrorCode.INVALID_TOKEN)
-        return user_id, successor, family
 
     def _successor(self, token: str) -> str:
         mac = hmac.new(self._successor_key, token.encode(), "sha256").digest()
