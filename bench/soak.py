@@ -6,8 +6,9 @@
         [--modes kill9,redis,dbpause,lifecycle] [--short] [--keep DIR]
 
 The defaults gave each fault mode 174,720-299,707 checked deliveries in 20-27 minutes on
-the 2-core machine (runs E-H, docs/benchmarks.md), within what SecantusDB there can carry (its CPU per phase is printed):
-at 20 sessions/s and 30 reports/s it fell behind after a fault and never caught up.
+the 2-core machine (runs E-H, docs/benchmarks.md), within what SecantusDB there can carry
+(its CPU per phase is printed): at 20 sessions/s and 30 reports/s it fell behind after a
+fault and never caught up.
 
 Real processes: SecantusDB (its server process, paused with SIGSTOP), one redis-server,
 ``--instances`` cloud instances (``python -m cloud``). This process plays everybody else,
